@@ -1,0 +1,139 @@
+"""Atomic per-stage checkpoints: ``OUT/stage-NNNN/{state.pt, config.json, manifest.json}``.
+
+A stage is written to a temporary directory, fsynced, then renamed into place, so a kill leaves either
+the whole stage or nothing. ``manifest.json`` (written last) holds each file's size and SHA-256; a stage
+whose files do not match it is reported as damaged. Loading uses ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tavaal.core.pool import PoolState
+from tavaal.errors import CheckpointError
+
+STAGE_RE = re.compile(r"^stage-(\d{4,})$")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class StageCheckpoint:
+    stage: int  # the last complete stage
+    pool: PoolState  # after that stage's query (its picks carry labeled_at = stage + 1)
+    records: list[dict]  # one per completed stage, in order
+    states: dict[str, dict]  # model, ranker, vae, discriminator state dicts of that stage
+    config: dict[str, Any]  # the resolved config of the run
+    path: Path
+
+
+def stage_dir(out_dir: str | Path, stage: int) -> Path:
+    return Path(out_dir) / f"stage-{stage:04d}"
+
+
+def list_stages(out_dir: str | Path) -> list[int]:
+    """Stages with a complete (renamed into place) directory, ascending."""
+    p = Path(out_dir)
+    if not p.is_dir():
+        return []
+    return sorted(int(m.group(1)) for d in p.iterdir() if d.is_dir() and (m := STAGE_RE.match(d.name)))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_stage(
+    out_dir: str | Path, stage: int, pool: PoolState, records: list[dict], states: dict[str, dict],
+    config: dict[str, Any],
+) -> Path:
+    """Write stage ``stage`` atomically and return its directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = stage_dir(out, stage)
+    tmp = out / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "stage": stage,
+        "pool": pool.to_dict(),
+        "records": records,
+        "states": states,
+        # every stage re-derives its seeds from (run seed, stage), so these are a record, not a dependency
+        "rng": {"torch": torch.get_rng_state()},
+    }
+    torch.save(payload, tmp / "state.pt")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+             for name in ("state.pt", "config.json")}
+    (tmp / "manifest.json").write_text(json.dumps({"stage": stage, "files": files}, indent=2))
+    for name in ("state.pt", "config.json", "manifest.json"):
+        _fsync(tmp / name)
+    if final.exists():  # a re-run of the same stage replaces it (never the case in a normal run)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync(out)
+    return final
+
+
+def verify_stage(path: Path) -> None:
+    """Raise CheckpointError naming the first file that is missing or does not match the manifest."""
+    manifest = path / "manifest.json"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        raise CheckpointError(f"checkpoint {path} has no readable manifest.json; delete {path} to resume "
+                              "from the stage before it") from None
+    for name, meta in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint file {f} is missing; delete {path} to resume from the stage before it")
+        if f.stat().st_size != meta["bytes"] or _sha256(f) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint file {f} is damaged (size or SHA-256 differs from its manifest); "
+                                  f"delete {path} to resume from the stage before it")
+
+
+def load_stage(path: str | Path) -> StageCheckpoint:
+    path = Path(path)
+    verify_stage(path)
+    try:
+        payload = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        config = json.loads((path / "config.json").read_text())
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to resume "
+                              "from the stage before it") from None
+    return StageCheckpoint(int(payload["stage"]), PoolState.from_dict(payload["pool"]), list(payload["records"]),
+                           dict(payload["states"]), config, path)
+
+
+def load_latest(out_dir: str | Path) -> StageCheckpoint:
+    """The newest complete stage under ``out_dir``; its ``.pool.labeled_at`` is the per-sample stage array."""
+    stages = list_stages(out_dir)
+    if not Path(out_dir).is_dir():
+        raise CheckpointError(f"checkpoint directory '{out_dir}' does not exist; pass the --out directory of "
+                              "an earlier run to --resume")
+    if not stages:
+        raise CheckpointError(f"no stage checkpoint in '{out_dir}'; pass the --out directory of an earlier run "
+                              "to --resume")
+    return load_stage(stage_dir(out_dir, stages[-1]))

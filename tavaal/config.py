@@ -1,0 +1,289 @@
+"""Experiment config: frozen dataclasses, YAML presets, dotted ``--set`` overrides, validation.
+
+Every field says which paper symbol or which piece of the official code its default comes from.
+Defaults are the paper's CIFAR-10 protocol (TA-VAAL, Kim et al. 2021; official code cubeyoung/TA-VAAL).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from tavaal.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "cifar10"  # registered dataset (see `python -m tavaal.run --list`)
+    data_dir: str | None = None  # where the files are; None: the dataset's default places
+    num_train: int | None = None  # use a seeded random subset of the training split as the pool (None: all)
+    num_test: int | None = None  # evaluate on a seeded random subset of the test split (None: all)
+    imbalance_ratio: float = 1.0  # largest/smallest class count in the pool: 10 or 100 in the paper; 1: as is
+    minority_classes: str = "even"  # classes cut by the ratio: "even" (paper: 0,2,4,6,8), "odd", or "0,3,5"
+    download: bool = True  # let torchvision download missing files (needs internet)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet18"  # task model: resnet18 (paper), small_cnn (CPU scale), mlp (vectors)
+    ranker_hidden: int = 128  # loss-prediction module: width of each per-block FC layer (LL4AL)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200  # paper / official code: 200 epochs per stage
+    batch_size: int = 128  # paper: 128
+    lr: float = 0.1  # SGD lr, task model and ranker (official code LR = 0.1)
+    momentum: float = 0.9  # official code MOMENTUM
+    weight_decay: float = 5e-4  # official code WDECAY
+    milestones: tuple[int, ...] = (160,)  # lr x gamma here; the code's second milestone (240) never fires
+    gamma: float = 0.1
+    eta: float = 1.0  # η: weight of the ranking loss in L_task + η·L_rank (eq. 2; official WEIGHT = 1)
+    margin: float = 1.0  # ξ: margin of LL4AL's loss (baseline lloss only)
+    ranker_stop_grad_epoch: int = 120  # after this epoch the ranker's input features are detached (official EPOCHL)
+    precision: str = "fp32"  # fp32 or bf16 (autocast; halves conv cost on CPUs with avx512_bf16)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    latent_dim: int = 32  # VAE latent size (official: 32; 28 for Fashion-MNIST)
+    base_channels: int = 128  # encoder widths base·(1,2,4,8): 128..1024 as published; smaller for CPU
+    iterations: int | None = None  # None: int((|L| + M) · iteration_epochs / batch_size), the official formula
+    iteration_epochs: int = 100  # the "100" of the official iteration formula
+    batch_size: int = 128
+    vae_steps: int | None = None  # VAE steps per iteration; None: 1 (tavaal, official) or 2 (vaal, VAAL's code)
+    lr: float = 5e-4  # Adam lr of the VAE (official: 5e-4)
+    disc_lr: float = 5e-4  # Adam lr of the discriminator (official: 5e-4)
+    beta: float = 1.0  # β: KL weight
+    adv_weight: float = 1.0  # λ_adv: weight of the adversarial term in the VAE loss
+    kl_reduction: str | None = None  # None: "mean" (tavaal, official TA-VAAL) or "sum" (vaal, official VAAL)
+    first_iter_noise: bool = False  # official TA-VAAL quirk: U(0,1) instead of r at the very first iteration
+    disc_hidden: int = 512  # discriminator MLP width (official: 512)
+
+
+@dataclass(frozen=True)
+class ALConfig:
+    strategy: str = "tavaal"  # random, entropy, coreset, lloss, lloss_rank, vaal, tavaal
+    initial: int = 1000  # labels drawn uniformly at random before stage 0 (paper: 1,000)
+    budget: int = 1000  # K: labels added per stage (paper: 1,000)
+    stages: int = 10  # stages trained and evaluated (paper: 10, i.e. 1k..10k labels)
+    subset_size: int = 10_000  # M: random unlabeled candidates scored per stage (paper: 10,000)
+    score_batch_size: int = 512  # batch size for scoring and evaluation (no effect on results)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str = "local"  # local (in-process); ray (Ray Train + Ray Data)
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0  # fixes the initial set, candidates, inits, augmentation and selection
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    num_threads: int | None = None  # torch CPU threads (None: torch default)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    al: ALConfig = field(default_factory=ALConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values (``{"train.lr": 0.1, ...}``), e.g. for tracking params."""
+        return dict(_flatten(self.to_dict()))
+
+
+def _flatten(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+# ---------------------------------------------------------------- building from dicts
+
+
+def from_dict(d: dict[str, Any] | None, cls: type = Config, path: str = "") -> Any:
+    """Build a (nested) config dataclass; unknown keys and wrong types raise ConfigError."""
+    d = d or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section '{path or 'top'}' must be a mapping, got {type(d).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        where = f"in '{path}' " if path else ""
+        raise ConfigError(f"unknown config field {where}'{unknown[0]}'; valid fields: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in d.items():
+        key = f"{path}.{name}" if path else name
+        tp = hints[name]
+        if is_dataclass(tp):
+            kwargs[name] = from_dict(value, tp, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Union or str(origin) == "types.UnionType":
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field '{key}' must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config field '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"config field '{key}' must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config field '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config field '{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=0.05"`` -> ``("train.lr", 0.05)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value, e.g. train.lr=0.05")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(d: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of the nested dict ``d`` with dotted-key ``overrides`` set."""
+    out = json.loads(json.dumps(d))
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    """Load a YAML preset (or the defaults), apply dotted overrides, validate."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' not found; pass an existing YAML file, e.g. configs/smoke.yaml")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0]
+            raise ConfigError(f"config file '{p}' is not valid YAML ({first}); fix the file") from None
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    cfg = from_dict(apply_overrides(d, overrides or {}))
+    validate(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config field '{key}' must be {expected}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError naming the first field that is out of range."""
+    from tavaal import data as _data, models as _models, strategies as _strategies  # noqa: F401 (registration)
+    from tavaal.registry import DATASETS, MODELS, STRATEGIES
+
+    DATASETS.get(cfg.data.name)
+    MODELS.get(cfg.model.name)
+    STRATEGIES.get(cfg.al.strategy)
+    _check(cfg.seed >= 0, "seed", "an integer >= 0", cfg.seed)
+    dev = cfg.device
+    _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device", "auto, cpu, cuda or cuda:N", dev)
+    _check(cfg.num_threads is None or cfg.num_threads >= 1, "num_threads", ">= 1", cfg.num_threads)
+    d = cfg.data
+    _check(d.num_train is None or d.num_train >= 1, "data.num_train", ">= 1 or null", d.num_train)
+    _check(d.num_test is None or d.num_test >= 1, "data.num_test", ">= 1 or null", d.num_test)
+    _check(d.imbalance_ratio >= 1 and math.isfinite(d.imbalance_ratio), "data.imbalance_ratio",
+           ">= 1 (10 or 100 as in the paper; 1 = as is)", d.imbalance_ratio)
+    _check(d.minority_classes in ("even", "odd") or all(c.strip().isdigit() for c in d.minority_classes.split(",")),
+           "data.minority_classes", "'even', 'odd' or a comma list of class ids", d.minority_classes)
+    _check(cfg.model.ranker_hidden >= 1, "model.ranker_hidden", ">= 1", cfg.model.ranker_hidden)
+    t = cfg.train
+    _check(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
+    _check(t.batch_size >= 2 and t.batch_size % 2 == 0, "train.batch_size",
+           "an even integer >= 2 (the ranking loss pairs the two halves of a batch)", t.batch_size)
+    _check(t.lr > 0, "train.lr", "> 0", t.lr)
+    _check(0 <= t.momentum < 1, "train.momentum", "in [0, 1)", t.momentum)
+    _check(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
+    _check(all(m >= 1 for m in t.milestones) and list(t.milestones) == sorted(t.milestones),
+           "train.milestones", "increasing epochs >= 1", list(t.milestones))
+    _check(0 < t.gamma <= 1, "train.gamma", "in (0, 1]", t.gamma)
+    _check(t.eta >= 0, "train.eta", ">= 0", t.eta)
+    _check(t.margin >= 0, "train.margin", ">= 0", t.margin)
+    _check(t.ranker_stop_grad_epoch >= 0, "train.ranker_stop_grad_epoch", ">= 0", t.ranker_stop_grad_epoch)
+    _check(t.precision in ("fp32", "bf16"), "train.precision", "fp32 or bf16", t.precision)
+    v = cfg.vae
+    _check(v.latent_dim >= 1, "vae.latent_dim", ">= 1", v.latent_dim)
+    _check(v.base_channels >= 1, "vae.base_channels", ">= 1", v.base_channels)
+    _check(v.iterations is None or v.iterations >= 1, "vae.iterations", ">= 1 or null (official formula)",
+           v.iterations)
+    _check(v.iteration_epochs >= 1, "vae.iteration_epochs", ">= 1", v.iteration_epochs)
+    _check(v.batch_size >= 1, "vae.batch_size", ">= 1", v.batch_size)
+    _check(v.vae_steps is None or v.vae_steps >= 1, "vae.vae_steps", ">= 1 or null", v.vae_steps)
+    _check(v.lr > 0, "vae.lr", "> 0", v.lr)
+    _check(v.disc_lr > 0, "vae.disc_lr", "> 0", v.disc_lr)
+    _check(v.beta >= 0, "vae.beta", ">= 0", v.beta)
+    _check(v.adv_weight >= 0, "vae.adv_weight", ">= 0", v.adv_weight)
+    _check(v.kl_reduction in (None, "mean", "sum"), "vae.kl_reduction", "mean, sum or null", v.kl_reduction)
+    _check(v.disc_hidden >= 1, "vae.disc_hidden", ">= 1", v.disc_hidden)
+    a = cfg.al
+    _check(a.initial >= 1, "al.initial", ">= 1", a.initial)
+    _check(a.budget >= 1, "al.budget", ">= 1", a.budget)
+    _check(a.stages >= 1, "al.stages", ">= 1", a.stages)
+    _check(a.subset_size >= a.budget, "al.subset_size", f">= al.budget ({a.budget})", a.subset_size)
+    _check(a.score_batch_size >= 1, "al.score_batch_size", ">= 1", a.score_batch_size)
+    _check(cfg.backend.name in ("local",), "backend.name", "local", cfg.backend.name)
+
+
+def check_pool_size(cfg: Config, pool_size: int) -> None:
+    """The checks that need the data: the whole labeling plan must fit in the pool."""
+    a = cfg.al
+    need = a.initial + a.budget * (a.stages - 1)
+    if a.initial > pool_size:
+        raise ConfigError(f"config field 'al.initial' ({a.initial}) exceeds the pool of {pool_size} samples; lower it")
+    if need > pool_size:
+        raise ConfigError(
+            f"config fields 'al.initial' + 'al.budget' x ('al.stages' - 1) = {need} exceed the pool of "
+            f"{pool_size} samples; lower al.budget or al.stages"
+        )

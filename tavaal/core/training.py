@@ -1,0 +1,186 @@
+"""Stage training of the task model and its ranker (loss-prediction module), and test evaluation.
+
+One short trainer that knows nothing of strategies: ``ranker_loss`` says whether a ranker is trained
+beside the task model ("rank": TA-VAAL's eq. 1; "margin": LL4AL; None: no ranker, as for the
+baselines that do not use one).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tavaal.config import TrainConfig
+from tavaal.core.batches import iter_batches
+from tavaal.core.metrics import classification_metrics
+from tavaal.core.precision import autocast
+from tavaal.core.seeding import derive_seed, torch_generator
+from tavaal.data.base import ALData
+from tavaal.losses import margin_loss, ranking_loss
+from tavaal.models import LossNet, build_task_model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the task model and ranker from weights (picklable for Ray)."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    ranker_hidden: int = 128
+
+    def build(self, with_ranker: bool, seed: int | None = None) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        if seed is not None:
+            torch.manual_seed(seed)  # model init draws from the global generator
+        model = build_task_model(self.name, self.input_shape, self.num_classes)
+        ranker = LossNet(model.feature_channels, self.ranker_hidden) if with_ranker else None
+        return model, ranker
+
+
+@dataclass(frozen=True)
+class TaskJob:
+    """One stage of task training: train ``spec`` on ``labeled`` for ``train.epochs`` epochs."""
+
+    spec: ModelSpec
+    train: TrainConfig
+    labeled: np.ndarray  # absolute indices of the labeled set
+    ranker_loss: str | None  # "rank" | "margin" | None
+    seed: int  # the stage's seed: init, shuffling and augmentation derive from it
+
+
+@dataclass
+class TaskResult:
+    model_state: dict
+    ranker_state: dict | None
+    history: list[dict] = field(default_factory=list)
+
+
+class StageOptim:
+    """SGD + MultiStepLR for the task model and (same hyperparameters, as the official code) the ranker."""
+
+    def __init__(self, model: torch.nn.Module, ranker: torch.nn.Module | None, t: TrainConfig) -> None:
+        params = [{"params": model.parameters()}]
+        if ranker is not None:
+            params.append({"params": ranker.parameters()})
+        self.opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=list(t.milestones), gamma=t.gamma)
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.opt.load_state_dict(d["opt"])
+        self.sched.load_state_dict(d["sched"])
+
+
+def task_loss(
+    model: torch.nn.Module,
+    ranker: torch.nn.Module | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t: TrainConfig,
+    ranker_loss: str | None,
+    epoch: int,
+) -> tuple[torch.Tensor, dict]:
+    """L = mean CE + η · L_rank (eq. 2); the per-sample CE is the ranker's (detached) target."""
+    out = model(x)
+    ce = F.cross_entropy(out.logits.float(), y, reduction="none")
+    loss = ce.mean()
+    stats = {"ce": float(loss.detach())}
+    if ranker is not None:
+        feats = out.features
+        if epoch > t.ranker_stop_grad_epoch:  # official code: `if epoch > epoch_loss`, features detached
+            feats = [f.detach() for f in feats]
+        pred = ranker(feats).float()
+        if ranker_loss == "rank":
+            lr_loss = ranking_loss(pred, ce.detach())
+        else:
+            lr_loss = margin_loss(pred, ce.detach(), t.margin)
+        loss = loss + t.eta * lr_loss
+        stats["ranker_loss"] = float(lr_loss.detach())
+    return loss, stats
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    ranker: torch.nn.Module | None,
+    optim: StageOptim,
+    data: ALData,
+    job: TaskJob,
+    epoch: int,
+    device: torch.device,
+    shard: tuple[int, int] = (0, 1),
+) -> dict:
+    """One epoch over this worker's shard ``(rank, world_size)`` of the labeled set; returns mean stats.
+
+    With a ranker, an odd-sized batch drops its last sample (the ranking loss pairs the two halves) and a
+    batch of one is skipped.
+    """
+    model.train()
+    if ranker is not None:
+        ranker.train()
+    gen = torch_generator(job.seed, "epoch", epoch)
+    rank, world = shard
+    order = job.labeled[torch.randperm(job.labeled.size, generator=gen).numpy()]
+    mine = order[rank::world]
+    sums: dict[str, float] = {}
+    n_batches = 0
+    for x, y, _ in iter_batches(data, "train", mine, job.train.batch_size, gen, augment=True):
+        if ranker is not None and x.shape[0] % 2:
+            x, y = x[:-1], y[:-1]
+        if x.shape[0] < 2:
+            continue
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, job.train.precision):
+            loss, stats = task_loss(model, ranker, x, y, job.train, job.ranker_loss, epoch)
+        optim.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.opt.step()
+        n_batches += 1
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
+    optim.sched.step()
+    return {k: v / max(n_batches, 1) for k, v in sums.items()} | {"epoch": epoch}
+
+
+def train_task(
+    job: TaskJob,
+    data: ALData,
+    device: torch.device,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> TaskResult:
+    """Build (seeded), train for ``job.train.epochs`` epochs, return CPU state dicts and the history."""
+    model, ranker = job.spec.build(job.ranker_loss is not None, seed=derive_seed(job.seed, "init"))
+    model.to(device)
+    if ranker is not None:
+        ranker.to(device)
+    optim = StageOptim(model, ranker, job.train)
+    history = []
+    for epoch in range(job.train.epochs):
+        stats = train_epoch(model, ranker, optim, data, job, epoch, device)
+        history.append(stats)
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
+    return TaskResult(cpu_state(model), cpu_state(ranker) if ranker is not None else None, history)
+
+
+def cpu_state(module: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, data: ALData, device: torch.device, batch_size: int = 512, precision: str = "fp32"
+) -> dict:
+    """Test-split accuracy, balanced accuracy and per-class accuracy (eval mode, no augmentation)."""
+    model.eval()
+    preds = []
+    test_idx = np.arange(len(data.test))
+    for x, _, _ in iter_batches(data, "test", test_idx, batch_size):
+        with autocast(device, precision):
+            preds.append(model(x.to(device)).logits.argmax(1).cpu())
+    pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+    return classification_metrics(pred, data.test.y.numpy(), data.num_classes)

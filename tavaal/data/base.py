@@ -1,0 +1,101 @@
+"""The in-memory data set every strategy sees: absolute indices in, normalized tensors out.
+
+Images are kept as uint8 tensors ``[N, C, H, W]`` and normalized per batch; training augmentation
+(random crop with zero padding, horizontal flip) is applied per batch with an explicit generator so
+that a seed fixes it. Scoring, VAE/discriminator training and evaluation call ``batch(augment=False)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: ``x`` uint8 ``[N, C, H, W]`` (images) or float32 ``[N, D]`` (vectors); ``y`` int64 ``[N]``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class ALData:
+    """A data set for active learning: the train split is the pool, the test split is held out."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    mean: tuple[float, ...] = ()  # per-channel normalization of images scaled to [0, 1]
+    std: tuple[float, ...] = ()
+    crop_pad: int = 0  # training augmentation: random crop of the original size after zero padding
+    flip: bool = False  # training augmentation: random horizontal flip
+    class_names: tuple[str, ...] = ()
+    task: str = "classification"
+
+    @property
+    def is_image(self) -> bool:
+        return self.train.x.dim() == 4
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def train_targets(self) -> np.ndarray:
+        return self.train.y.numpy()
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {name!r}")
+        return self.train if name == "train" else self.test
+
+    def batch(
+        self,
+        split: str,
+        idx: torch.Tensor | np.ndarray,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(x float32 [B, ...], y int64 [B])`` for absolute indices ``idx`` of ``split``."""
+        s = self.split(split)
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        x, y = s.x[idx], s.y[idx]
+        if not self.is_image:
+            return x.float(), y
+        x = x.float().div_(255.0)
+        if augment:
+            x = augment_batch(x, self.crop_pad, self.flip, generator)
+        if self.mean:
+            mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x, y
+
+
+def augment_batch(
+    x: torch.Tensor, crop_pad: int, flip: bool, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Random crop (zero padding ``crop_pad``, as torchvision's RandomCrop) and horizontal flip, per sample.
+
+    x: float ``[B, C, H, W]`` in [0, 1] (before normalization, so zero padding is black as in torchvision).
+    """
+    b, _, h, w = x.shape
+    if crop_pad > 0:
+        padded = torch.nn.functional.pad(x, (crop_pad,) * 4)
+        dy = torch.randint(0, 2 * crop_pad + 1, (b,), generator=generator)
+        dx = torch.randint(0, 2 * crop_pad + 1, (b,), generator=generator)
+        rows = (dy.view(b, 1) + torch.arange(h).view(1, h)).view(b, 1, h, 1)
+        cols = (dx.view(b, 1) + torch.arange(w).view(1, w)).view(b, 1, 1, w)
+        bi = torch.arange(b).view(b, 1, 1, 1)
+        ci = torch.arange(x.shape[1]).view(1, -1, 1, 1)
+        x = padded[bi, ci, rows, cols]
+    if flip:
+        mask = torch.rand(b, generator=generator) < 0.5
+        x = torch.where(mask.view(b, 1, 1, 1), x.flip(3), x)
+    return x

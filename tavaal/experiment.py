@@ -1,0 +1,185 @@
+"""The active-learning loop: per stage, train -> evaluate -> (query -> label) -> checkpoint -> track.
+
+Stage ``s`` trains on the labeled set, evaluates on the test split and, unless it is the last stage,
+scores a fresh random candidate subset and labels the top-K (``labeled_at = s + 1``). Every source of
+randomness in a stage derives from (seed, stage), so a resumed run makes exactly the same picks.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from tavaal import checkpoint
+from tavaal.backends import Backend, build_backend
+from tavaal.config import Config, check_pool_size, from_dict
+from tavaal.core.metrics import label_counts, label_entropy
+from tavaal.core.pool import PoolState, draw_candidates, initial_pool
+from tavaal.core.precision import resolve_device
+from tavaal.core.seeding import derive_seed, numpy_rng
+from tavaal.core.training import ModelSpec, TaskJob, evaluate
+from tavaal.data import build_dataset
+from tavaal.data.base import ALData
+from tavaal.errors import CheckpointError, ConfigError
+from tavaal.strategies import QueryContext, Strategy, build_strategy
+from tavaal.tracking import NullTracker, Tracker
+
+# fields that may differ between a run and its resume (they do not change what gets selected)
+RESUMABLE_FIELDS = ("device", "num_threads", "backend", "al.stages", "al.score_batch_size", "data.data_dir",
+                    "data.download")
+
+
+@dataclass
+class StageRecord:
+    """What one stage produced: the metrics computed in the core, returned and checkpointed."""
+
+    stage: int
+    num_labeled: int  # labeled samples the stage trained on
+    accuracy: float  # test split, final-epoch model
+    balanced_accuracy: float
+    per_class_accuracy: list[float]
+    label_counts: list[int]  # per class, of the labeled set trained on
+    label_entropy: float  # nats (paper Fig. 7a)
+    label_entropy_norm: float  # divided by log C
+    selected: list[int] = field(default_factory=list)  # indices labeled by this stage's query
+    time_train: float = 0.0
+    time_query: float = 0.0
+    time_stage: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_experiment(
+    cfg: Config,
+    backend: Backend | None = None,
+    tracker: Tracker | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> list[StageRecord]:
+    """Run (or resume from ``out_dir``) the whole experiment; returns one record per stage."""
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    data = build_dataset(cfg.data, cfg.seed)
+    check_pool_size(cfg, len(data.train))
+    strategy = build_strategy(cfg.al.strategy)
+    pool, records = _start(cfg, data, out_dir, resume, log)
+    backend = backend or build_backend(cfg.backend.name)
+    tracker = tracker or NullTracker()
+    backend.prepare(data, device)
+    spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)
+    tracker.start(cfg.to_dict())
+    try:
+        for stage in range(len(records), cfg.al.stages):
+            record, pool, states = run_stage(cfg, stage, pool, data, spec, strategy, backend, device,
+                                             log if verbose else _quiet)
+            records.append(record)
+            if out_dir is not None:
+                checkpoint.save_stage(out_dir, stage, pool, [r.to_dict() for r in records], states, cfg.to_dict())
+            tracker.log_stage(record)
+            log(format_record(record, cfg.al.stages))
+    except BaseException:
+        tracker.end("KILLED")
+        raise
+    finally:
+        backend.close()
+    tracker.end("FINISHED")
+    return records
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+def _start(cfg: Config, data: ALData, out_dir, resume: bool, log) -> tuple[PoolState, list[StageRecord]]:
+    """Fresh: the initial random labels. Resume: the pool and records of the newest complete stage."""
+    if resume:
+        if out_dir is None:
+            raise ConfigError("--resume needs the run's output directory")
+        ck = checkpoint.load_latest(out_dir)
+        check_resumable(ck.config, cfg)
+        if len(ck.pool) != len(data.train):
+            raise CheckpointError(f"checkpoint {ck.path} has a pool of {len(ck.pool)} samples but the data set has "
+                                  f"{len(data.train)}; resume with the data the run started with")
+        log(f"resuming from {ck.path} (stage {ck.stage} complete, {ck.pool.num_labeled} labeled)")
+        return ck.pool, [StageRecord(**r) for r in ck.records]
+    if out_dir is not None and checkpoint.list_stages(out_dir):
+        raise CheckpointError(f"'{out_dir}' already holds stage checkpoints; pass --resume {out_dir} to continue "
+                              "that run, or choose a new --out")
+    return initial_pool(len(data.train), cfg.al.initial, numpy_rng(cfg.seed, "initial")), []
+
+
+def check_resumable(saved: dict, cfg: Config) -> None:
+    """The config of a resume must match the checkpoint's except in fields that do not change picks."""
+    old, new = from_dict(saved).flat(), cfg.flat()
+    for key in sorted(set(old) | set(new)):
+        if any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS):
+            continue
+        if old.get(key) != new.get(key):
+            raise ConfigError(f"config field '{key}' is {new.get(key)!r} but the checkpoint was made with "
+                              f"{old.get(key)!r}; resume with the same config (or start a new --out)")
+
+
+def run_stage(
+    cfg: Config, stage: int, pool: PoolState, data: ALData, spec: ModelSpec, strategy: Strategy,
+    backend: Backend, device: torch.device, log: Callable[[str], None],
+) -> tuple[StageRecord, PoolState, dict]:
+    """Train on the labeled set, evaluate, and query unless this is the last stage."""
+    t0 = time.perf_counter()
+    labeled = pool.labeled_indices()
+    seed = derive_seed(cfg.seed, "stage", stage)
+    every = max(1, cfg.train.epochs // 5)
+    task = backend.train_task(
+        TaskJob(spec, cfg.train, labeled, strategy.ranker_loss, seed),
+        on_epoch_end=lambda s: log(f"  epoch {s['epoch'] + 1}/{cfg.train.epochs} ce {s.get('ce', 0):.4f}")
+        if (s["epoch"] + 1) % every == 0 else None,
+    )
+    t_train = time.perf_counter() - t0
+    model, _ = spec.build(with_ranker=False)
+    model.load_state_dict(task.model_state)
+    metrics = evaluate(model.to(device), data, device, cfg.al.score_batch_size, cfg.train.precision)
+    states = {"model": task.model_state} | ({"ranker": task.ranker_state} if task.ranker_state else {})
+    selected, info, t1 = np.empty(0, dtype=np.int64), {}, time.perf_counter()
+    if stage < cfg.al.stages - 1:
+        candidates = draw_candidates(pool, cfg.al.subset_size, numpy_rng(cfg.seed, "candidates", stage))
+        budget = min(cfg.al.budget, candidates.size)
+        result = strategy.query(QueryContext(cfg, data, backend, spec, task, labeled, candidates, budget, stage,
+                                             seed, log))
+        selected = np.asarray(result.selected, dtype=np.int64)
+        check_selection(selected, candidates, budget, strategy.name)
+        pool = pool.label(selected, stage + 1)
+        states |= result.states
+        info = result.info
+    counts = label_counts(data.train_targets, labeled, data.num_classes)
+    h, h_norm = label_entropy(counts)
+    now = time.perf_counter()
+    record = StageRecord(
+        stage=stage, num_labeled=int(labeled.size), accuracy=metrics["accuracy"],
+        balanced_accuracy=metrics["balanced_accuracy"], per_class_accuracy=metrics["per_class_accuracy"],
+        label_counts=[int(c) for c in counts], label_entropy=h, label_entropy_norm=h_norm,
+        selected=[int(i) for i in selected], time_train=t_train, time_query=now - t1, time_stage=now - t0,
+        info=info,
+    )
+    return record, pool, states
+
+
+def check_selection(selected: np.ndarray, candidates: np.ndarray, budget: int, name: str) -> None:
+    """A strategy must return ``budget`` distinct candidates: anything else is a bug, not user error."""
+    if selected.size != budget or np.unique(selected).size != selected.size or not np.isin(selected, candidates).all():
+        raise RuntimeError(f"strategy '{name}' returned an invalid selection of {selected.size} indices "
+                           f"(expected {budget} distinct candidates)")
+
+
+def format_record(r: StageRecord, stages: int) -> str:
+    return (f"stage {r.stage + 1}/{stages}  labeled {r.num_labeled}  acc {r.accuracy:.4f}  "
+            f"bal_acc {r.balanced_accuracy:.4f}  label_entropy {r.label_entropy:.3f} "
+            f"({r.label_entropy_norm:.3f})  time {r.time_stage:.1f}s (train {r.time_train:.1f}s, "
+            f"query {r.time_query:.1f}s)")

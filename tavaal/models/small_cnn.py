@@ -1,0 +1,49 @@
+"""A small, fast CNN for CPU-scale protocols (28x28, 32x32, 16x16 inputs).
+
+Four conv3x3-BN-ReLU blocks of widths 32/64/128/128; blocks 2-4 downsample with stride 2
+(28 -> 28, 14, 7, 4). The four block outputs feed the ranker exactly like ResNet-18's stages.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tavaal.models.base import TaskOutput, check_image_shape
+from tavaal.registry import MODELS
+
+
+def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(nn.Module):
+    """``forward(x [B, C, H, W]) -> TaskOutput``; embedding = GAP of block 4 (128-d)."""
+
+    feature_channels: tuple[int, ...] = (32, 64, 128, 128)
+    embedding_dim: int = 128
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        in_channels, _, _ = check_image_shape("small_cnn", input_shape)
+        w1, w2, w3, w4 = self.feature_channels
+        self.blocks = nn.ModuleList(
+            [_block(in_channels, w1, 1), _block(w1, w2, 2), _block(w2, w3, 2), _block(w3, w4, 2)]
+        )
+        self.linear = nn.Linear(self.embedding_dim, num_classes)
+
+    def forward(self, x: Tensor) -> TaskOutput:
+        features = []
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        embedding = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return TaskOutput(self.linear(embedding), embedding, features)
+
+
+@MODELS.register("small_cnn")
+def small_cnn(input_shape: tuple[int, ...], num_classes: int) -> SmallCNN:
+    return SmallCNN(input_shape, num_classes)

@@ -1,0 +1,92 @@
+"""python -m tavaal.run — one active-learning experiment on this machine (in-process backend).
+
+  python -m tavaal.run --config configs/fashionmnist_tavaal_cpu.yaml --out runs/fm
+  python -m tavaal.run --resume runs/fm              # continue after a kill, from the last complete stage
+  python -m tavaal.run --config configs/smoke.yaml --set al.strategy=random --set train.lr=0.05
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tavaal.errors import TavaalError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tavaal.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML preset (configs/*.yaml); default: the paper's CIFAR-10 protocol")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.lr=0.05 (repeatable)")
+    p.add_argument("--out", help="output directory for per-stage checkpoints (default: runs/<strategy>-<data>-"
+                                 "seed<N>-<time>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last complete stage")
+    p.add_argument("--strategy", help="shortcut for --set al.strategy=...")
+    p.add_argument("--seed", type=int, help="shortcut for --set seed=...")
+    p.add_argument("--data-dir", help="shortcut for --set data.data_dir=...")
+    p.add_argument("--device", help="shortcut for --set device=... (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--json", metavar="FILE", help="also write the stage records to FILE as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="progress lines for epochs and VAE iterations")
+    p.add_argument("--list", action="store_true", help="list datasets, models and strategies, then exit")
+    return p
+
+
+def resolve_config(args: argparse.Namespace):
+    from tavaal.checkpoint import load_latest
+    from tavaal.config import apply_overrides, from_dict, load_config, parse_override, validate
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    for flag, key in (("strategy", "al.strategy"), ("seed", "seed"), ("data_dir", "data.data_dir"),
+                      ("device", "device")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.resume and not args.config:
+        # the run's own resolved config, with only the overrides given now
+        cfg = from_dict(apply_overrides(load_latest(args.resume).config, overrides))
+        validate(cfg)
+        return cfg
+    return load_config(args.config, overrides)
+
+
+def list_registered() -> None:
+    from tavaal import data, models, strategies  # noqa: F401 (registration)
+    from tavaal.registry import DATASETS, MODELS, STRATEGIES
+
+    print("datasets:   " + ", ".join(DATASETS.names()))
+    print("models:     " + ", ".join(MODELS.names()))
+    print("strategies:")
+    for name in STRATEGIES.names():
+        print(f"  {name:<11} {STRATEGIES.get(name).direction}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        list_registered()
+        return 0
+    try:
+        from tavaal.experiment import run_experiment
+
+        cfg = resolve_config(args)
+        out = args.resume or args.out or (
+            f"runs/{cfg.al.strategy}-{cfg.data.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        print(f"tavaal: {cfg.al.strategy} on {cfg.data.name}, {cfg.al.stages} stages, seed {cfg.seed}; "
+              f"checkpoints in {out}", flush=True)
+        records = run_experiment(cfg, out_dir=out, resume=bool(args.resume),
+                                 log=lambda m: print(m, flush=True), verbose=args.verbose)
+    except TavaalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume " + str(out), file=sys.stderr)
+        return 130
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in records], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

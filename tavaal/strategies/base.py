@@ -1,0 +1,50 @@
+"""The Strategy protocol: what a query strategy sees (a QueryContext) and returns (a QueryResult).
+
+Strategies never see the pool object: they get the labeled indices, the stage's candidate indices and
+the stage's trained weights, run their scorer through the backend, and return the indices to label.
+Every strategy's score follows one convention: higher = query first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import numpy as np
+
+from tavaal.config import Config
+from tavaal.core.training import ModelSpec, TaskResult
+from tavaal.data.base import ALData
+
+
+@dataclass
+class QueryContext:
+    cfg: Config
+    data: ALData
+    backend: "object"  # tavaal.backends.Backend (kept untyped here to avoid an import cycle)
+    spec: ModelSpec
+    task: TaskResult  # the stage's trained task model (+ ranker) weights
+    labeled: np.ndarray  # absolute indices of the labeled set
+    candidates: np.ndarray  # absolute indices of the stage's random candidate subset (sorted)
+    budget: int  # K: how many to label
+    stage: int
+    seed: int  # the stage's seed
+    log: Callable[[str], None] = lambda msg: None
+
+
+@dataclass
+class QueryResult:
+    selected: np.ndarray  # absolute indices to label, in pick order
+    scores: np.ndarray | None = None  # [M] aligned with candidates; higher = query first
+    states: dict[str, dict] = field(default_factory=dict)  # extra weights to checkpoint (e.g. vae, disc)
+    info: dict = field(default_factory=dict)  # scalars for the stage record (e.g. final VAE loss)
+
+
+class Strategy:
+    """Base class: ``ranker_loss`` says how the task model's ranker is trained (None: no ranker)."""
+
+    name: ClassVar[str]
+    ranker_loss: ClassVar[str | None] = None
+    direction: ClassVar[str]  # which samples it queries, in words (shown by --list)
+
+    def query(self, ctx: QueryContext) -> QueryResult:
+        raise NotImplementedError

@@ -1,0 +1,80 @@
+"""Picklable scorers: weights plus how to rebuild the models; ``setup`` builds them once per process."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tavaal.core.training import ModelSpec, TaskResult
+from tavaal.core.vae_training import VAEJob, VAEResult
+
+
+class TaskScorer:
+    """Runs the frozen task model (eval mode) and returns one output per sample.
+
+    kind: "entropy" (softmax entropy ``[B]``), "rhat" (ranker's predicted loss ``[B]``),
+    "embedding" (``[B, D]``), "logits" (``[B, C]``).
+    """
+
+    def __init__(self, spec: ModelSpec, task: TaskResult, kind: str) -> None:
+        if kind == "rhat" and task.ranker_state is None:
+            raise ValueError("scoring r̂ needs a trained ranker")
+        self.spec, self.task, self.kind = spec, task, kind
+        self._model = self._ranker = None
+
+    def setup(self, device: torch.device) -> None:
+        if self._model is not None:
+            return
+        model, ranker = self.spec.build(with_ranker=self.kind == "rhat")
+        model.load_state_dict(self.task.model_state)
+        self._model = model.to(device).eval()
+        if ranker is not None:
+            ranker.load_state_dict(self.task.ranker_state)
+            self._ranker = ranker.to(device).eval()
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        out = self._model(x)
+        if self.kind == "entropy":
+            logp = torch.log_softmax(out.logits.float(), dim=1)
+            return {"entropy": -(logp.exp() * logp).sum(1)}
+        if self.kind == "rhat":
+            return {"rhat": self._ranker(out.features).float()}
+        if self.kind == "embedding":
+            return {"embedding": out.embedding.float()}
+        return {"logits": out.logits.float()}
+
+    def __getstate__(self) -> dict:
+        return {"spec": self.spec, "task": self.task, "kind": self.kind, "_model": None, "_ranker": None}
+
+
+class DiscriminatorScorer:
+    """VAAL / TA-VAAL query score: P(labeled) = σ(D(μ, r̂)) with the VAE encoder in eval mode.
+
+    Returns ``p_labeled`` and ``logit`` ``[B]``; the strategies query the lowest P(labeled).
+    For TA-VAAL, r̂ is looked up in the stage's table (computed once from the frozen ranker).
+    """
+
+    def __init__(self, job: VAEJob, result: VAEResult) -> None:
+        self.job, self.result = job, result
+        self._vae = self._disc = None
+
+    def setup(self, device: torch.device) -> None:
+        if self._vae is not None:
+            return
+        vae, disc = self.job.build()
+        vae.load_state_dict(self.result.vae_state)
+        disc.load_state_dict(self.result.disc_state)
+        self._vae, self._disc = vae.to(device).eval(), disc.to(device).eval()
+        self._device = device
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        mu, _ = self._vae.encode(x)
+        r = None
+        if self.job.conditional:
+            r = torch.from_numpy(self.job.rhat[np.asarray(idx)]).float().to(mu.device)
+        logit = self._disc(mu.float(), r).float()
+        return {"logit": logit, "p_labeled": torch.sigmoid(logit)}
+
+    def __getstate__(self) -> dict:
+        return {"job": self.job, "result": self.result, "_vae": None, "_disc": None}
