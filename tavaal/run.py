@@ -67,11 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         list_registered()
         return 0
+    out = args.resume or args.out
     try:
         from tavaal.experiment import run_experiment
 
         cfg = resolve_config(args)
-        out = args.resume or args.out or (
+        out = out or (
             f"runs/{cfg.al.strategy}-{cfg.data.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
         print(f"tavaal: {cfg.al.strategy} on {cfg.data.name}, {cfg.al.stages} stages, seed {cfg.seed}; "
               f"checkpoints in {out}", flush=True)

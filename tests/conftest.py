@@ -1,4 +1,7 @@
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see tavaal/__init__.py; before torch loads
+
 import subprocess
 import sys
 from pathlib import Path

@@ -1,7 +1,11 @@
 """A small, fast CNN for CPU-scale protocols (28x28, 32x32, 16x16 inputs).
 
-Four conv3x3-BN-ReLU blocks of widths 32/64/128/128; blocks 2-4 downsample with stride 2
-(28 -> 28, 14, 7, 4). The four block outputs feed the ranker exactly like ResNet-18's stages.
+Four conv3x3-BN-ReLU blocks of widths 16/32/64/128, each downsampling with stride 2
+(28 -> 14, 7, 4, 2; 32 -> 16, 8, 4, 2; 16 -> 8, 4, 2, 1). The four block outputs feed the ranker
+exactly like ResNet-18's stages. Measured on the 2-core CPU (2,000 Fashion-MNIST images, 20 epochs,
+one seed): this layout reached the same test accuracy (~81%) as widths 32/64/128/128 or a
+full-resolution first block, at 2-4x less time per epoch (those missed the < 1 s budget per
+2,000-image epoch).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 class SmallCNN(nn.Module):
     """``forward(x [B, C, H, W]) -> TaskOutput``; embedding = GAP of block 4 (128-d)."""
 
-    feature_channels: tuple[int, ...] = (32, 64, 128, 128)
+    feature_channels: tuple[int, ...] = (16, 32, 64, 128)
     embedding_dim: int = 128
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
@@ -31,7 +35,7 @@ class SmallCNN(nn.Module):
         in_channels, _, _ = check_image_shape("small_cnn", input_shape)
         w1, w2, w3, w4 = self.feature_channels
         self.blocks = nn.ModuleList(
-            [_block(in_channels, w1, 1), _block(w1, w2, 2), _block(w2, w3, 2), _block(w3, w4, 2)]
+            [_block(in_channels, w1, 2), _block(w1, w2, 2), _block(w2, w3, 2), _block(w3, w4, 2)]
         )
         self.linear = nn.Linear(self.embedding_dim, num_classes)
 
