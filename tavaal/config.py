@@ -78,7 +78,17 @@ class ALConfig:
 
 @dataclass(frozen=True)
 class BackendConfig:
-    name: str = "local"  # local (in-process); ray (Ray Train + Ray Data)
+    name: str = "local"  # local (in-process) or ray (Ray Train for training, Ray Data for scoring)
+    address: str | None = None  # Ray cluster to join ("auto", "ray://host:10001"); None: a local Ray
+    num_workers: int = 1  # Ray Train workers per training job (DDP; gloo on CPU, nccl on GPU)
+    cpus_per_worker: float = 1.0  # CPUs reserved by each training worker
+    gpus_per_worker: float = 0.0  # GPUs per training worker (> 0 trains on GPU with nccl)
+    threads_per_worker: int | None = None  # torch threads in each worker/actor; None: max(1, int(cpus))
+    max_failures: int = 2  # worker failures one training job survives, resuming from its last epoch checkpoint
+    storage_path: str | None = None  # Ray Train checkpoint storage (local dir or s3://, gs://); None: a temp dir
+    score_concurrency: int = 1  # Ray Data actors scoring the pool (each holds the stage's models once)
+    score_cpus_per_actor: float = 1.0  # CPUs per scoring actor
+    score_gpus_per_actor: float = 0.0  # GPUs per scoring actor
 
 
 @dataclass(frozen=True)
@@ -273,7 +283,17 @@ def validate(cfg: Config) -> None:
     _check(a.stages >= 1, "al.stages", ">= 1", a.stages)
     _check(a.subset_size >= a.budget, "al.subset_size", f">= al.budget ({a.budget})", a.subset_size)
     _check(a.score_batch_size >= 1, "al.score_batch_size", ">= 1", a.score_batch_size)
-    _check(cfg.backend.name in ("local",), "backend.name", "local", cfg.backend.name)
+    b = cfg.backend
+    _check(b.name in ("local", "ray"), "backend.name", "local or ray", b.name)
+    _check(b.num_workers >= 1, "backend.num_workers", ">= 1", b.num_workers)
+    _check(b.cpus_per_worker > 0, "backend.cpus_per_worker", "> 0", b.cpus_per_worker)
+    _check(b.gpus_per_worker >= 0, "backend.gpus_per_worker", ">= 0", b.gpus_per_worker)
+    _check(b.threads_per_worker is None or b.threads_per_worker >= 1, "backend.threads_per_worker", ">= 1 or null",
+           b.threads_per_worker)
+    _check(b.max_failures >= 0, "backend.max_failures", ">= 0", b.max_failures)
+    _check(b.score_concurrency >= 1, "backend.score_concurrency", ">= 1", b.score_concurrency)
+    _check(b.score_cpus_per_actor > 0, "backend.score_cpus_per_actor", "> 0", b.score_cpus_per_actor)
+    _check(b.score_gpus_per_actor >= 0, "backend.score_gpus_per_actor", ">= 0", b.score_gpus_per_actor)
 
 
 def check_pool_size(cfg: Config, pool_size: int) -> None:

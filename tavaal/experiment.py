@@ -72,7 +72,7 @@ def run_experiment(
     check_pool_size(cfg, len(data.train))
     strategy = build_strategy(cfg.al.strategy)
     pool, records = _start(cfg, data, out_dir, resume, log)
-    backend = backend or build_backend(cfg.backend.name)
+    backend = backend or build_backend(cfg.backend)
     tracker = tracker or NullTracker()
     backend.prepare(data, device)
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)

@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="shortcut for --set seed=...")
     p.add_argument("--data-dir", help="shortcut for --set data.data_dir=...")
     p.add_argument("--device", help="shortcut for --set device=... (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--backend", choices=["local", "ray"], help="shortcut for --set backend.name=...")
+    p.add_argument("--address", help="Ray cluster address (shortcut for --set backend.address=...)")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers per stage (backend.num_workers)")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs per Ray Train worker (backend.cpus_per_worker)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs per Ray Train worker (backend.gpus_per_worker)")
     p.add_argument("--json", metavar="FILE", help="also write the stage records to FILE as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="progress lines for epochs and VAE iterations")
     p.add_argument("--list", action="store_true", help="list datasets, models and strategies, then exit")
@@ -40,7 +45,9 @@ def resolve_config(args: argparse.Namespace):
 
     overrides = dict(parse_override(o) for o in args.overrides)
     for flag, key in (("strategy", "al.strategy"), ("seed", "seed"), ("data_dir", "data.data_dir"),
-                      ("device", "device")):
+                      ("device", "device"), ("backend", "backend.name"), ("address", "backend.address"),
+                      ("num_workers", "backend.num_workers"), ("cpus_per_worker", "backend.cpus_per_worker"),
+                      ("gpus_per_worker", "backend.gpus_per_worker")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.resume and not args.config:

@@ -125,10 +125,15 @@ def train_epoch(
     gen = torch_generator(job.seed, "epoch", epoch)
     rank, world = shard
     order = job.labeled[torch.randperm(job.labeled.size, generator=gen).numpy()]
-    mine = order[rank::world]
+    # DDP needs the same number of steps on every worker: equal shards (the few samples left over go
+    # to no worker this epoch; the next shuffle differs) and batches of batch_size // world per worker
+    per = order.size // world
+    mine = order[rank * per:(rank + 1) * per]
+    batch_size = max(2, job.train.batch_size // world)
+    aug = gen if world == 1 else torch_generator(job.seed, "epoch", epoch, "rank", rank)  # same shuffle, own crops
     sums: dict[str, float] = {}
     n_batches = 0
-    for x, y, _ in iter_batches(data, "train", mine, job.train.batch_size, gen, augment=True):
+    for x, y, _ in iter_batches(data, "train", mine, batch_size, aug, augment=True):
         if ranker is not None and x.shape[0] % 2:
             x, y = x[:-1], y[:-1]
         if x.shape[0] < 2:

@@ -67,6 +67,80 @@ def _r(job: VAEJob, idx: np.ndarray, device: torch.device, noise: torch.Generato
     return torch.from_numpy(job.rhat[idx]).float().to(device)
 
 
+class VAETraining:
+    """The VAE + discriminator of one job with their Adam optimizers; resumable and shardable.
+
+    ``shard = (rank, world)``: each worker draws its own batches of ``batch_size // world`` (its own
+    generator streams) and ``sync_grads`` averages gradients across workers before each step, so
+    ``world`` workers make the same kind of step as one worker with the whole batch.
+    """
+
+    def __init__(self, job: VAEJob, device: torch.device, shard: tuple[int, int] = (0, 1)) -> None:
+        self.job, self.device, self.shard = job, device, shard
+        v = job.vae
+        self.vae, self.disc = job.build(seed=derive_seed(job.seed, "vae-init"))
+        self.vae.to(device).train()
+        self.disc.to(device).train()
+        self.opt_v = torch.optim.Adam(self.vae.parameters(), lr=v.lr)
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=v.disc_lr)
+        self.iteration = 0
+        rank, world = shard
+        self._bs = max(1, v.batch_size // world)
+        self._gen_keys: tuple = () if world == 1 else (rank, 0)
+
+    def bind(self, data: ALData) -> "VAETraining":
+        g, keys, bs = self.job.seed, self._gen_keys, self._bs
+        self.lab = endless_batches(data, self.job.labeled, bs, torch_generator(g, "vae-labeled", *keys))
+        self.unl = endless_batches(data, self.job.unlabeled, bs, torch_generator(g, "vae-unlabeled", *keys))
+        self.noise = torch_generator(g, "vae-noise") if self.job.vae.first_iter_noise else None
+        return self
+
+    def state_dict(self) -> dict:
+        return {"vae": self.vae.state_dict(), "disc": self.disc.state_dict(), "opt_v": self.opt_v.state_dict(),
+                "opt_d": self.opt_d.state_dict(), "iteration": self.iteration}
+
+    def load_state_dict(self, d: dict, data: ALData) -> None:
+        self.vae.load_state_dict(d["vae"])
+        self.disc.load_state_dict(d["disc"])
+        self.opt_v.load_state_dict(d["opt_v"])
+        self.opt_d.load_state_dict(d["opt_d"])
+        self.iteration = int(d["iteration"])
+        # a resumed job re-seeds its batch streams at the resume iteration: its later batches differ from
+        # an uninterrupted job's, and the job is still a valid draw of the same procedure
+        self._gen_keys = (self.shard[0], self.iteration)
+        self.bind(data)
+
+    def step(self, sync_grads: Callable[[torch.nn.Module], None] | None = None) -> dict:
+        """One iteration: ``vae_steps`` VAE steps, then one discriminator step."""
+        job, v, dev = self.job, self.job.vae, self.device
+        noise = self.noise if self.iteration == 0 else None
+        for _ in range(v.vae_steps):
+            (xl, il), (xu, iu) = next(self.lab), next(self.unl)
+            xl, xu = xl.to(dev), xu.to(dev)
+            rl, ru = _r(job, il, dev, noise), _r(job, iu, dev, noise)
+            with autocast(dev, job.precision):
+                loss_v = _vae_step_loss(self.vae, self.disc, xl, xu, rl, ru, v)
+            self.opt_v.zero_grad(set_to_none=True)
+            loss_v.backward()
+            if sync_grads is not None:
+                sync_grads(self.vae)
+            self.opt_v.step()
+        with torch.no_grad(), autocast(dev, job.precision):
+            mu_l, mu_u = self.vae.encode(xl)[0], self.vae.encode(xu)[0]
+        with autocast(dev, job.precision):
+            loss_d = discriminator_loss(self.disc(mu_l.float(), rl).float(), self.disc(mu_u.float(), ru).float())
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        if sync_grads is not None:
+            sync_grads(self.disc)
+        self.opt_d.step()
+        self.iteration += 1
+        return {"iteration": self.iteration, "vae_loss": float(loss_v.detach()), "disc_loss": float(loss_d.detach())}
+
+    def result(self, history: list[dict]) -> VAEResult:
+        return VAEResult(cpu_state(self.vae), cpu_state(self.disc), history)
+
+
 def train_vae(
     job: VAEJob,
     data: ALData,
@@ -82,40 +156,15 @@ def train_vae(
     """
     if job.conditional and job.rhat is None:
         raise ValueError("a conditional (TA-VAAL) VAE job needs rhat")
-    v = job.vae
-    vae, disc = job.build(seed=derive_seed(job.seed, "vae-init"))
-    vae.to(device).train()
-    disc.to(device).train()
-    opt_v = torch.optim.Adam(vae.parameters(), lr=v.lr)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=v.disc_lr)
-    lab = endless_batches(data, job.labeled, v.batch_size, torch_generator(job.seed, "vae-labeled"))
-    unl = endless_batches(data, job.unlabeled, v.batch_size, torch_generator(job.seed, "vae-unlabeled"))
-    noise = torch_generator(job.seed, "vae-noise") if v.first_iter_noise else None
+    trainer = VAETraining(job, device).bind(data)
     history = []
-    for it in range(job.iterations):
-        for step in range(v.vae_steps):
-            (xl, il), (xu, iu) = next(lab), next(unl)
-            xl, xu = xl.to(device), xu.to(device)
-            rl = _r(job, il, device, noise if it == 0 else None)
-            ru = _r(job, iu, device, noise if it == 0 else None)
-            with autocast(device, job.precision):
-                loss_v = _vae_step_loss(vae, disc, xl, xu, rl, ru, v)
-            opt_v.zero_grad(set_to_none=True)
-            loss_v.backward()
-            opt_v.step()
-        with torch.no_grad(), autocast(device, job.precision):
-            mu_l, mu_u = vae.encode(xl)[0], vae.encode(xu)[0]
-        with autocast(device, job.precision):
-            loss_d = discriminator_loss(disc(mu_l.float(), rl).float(), disc(mu_u.float(), ru).float())
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        if (it + 1) % log_every == 0 or it + 1 == job.iterations:
-            rec = {"iteration": it + 1, "vae_loss": float(loss_v.detach()), "disc_loss": float(loss_d.detach())}
+    while trainer.iteration < job.iterations:
+        rec = trainer.step()
+        if rec["iteration"] % log_every == 0 or rec["iteration"] == job.iterations:
             history.append(rec)
             if on_progress is not None:
                 on_progress(rec)
-    return VAEResult(cpu_state(vae), cpu_state(disc), history)
+    return trainer.result(history)
 
 
 def _vae_step_loss(vae, disc, xl, xu, rl, ru, v: VAEConfig) -> torch.Tensor:

@@ -1,0 +1,96 @@
+"""RayBackend: training through Ray Train (``ray_train.py``), pool scoring through Ray Data (``ray_data.py``).
+
+The AL loop stays on the driver; each heavy step of a stage becomes a Ray job. The data set is put in
+the object store once per experiment and every training worker and scoring actor reads from it.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tavaal.config import BackendConfig
+from tavaal.core.scoring import Scorer
+from tavaal.core.training import TaskJob, TaskResult
+from tavaal.core.vae_training import VAEJob, VAEResult
+from tavaal.data.base import ALData
+
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}  # see tavaal/__init__.py
+
+
+def ensure_ray(address: str | None) -> bool:
+    """Connect to (or start) Ray unless already connected; returns True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    return True
+
+
+class RayBackend:
+    name = "ray"
+
+    def __init__(self, cfg: BackendConfig) -> None:
+        self.cfg = cfg
+        self.data_ref: Any = None
+        self._owns_ray = False
+        self._tmp_storage: str | None = None
+
+    def prepare(self, data: ALData, device: torch.device) -> None:
+        import ray
+
+        self._owns_ray = ensure_ray(self.cfg.address)
+        self.data_ref = ray.put(data)  # [1] once per experiment, not once per stage or worker
+        if self.cfg.storage_path is None and self._tmp_storage is None:
+            self._tmp_storage = tempfile.mkdtemp(prefix="tavaal-ray-train-")
+
+    @property
+    def storage_path(self) -> str:
+        return self.cfg.storage_path or self._tmp_storage
+
+    def train_task(self, job: TaskJob, on_epoch_end: Callable[[dict], None] | None = None) -> TaskResult:
+        from tavaal.backends.ray_train import train_task_on_ray
+
+        result = train_task_on_ray(job, self._ref(), self.cfg, self.storage_path)
+        for stats in result.history if on_epoch_end else ():
+            on_epoch_end(stats)
+        return result
+
+    def train_vae(self, job: VAEJob, on_progress: Callable[[dict], None] | None = None) -> VAEResult:
+        from tavaal.backends.ray_train import train_vae_on_ray
+
+        if job.conditional and job.rhat is None:
+            raise ValueError("a conditional (TA-VAAL) VAE job needs rhat")
+        result = train_vae_on_ray(job, self._ref(), self.cfg, self.storage_path)
+        for rec in result.history if on_progress else ():
+            on_progress(rec)
+        return result
+
+    def score(self, scorer: Scorer, indices: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+        from tavaal.backends.ray_data import score_with_ray_data
+
+        c = self.cfg
+        return score_with_ray_data(scorer, self._ref(), np.asarray(indices), batch_size,
+                                   concurrency=c.score_concurrency, cpus_per_actor=c.score_cpus_per_actor,
+                                   gpus_per_actor=c.score_gpus_per_actor, threads_per_actor=c.threads_per_worker)
+
+    def close(self) -> None:
+        import ray
+
+        self.data_ref = None
+        if self._tmp_storage:
+            shutil.rmtree(self._tmp_storage, ignore_errors=True)
+            self._tmp_storage = None
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+            self._owns_ray = False
+
+    def _ref(self) -> Any:
+        if self.data_ref is None:
+            raise RuntimeError("RayBackend.prepare(data, device) must be called first")
+        return self.data_ref

@@ -1,0 +1,188 @@
+"""Ray Train adapter: task training and VAE/discriminator training as ``TorchTrainer`` jobs.
+
+The per-worker functions call the same core code as the local backend (``train_epoch``,
+``VAETraining.step``); this file only adds the Ray touch points:
+
+  [1] data: the stage's ``ALData`` reaches each worker as one object-store reference (``ray.put`` once per
+      experiment by the driver); each worker reads its shard of the labeled set from it by index.
+  [2] model: ``prepare_model`` (DDP: gloo on CPU, nccl on GPU) for the task model and ranker; the VAE and
+      discriminator average their gradients with one all-reduce per step (two forward passes per step
+      do not fit DDP's one-forward-one-backward contract).
+  [3] report + checkpoint: rank 0 checkpoints after every epoch (every ``checkpoint_every`` VAE
+      iterations); after a worker failure, Ray restarts the group (``FailureConfig``) and every worker
+      resumes from ``ray.train.get_checkpoint()``, losing at most the work since that checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tavaal.config import BackendConfig
+from tavaal.core.seeding import derive_seed
+from tavaal.core.training import StageOptim, TaskJob, TaskResult, cpu_state, train_epoch
+from tavaal.core.vae_training import VAEJob, VAEResult, VAETraining
+
+FAULT_ENV = "TAVAAL_FAULT_INJECT"  # tests: "task:EPOCH:DIR" or "vae:ITERATION:DIR"
+
+
+def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
+    return m.module if hasattr(m, "module") else m
+
+
+def _maybe_fail(kind: str, step: int) -> None:
+    """Fault injection for tests: with ``$TAVAAL_FAULT_INJECT = kind:step:DIR`` and a file ``DIR/armed``,
+    the worker that reaches ``step`` of a ``kind`` job kills its own process once (``DIR/fired`` marks it)."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return
+    k, at, folder = spec.split(":", 2)
+    armed, fired = Path(folder) / "armed", Path(folder) / "fired"
+    if k == kind and int(at) == step and armed.exists() and not fired.exists():
+        fired.write_text(f"worker pid {os.getpid()} killed itself at {kind} step {step}\n")
+        os._exit(1)  # a real death, not an exception
+
+
+def _setup_worker(config: dict) -> tuple[Any, int, int, torch.device]:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(config["threads"])
+    data = ray.get(config["data_ref"])  # [1] zero extra copies through the driver per stage
+    ctx = ray.train.get_context()
+    return data, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+
+
+def _report(metrics: dict, rank: int, payload: Callable[[], dict] | None) -> None:
+    """[3] every worker reports; rank 0 attaches a checkpoint of ``payload()``."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if rank == 0 and payload is not None:
+            torch.save(payload(), Path(d) / "state.pt")
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _restore() -> dict | None:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+
+
+def train_task_per_worker(config: dict) -> None:
+    """One Ray Train worker of a task-training job (task model + optional ranker), epoch by epoch."""
+    import ray.train.torch
+
+    job: TaskJob = config["job"]
+    data, rank, world, device = _setup_worker(config)
+    model, ranker = job.spec.build(job.ranker_loss is not None, seed=derive_seed(job.seed, "init"))
+    state = _restore()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if ranker is not None:
+            ranker.load_state_dict(state["ranker"])
+    model = ray.train.torch.prepare_model(model)  # [2]
+    ranker = ray.train.torch.prepare_model(ranker) if ranker is not None else None
+    optim = StageOptim(model, ranker, job.train)
+    history, start = [], 0
+    if state is not None:
+        optim.load_state_dict(state["optim"])
+        history, start = list(state["history"]), int(state["epoch"]) + 1
+    for epoch in range(start, job.train.epochs):
+        stats = train_epoch(model, ranker, optim, data, job, epoch, device, shard=(rank, world))
+        history.append(stats)
+        _maybe_fail("task", epoch)
+
+        def payload() -> dict:
+            return {"model": cpu_state(_unwrap(model)),
+                    "ranker": cpu_state(_unwrap(ranker)) if ranker is not None else None,
+                    "optim": optim.state_dict(), "epoch": epoch, "history": history}
+
+        _report(stats, rank, payload)
+
+
+def _allreduce_mean(module: torch.nn.Module, world: int) -> None:
+    import torch.distributed as dist
+
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if world == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def train_vae_per_worker(config: dict) -> None:
+    """One Ray Train worker of a VAE/discriminator job, checkpointing every ``checkpoint_every`` iterations."""
+    job: VAEJob = config["job"]
+    data, rank, world, device = _setup_worker(config)
+    trainer = VAETraining(job, device, shard=(rank, world)).bind(data)
+    state = _restore()
+    history: list[dict] = []
+    if state is not None:
+        trainer.load_state_dict(state["training"], data)
+        history = list(state["history"])
+    every = config["checkpoint_every"]
+    while trainer.iteration < job.iterations:
+        rec = trainer.step(sync_grads=lambda m: _allreduce_mean(m, world))
+        _maybe_fail("vae", trainer.iteration)
+        if trainer.iteration % every == 0 or trainer.iteration == job.iterations:
+            history.append(rec)
+            _report(rec, rank, lambda: {"training": trainer.state_dict(), "history": history,
+                                        "vae": cpu_state(trainer.vae), "disc": cpu_state(trainer.disc)})
+
+
+def fit_on_ray(
+    per_worker: Callable[[dict], None], config: dict, bcfg: BackendConfig, storage_path: str, name: str
+) -> dict:
+    """Run one ``TorchTrainer`` job and return the payload of its last checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    threads = bcfg.threads_per_worker or max(1, int(bcfg.cpus_per_worker))
+    use_gpu = bcfg.gpus_per_worker > 0
+    resources = {"CPU": bcfg.cpus_per_worker} | ({"GPU": bcfg.gpus_per_worker} if use_gpu else {})
+    trainer = TorchTrainer(
+        per_worker,
+        train_loop_config=config | {"threads": threads},
+        scaling_config=ray.train.ScalingConfig(num_workers=bcfg.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=f"{name}-{uuid.uuid4().hex[:8]}", storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=bcfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train job {name} finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+
+
+def train_task_on_ray(job: TaskJob, data_ref: Any, bcfg: BackendConfig, storage_path: str) -> TaskResult:
+    state = fit_on_ray(train_task_per_worker, {"job": job, "data_ref": data_ref}, bcfg, storage_path, "task")
+    return TaskResult(state["model"], state["ranker"], list(state["history"]))
+
+
+def train_vae_on_ray(job: VAEJob, data_ref: Any, bcfg: BackendConfig, storage_path: str,
+                     checkpoint_every: int | None = None) -> VAEResult:
+    every = checkpoint_every or max(1, job.iterations // 10)
+    state = fit_on_ray(train_vae_per_worker, {"job": job, "data_ref": data_ref, "checkpoint_every": every},
+                       bcfg, storage_path, "vae")
+    return VAEResult(state["vae"], state["disc"], list(state["history"]))
