@@ -11,7 +11,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class StageCheckpoint:
     states: dict[str, dict]  # model, ranker, vae, discriminator state dicts of that stage
     config: dict[str, Any]  # the resolved config of the run
     path: Path
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. the tracking run id
 
 
 def stage_dir(out_dir: str | Path, stage: int) -> Path:
@@ -65,6 +66,7 @@ def _fsync(path: Path) -> None:
 def save_stage(
     out_dir: str | Path, stage: int, pool: PoolState, records: list[dict], states: dict[str, dict],
     config: dict[str, Any],
+    meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write stage ``stage`` atomically and return its directory."""
     out = Path(out_dir)
@@ -80,6 +82,7 @@ def save_stage(
         "pool": pool.to_dict(),
         "records": records,
         "states": states,
+        "meta": dict(meta or {}),
         # every stage re-derives its seeds from (run seed, stage), so these are a record, not a dependency
         "rng": {"torch": torch.get_rng_state()},
     }
@@ -124,7 +127,7 @@ def load_stage(path: str | Path) -> StageCheckpoint:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to resume "
                               "from the stage before it") from None
     return StageCheckpoint(int(payload["stage"]), PoolState.from_dict(payload["pool"]), list(payload["records"]),
-                           dict(payload["states"]), config, path)
+                           dict(payload["states"]), config, path, dict(payload.get("meta", {})))
 
 
 def load_latest(out_dir: str | Path) -> StageCheckpoint:

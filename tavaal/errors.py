@@ -17,3 +17,7 @@ class DataError(TavaalError):
 
 class CheckpointError(TavaalError):
     """A checkpoint that is missing, truncated or does not match the run."""
+
+
+class TrackingError(TavaalError):
+    """An MLflow tracking server or store that cannot be reached or written; the message names the URI."""

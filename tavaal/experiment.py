@@ -63,29 +63,42 @@ def run_experiment(
     resume: bool = False,
     log: Callable[[str], None] = print,
     verbose: bool = False,
+    on_stage: Callable[[StageRecord, Path | None], None] | None = None,
 ) -> list[StageRecord]:
-    """Run (or resume from ``out_dir``) the whole experiment; returns one record per stage."""
+    """Run (or resume from ``out_dir``) the whole experiment; returns one record per stage.
+
+    ``on_stage(record, stage_dir)`` is called after each stage's checkpoint is written (a Tune trial
+    reports it from there).
+    """
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     data = build_dataset(cfg.data, cfg.seed)
     check_pool_size(cfg, len(data.train))
     strategy = build_strategy(cfg.al.strategy)
-    pool, records = _start(cfg, data, out_dir, resume, log)
-    backend = backend or build_backend(cfg.backend)
+    pool, records, meta = _start(cfg, data, out_dir, resume, log)
     tracker = tracker or NullTracker()
+    run_id = tracker.start(cfg.to_dict(), run_id=meta.get("tracking_run_id"))  # fails fast if unreachable
+    if run_id is not None:
+        meta["tracking_run_id"] = run_id
+    for record in records:  # idempotent: stages checkpointed but not yet tracked (killed in between) get sent
+        tracker.log_stage(record.to_dict())
+    backend = backend or build_backend(cfg.backend)
     backend.prepare(data, device)
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)
-    tracker.start(cfg.to_dict())
     try:
         for stage in range(len(records), cfg.al.stages):
             record, pool, states = run_stage(cfg, stage, pool, data, spec, strategy, backend, device,
                                              log if verbose else _quiet)
             records.append(record)
+            stage_path = None
             if out_dir is not None:
-                checkpoint.save_stage(out_dir, stage, pool, [r.to_dict() for r in records], states, cfg.to_dict())
-            tracker.log_stage(record)
+                stage_path = checkpoint.save_stage(out_dir, stage, pool, [r.to_dict() for r in records], states,
+                                                   cfg.to_dict(), meta)
+            tracker.log_stage(record.to_dict())
             log(format_record(record, cfg.al.stages))
+            if on_stage is not None:
+                on_stage(record, stage_path)
     except BaseException:
         tracker.end("KILLED")
         raise
@@ -99,7 +112,7 @@ def _quiet(msg: str) -> None:
     pass
 
 
-def _start(cfg: Config, data: ALData, out_dir, resume: bool, log) -> tuple[PoolState, list[StageRecord]]:
+def _start(cfg: Config, data: ALData, out_dir, resume: bool, log) -> tuple[PoolState, list[StageRecord], dict]:
     """Fresh: the initial random labels. Resume: the pool and records of the newest complete stage."""
     if resume:
         if out_dir is None:
@@ -110,11 +123,11 @@ def _start(cfg: Config, data: ALData, out_dir, resume: bool, log) -> tuple[PoolS
             raise CheckpointError(f"checkpoint {ck.path} has a pool of {len(ck.pool)} samples but the data set has "
                                   f"{len(data.train)}; resume with the data the run started with")
         log(f"resuming from {ck.path} (stage {ck.stage} complete, {ck.pool.num_labeled} labeled)")
-        return ck.pool, [StageRecord(**r) for r in ck.records]
+        return ck.pool, [StageRecord(**r) for r in ck.records], dict(ck.meta)
     if out_dir is not None and checkpoint.list_stages(out_dir):
         raise CheckpointError(f"'{out_dir}' already holds stage checkpoints; pass --resume {out_dir} to continue "
                               "that run, or choose a new --out")
-    return initial_pool(len(data.train), cfg.al.initial, numpy_rng(cfg.seed, "initial")), []
+    return initial_pool(len(data.train), cfg.al.initial, numpy_rng(cfg.seed, "initial")), [], {}
 
 
 def check_resumable(saved: dict, cfg: Config) -> None:

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, help="Ray Train workers per stage (backend.num_workers)")
     p.add_argument("--cpus-per-worker", type=float, help="CPUs per Ray Train worker (backend.cpus_per_worker)")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per Ray Train worker (backend.gpus_per_worker)")
+    p.add_argument("--tracking-uri", help="track the run in MLflow at this URI (e.g. sqlite:///mlflow.db, "
+                                          "http://127.0.0.1:5000); default: no tracking")
+    p.add_argument("--experiment", default="tavaal", help="MLflow experiment name (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the stage records to FILE as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="progress lines for epochs and VAE iterations")
     p.add_argument("--list", action="store_true", help="list datasets, models and strategies, then exit")
@@ -83,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
             f"runs/{cfg.al.strategy}-{cfg.data.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
         print(f"tavaal: {cfg.al.strategy} on {cfg.data.name}, {cfg.al.stages} stages, seed {cfg.seed}; "
               f"checkpoints in {out}", flush=True)
-        records = run_experiment(cfg, out_dir=out, resume=bool(args.resume),
+        tracker = None
+        if args.tracking_uri:
+            from tavaal.tracking import MLflowTracker
+
+            tracker = MLflowTracker(args.tracking_uri, args.experiment, run_name=Path(out).name)
+        records = run_experiment(cfg, tracker=tracker, out_dir=out, resume=bool(args.resume),
                                  log=lambda m: print(m, flush=True), verbose=args.verbose)
     except TavaalError as e:
         print(f"error: {e}", file=sys.stderr)

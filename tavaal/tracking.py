@@ -1,13 +1,43 @@
-"""The Tracker seam: the loop reports each stage through it (MLflow lives behind it, driver side only)."""
+"""The Tracker seam: the loop reports each stage through it (MLflow lives behind it, driver side only).
+
+``MLflowTracker`` writes one MLflow run per experiment through its own ``MlflowClient`` (no global active
+run), so one driver can hold a tracker per Tune trial. Per stage, with ``step = stage``:
+
+  test/accuracy, test/balanced_accuracy, test/accuracy_class_{c}, labels/count, labels/entropy,
+  labels/entropy_norm, labels/class_{c}, time/stage, time/train, time/query, info/{key}
+
+plus the artifact ``selected/stage-NNNN.parquet`` (columns ``stage``, ``index``). ``config.json`` and
+``config.yaml`` are logged when the run is created, ``accuracy.png`` when it ends. mlflow is imported
+lazily: importing this module (or the loop) must not load it.
+"""
 from __future__ import annotations
 
-from typing import Any, Protocol
+import contextlib
+import csv
+import json
+import math
+import numbers
+import re
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+from tavaal.errors import TrackingError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the embedded default store, in the working directory
+FALLBACK_HINT = "start it or pass --tracking-uri sqlite:///mlflow.db"
+MARKER = "test/accuracy"  # logged last in a stage's batch: its steps are the stages already logged
+HEALTH_TIMEOUT_S = 5.0  # an unreachable server fails in seconds, not after mlflow's minutes of retries
+PARENT_TAG = "mlflow.parentRunId"
 
 
 class Tracker(Protocol):
-    def start(self, config: dict[str, Any]) -> None: ...
+    def start(self, config: dict[str, Any], run_id: str | None = None) -> str | None: ...
 
-    def log_stage(self, record: Any) -> None: ...
+    def log_stage(self, record: dict[str, Any]) -> None: ...
 
     def end(self, status: str = "FINISHED") -> None: ...
 
@@ -15,11 +45,326 @@ class Tracker(Protocol):
 class NullTracker:
     """Tracks nothing (the default for ``python -m tavaal.run`` without a tracking URI)."""
 
-    def start(self, config: dict[str, Any]) -> None:
-        pass
+    def start(self, config: dict[str, Any], run_id: str | None = None) -> str | None:
+        return None
 
-    def log_stage(self, record: Any) -> None:
+    def log_stage(self, record: dict[str, Any]) -> None:
         pass
 
     def end(self, status: str = "FINISHED") -> None:
         pass
+
+
+class MLflowTracker:
+    """One MLflow run per AL experiment; ``log_stage`` is idempotent per stage, so a resume logs nothing twice."""
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "tavaal", run_name: str | None = None,
+                 parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
+                 artifact_location: str | None = None) -> None:
+        self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
+        self.experiment, self.run_name, self.parent_run_id = experiment, run_name, parent_run_id
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self.artifact_location = artifact_location  # only used when the experiment is created here
+        self.run_id: str | None = None
+        self.records: list[dict[str, Any]] = []  # the records seen by this tracker, in order
+        self._client = None
+        self._points: dict[int, tuple[float, float]] = {}  # stage -> (labels/count, test/accuracy), whole run
+        self._ended = False
+
+    def check(self) -> None:
+        """Raise TrackingError (one line) unless the server or store answers."""
+        self._client = connect(self.tracking_uri)
+
+    def start(self, config: dict[str, Any], run_id: str | None = None) -> str:
+        """Create the run (params and config artifacts), or reopen ``run_id`` to resume it; returns its id."""
+        client = self._client or connect(self.tracking_uri)
+        self._client = client
+        with tracking_errors(self.tracking_uri, "starting the run"):
+            if run_id is None:
+                tags = self.tags | ({PARENT_TAG: self.parent_run_id} if self.parent_run_id else {})
+                exp_id = ensure_experiment(client, self.tracking_uri, self.experiment, self.artifact_location)
+                run = client.create_run(exp_id, run_name=self.run_name, tags=tags)
+            else:
+                run = reopen_run(client, run_id, self.tracking_uri)
+            self.run_id = run.info.run_id
+            if not run.data.params:  # new, or created by a process killed before its params went out
+                log_params(client, self.run_id, config)
+                log_config(client, self.run_id, config)
+            self._points = curve_points(client, self.run_id)
+        self._ended = False
+        return self.run_id
+
+    def log_stage(self, record: dict[str, Any]) -> None:
+        """Metrics at ``step = stage`` and the stage's selected indices; a stage already in the run is skipped."""
+        rec = record.to_dict() if hasattr(record, "to_dict") else dict(record)
+        stage = int(rec["stage"])
+        if self.run_id is None:
+            raise RuntimeError("MLflowTracker.log_stage called before start")
+        self.records.append(rec)
+        if stage in self._points:
+            return
+        with tracking_errors(self.tracking_uri, f"logging stage {stage}"):
+            if rec.get("selected"):
+                log_selected(self._client, self.run_id, stage, rec["selected"])
+            metrics = stage_metrics(rec)  # the marker last: if it is in the run, the whole stage is
+            log_metrics(self._client, self.run_id, stage, metrics)
+        self._points[stage] = (float(rec["num_labeled"]), float(rec["accuracy"]))
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Log the accuracy-vs-labels plot of the whole run and set its terminal status."""
+        if self.run_id is None or self._ended:
+            return
+        try:
+            with tracking_errors(self.tracking_uri, "ending the run"):
+                if self._points:
+                    log_figure(self._client, self.run_id, accuracy_figure({"this run": self._points}),
+                               "accuracy.png")
+                self._client.set_terminated(self.run_id, status)
+        except TrackingError as e:
+            if status == "FINISHED":
+                raise
+            warnings.warn(str(e), stacklevel=2)  # the run failed already: do not hide why
+        self._ended = True
+
+
+# ---------------------------------------------------------------- connecting
+
+
+def connect(tracking_uri: str):
+    """An ``MlflowClient`` for a server or store that answers; otherwise TrackingError, in seconds."""
+    if tracking_uri.startswith(("http://", "https://")):
+        check_health(tracking_uri)
+    import mlflow
+
+    with tracking_errors(tracking_uri, "opening the store"):
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
+def check_health(url: str) -> None:
+    """A plain GET of ``/health`` with a short timeout (mlflow's own retries take minutes to give up)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:
+        return  # something answered (a proxy or auth layer, say): the API call that follows will tell
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        name = type(reason).__name__ if isinstance(reason, BaseException) else type(e).__name__
+        raise TrackingError(f"MLflow tracking server {url} is unreachable ({name}); {FALLBACK_HINT}") from None
+
+
+@contextlib.contextmanager
+def tracking_errors(uri: str, doing: str) -> Iterator[None]:
+    """Turn any failure of the tracking client into a one-line TrackingError naming the URI."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as e:
+        detail = " ".join(str(e).split())[:200]
+        raise TrackingError(f"MLflow tracking at {uri} failed while {doing} ({type(e).__name__}: {detail}); "
+                            f"check the server or store, or pass --tracking-uri {DEFAULT_TRACKING_URI}") from e
+
+
+def ensure_experiment(client, tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_location or default_artifact_location(tracking_uri, name)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another driver created it in between
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """A SQLite store keeps its artifacts beside the file (``<db dir>/mlruns/<experiment>``), not in whatever
+    directory the process happens to run in (mlflow's default, ``./mlruns``)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+    if not db or db == ":memory:":
+        return None
+    return str(Path(db).resolve().parent / "mlruns" / re.sub(r"[^\w\-.]", "_", experiment))
+
+
+def reopen_run(client, run_id: str, uri: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"MLflow run {run_id} not found at {uri}; resume with the tracking URI the run "
+                            "started with") from None
+    client.update_run(run_id, status="RUNNING")
+    return run
+
+
+# ---------------------------------------------------------------- what gets logged
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+    items = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flatten(params)]
+    for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=items[i:i + MAX_PARAMS_TAGS_PER_BATCH])
+
+
+def log_config(client, run_id: str, config: dict[str, Any]) -> None:
+    import yaml
+
+    client.log_text(run_id, json.dumps(config, indent=2, default=str), "config.json")
+    client.log_text(run_id, yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False),
+                    "config.yaml")
+
+
+def stage_metrics(rec: dict[str, Any]) -> dict[str, float]:
+    """Metric name -> value for one StageRecord dict; ``MARKER`` comes last."""
+    m = {"test/balanced_accuracy": rec["balanced_accuracy"], "labels/count": rec["num_labeled"],
+         "labels/entropy": rec["label_entropy"], "labels/entropy_norm": rec["label_entropy_norm"],
+         "time/stage": rec.get("time_stage", 0.0), "time/train": rec.get("time_train", 0.0),
+         "time/query": rec.get("time_query", 0.0)}
+    m |= {f"labels/class_{c}": n for c, n in enumerate(rec.get("label_counts", []))}
+    m |= {f"test/accuracy_class_{c}": a for c, a in enumerate(rec.get("per_class_accuracy", []))}
+    for key, v in flatten(rec.get("info") or {}):
+        if isinstance(v, numbers.Real) and not isinstance(v, bool):
+            m["info/" + re.sub(r"[^\w\-. /]", "_", key)] = v
+    return {k: float(v) for k, v in m.items()} | {MARKER: float(rec["accuracy"])}
+
+
+def log_metrics(client, run_id: str, step: int, metrics: dict[str, float]) -> None:
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, v, now, step) for k, v in metrics.items()]
+    for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
+
+
+def log_selected(client, run_id: str, stage: int, selected: list[int]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"stage": pa.array([stage] * len(selected), pa.int64()),
+                      "index": pa.array(selected, pa.int64())})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"stage-{stage:04d}.parquet"
+        pq.write_table(table, path)
+        client.log_artifact(run_id, str(path), "selected")
+
+
+def metric_steps(client, run_id: str, key: str) -> dict[int, float]:
+    """step -> value of one metric (the latest value where a step somehow appears twice)."""
+    return {m.step: m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
+
+
+def curve_points(client, run_id: str) -> dict[int, tuple[float, float]]:
+    """stage -> (labels/count, test/accuracy) already in the run: one history read per metric."""
+    acc, labels = metric_steps(client, run_id, MARKER), metric_steps(client, run_id, "labels/count")
+    return {s: (labels.get(s, math.nan), a) for s, a in acc.items()}
+
+
+# ---------------------------------------------------------------- plots
+
+
+def accuracy_figure(curves: dict[str, dict[int, tuple[float, float]]], title: str = "accuracy vs labels"):
+    """One line per run: x = labeled samples, y = test accuracy (matplotlib's Agg, no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    for name, points in curves.items():
+        xy = [points[s] for s in sorted(points)]
+        ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=name)
+    ax.set(xlabel="labeled samples", ylabel="test accuracy", title=title)
+    ax.grid(alpha=0.3)
+    if 1 < len(curves) <= 20:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def log_figure(client, run_id: str, fig, name: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        fig.savefig(path)
+        client.log_artifact(run_id, str(path))
+
+
+# ---------------------------------------------------------------- sweeps: a parent run with a child per trial
+
+
+def start_parent_run(tracking_uri: str | None, experiment: str, run_name: str, params: dict | None = None,
+                     run_id: str | None = None, tags: dict | None = None,
+                     artifact_location: str | None = None) -> str:
+    """Create a sweep's parent run (or reopen ``run_id``) and return its id; children pass it as parent_run_id."""
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    client = connect(uri)
+    with tracking_errors(uri, "starting the parent run"):
+        if run_id is not None:
+            return reopen_run(client, run_id, uri).info.run_id
+        exp_id = ensure_experiment(client, uri, experiment, artifact_location)
+        run = client.create_run(exp_id, run_name=run_name, tags={str(k): str(v) for k, v in (tags or {}).items()})
+        log_params(client, run.info.run_id, params or {})
+    return run.info.run_id
+
+
+def child_runs(client, parent_run_id: str) -> list:
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                              max_results=5000, order_by=["attributes.start_time ASC"])
+
+
+def find_child_run(tracking_uri: str | None, parent_run_id: str, trial_id: str) -> str | None:
+    """The id of the child run tagged ``tavaal.trial_id = trial_id`` under the parent, if there is one."""
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    client = connect(uri)
+    with tracking_errors(uri, "looking up a child run"):
+        runs = [r for r in child_runs(client, parent_run_id) if r.data.tags.get("tavaal.trial_id") == str(trial_id)]
+    return runs[0].info.run_id if runs else None
+
+
+def log_parent_summary(tracking_uri: str | None, parent_run_id: str, trials: list[dict[str, Any]], objective: str,
+                       status: str | None = "FINISHED") -> None:
+    """``trials.csv`` (the rows as given) and ``comparison.png`` (every child's curve) on the parent run;
+    then the parent's terminal ``status`` (None leaves it running)."""
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    client = connect(uri)
+    with tracking_errors(uri, "writing the sweep summary"), tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trials.csv"
+        columns = list(dict.fromkeys(k for row in trials for k in row))
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(trials)
+        client.log_artifact(parent_run_id, str(path))
+        by_trial = {str(row.get("trial_id")): row.get(objective) for row in trials}
+        curves = {}
+        for run in child_runs(client, parent_run_id):
+            name = run.info.run_name or run.info.run_id[:8]
+            score = by_trial.get(run.data.tags.get("tavaal.trial_id", ""))
+            label = f"{name} ({objective} {score:.4g})" if isinstance(score, numbers.Real) else name
+            curves[label] = curve_points(client, run.info.run_id)
+        log_figure(client, parent_run_id, accuracy_figure(curves, f"{len(curves)} trials"), "comparison.png")
+        if status is not None:
+            client.set_terminated(parent_run_id, status)

@@ -313,3 +313,50 @@ def test_toy2d_shapes_and_ratios():
     # the two moons are separable by the mean of each class (means differ by far more than the noise)
     mu = torch.stack([data.train.x[data.train.y == c].mean(0) for c in (0, 1)])
     assert (mu[0] - mu[1]).norm().item() > 0.5
+
+
+# ---------------------------------------------------------------- synthetic_large: a lazily rendered pool
+
+
+def test_synthetic_large_is_lazy_deterministic_and_learnable():
+    from tavaal.data.synthetic import LazyImages
+
+    data = build_dataset(DataConfig(name="synthetic_large"), seed=0)
+    assert isinstance(data.train.x, LazyImages) and len(data.train) == 1_000_000
+    assert data.is_image and data.input_shape == (1, 16, 16) and data.train.x.shape == (1_000_000, 1, 16, 16)
+    assert len(data.test) == 256 and isinstance(data.test.x, torch.Tensor)
+    assert torch.bincount(data.train.y).tolist() == [250_000] * 4  # balanced, shuffled as synthetic's
+    assert len(pickle.dumps(data)) < 20 * 2**20  # labels only: the 244 MiB of pixels are not in it
+    idx = torch.tensor([999_999, 0, 123_456, 0, 77])
+    x = data.train.x[idx]
+    assert x.shape == (5, 1, 16, 16) and x.dtype == torch.uint8
+    assert torch.equal(x[1], x[3]) and not torch.equal(x[0], x[1])
+    assert torch.equal(x[2], data.train.x[123_456])  # alone or in a batch: the same pixels
+    assert torch.equal(x[0], data.train.x[torch.tensor([-1])][0])  # negative indices as for tensors
+    again = pickle.loads(pickle.dumps(build_dataset(DataConfig(name="synthetic_large"), seed=3)))
+    assert torch.equal(again.train.x[idx], x) and torch.equal(again.train.y, data.train.y)  # fixed seed
+    sample = data.train.x[torch.arange(0, 1_000_000, 250)][:, 0].float()  # 4,000 images
+    quadrants = torch.stack([sample[:, :8, :8], sample[:, :8, 8:], sample[:, 8:, :8], sample[:, 8:, 8:]], 1)
+    assert torch.equal(quadrants.mean(dim=(2, 3)).argmax(1), data.train.y[::250])  # same pattern as synthetic
+    xb, yb = data.batch("train", np.arange(0, 1_000_000, 250))  # ALData.batch unchanged; synthetic's mean/std
+    assert abs(xb.mean().item()) < 0.05 and xb.std().item() == pytest.approx(1.0, abs=0.05)
+    assert torch.equal(yb, data.train.y[::250])
+    with pytest.raises(IndexError, match="out of bounds"):
+        data.train.x[torch.tensor([1_000_000])]
+    with pytest.raises(TypeError, match="integer indices"):
+        data.train.x[np.array([0.5])]
+
+
+def test_subsampling_a_lazy_pool_stays_lazy():
+    from tavaal.data import subsample
+    from tavaal.data.synthetic import LazyImages
+
+    full = build_dataset(DataConfig(name="synthetic_large", num_train=5000, num_test=16), seed=0)
+    assert (len(full.train), len(full.test)) == (5000, 16)
+    part = subsample(full.train, 300, np.random.default_rng(1))
+    assert isinstance(part.x, LazyImages) and len(part) == len(part.x) == 300 and part.x.shape[0] == 300
+    kept = np.sort(np.random.default_rng(1).choice(5000, size=300, replace=False))  # what subsample drew
+    assert torch.equal(part.y, full.train.y[kept])
+    assert torch.equal(part.x[torch.arange(300)], full.train.x[torch.from_numpy(kept)])
+    deeper = part.subset(torch.tensor([299, 0]))  # a view of a view
+    assert torch.equal(deeper.x[torch.arange(2)], full.train.x[torch.from_numpy(kept[[299, 0]])])

@@ -23,11 +23,14 @@ _TRAIN_STREAM, _TEST_STREAM = 0, 1
 
 
 def subsample(split: Split, n: int | None, rng: np.random.Generator) -> Split:
-    """A uniformly random subset of ``n`` samples in their original order (sorted indices); all if n is None."""
+    """A uniformly random subset of ``n`` samples in their original order (sorted indices); all if n is None.
+
+    A lazy image source stays lazy (``Split.subset``): nothing is rendered here.
+    """
     if n is None or n >= len(split):
         return split
     idx = torch.from_numpy(np.sort(rng.choice(len(split), size=n, replace=False)))
-    return Split(split.x[idx], split.y[idx])
+    return split.subset(idx)
 
 
 def build_dataset(cfg: DataConfig, seed: int) -> ALData:

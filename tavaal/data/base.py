@@ -14,13 +14,22 @@ import torch
 
 @dataclass(frozen=True)
 class Split:
-    """One split: ``x`` uint8 ``[N, C, H, W]`` (images) or float32 ``[N, D]`` (vectors); ``y`` int64 ``[N]``."""
+    """One split: ``x`` uint8 ``[N, C, H, W]`` (images) or float32 ``[N, D]`` (vectors); ``y`` int64 ``[N]``.
+
+    ``x`` may also be a lazy image source (``synthetic.LazyImages``: ``shape``, ``dim()``, ``x[idx]`` renders
+    a uint8 batch, ``x.subset(idx)`` a lazy view) for pools too big to hold in memory.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def subset(self, idx: torch.Tensor) -> "Split":
+        """Rows ``idx`` (LongTensor) of this split; a lazy ``x`` stays lazy instead of being rendered."""
+        x = self.x.subset(idx) if hasattr(self.x, "subset") else self.x[idx]
+        return Split(x, self.y[idx])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,127 @@
+"""python -m tavaal.sweep — a Ray Tune sweep of AL experiments (HyperOpt search), tracked in MLflow.
+
+  python -m tavaal.sweep                                # the embedded default: small TA-VAAL sweep on CPU
+  python -m tavaal.sweep --preset smoke                 # seconds-scale sweep on synthetic data
+  python -m tavaal.sweep --config configs/cifar10_tavaal.yaml --space tune/tavaal.yaml --num-samples 32 \\
+      --tracking-uri http://mlflow:5000 --storage-path s3://bucket/sweeps
+  python -m tavaal.sweep --resume NAME                  # continue an interrupted sweep
+  ray job submit --working-dir . -- python -m tavaal.sweep ...
+
+Each trial is one AL experiment: a Tune function trainable runs the loop and reports once per stage with
+the AL checkpoint of that stage; a restarted trial resumes from ``tune.get_checkpoint()``. MLflow is
+written on the driver, by a Tune callback: a parent run per sweep, a child run per trial.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from tavaal.errors import TavaalError
+
+PRESETS = {
+    # the embedded default: real Fashion-MNIST, a few minutes per trial on one core
+    "default": {"config": "configs/fashionmnist_tavaal_cpu.yaml", "space": "tune/tavaal_cpu.yaml",
+                "num_samples": 4, "overrides": {"al.stages": 4, "vae.iterations": 150, "train.epochs": 10,
+                                                "train.milestones": [8], "train.ranker_stop_grad_epoch": 6,
+                                                "data.num_test": 5000}},
+    "smoke": {"config": "configs/smoke.yaml", "space": "tune/smoke.yaml", "num_samples": 2,
+              "overrides": {"al.stages": 2, "train.epochs": 1, "vae.iterations": 4}},
+}
+OBJECTIVES = ("auc", "final_accuracy")
+STATE_FILE = "tavaal_sweep.json"
+
+
+def objective_metrics(records: list[dict]) -> dict[str, float]:
+    """Area under accuracy-vs-labels (trapezoid, divided by the label range: in [0, 1]) and last accuracy."""
+    xs = [r["num_labeled"] for r in records]
+    ys = [r["accuracy"] for r in records]
+    if len(xs) < 2 or xs[-1] == xs[0]:
+        auc = ys[-1]
+    else:
+        auc = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1)) / (xs[-1] - xs[0])
+    return {"auc": float(auc), "final_accuracy": float(ys[-1])}
+
+
+def al_trial(params: dict, base: dict, threads: int) -> None:
+    """Tune function trainable: one AL experiment, one ``tune.report`` per stage with its checkpoint."""
+    from ray import tune
+
+    from tavaal import checkpoint as ckpt
+    from tavaal.experiment import run_experiment
+    from tavaal.search_space import resolve_trial_config
+
+    cfg = resolve_trial_config(base, params)
+    if cfg.num_threads is None:
+        cfg = dataclasses.replace(cfg, num_threads=threads)
+    out = Path(tempfile.mkdtemp(prefix="tavaal-trial-"))
+    restored = tune.get_checkpoint()
+    records: list[dict] = []
+    if restored is not None:
+        with restored.as_directory() as d:
+            stage = json.loads((Path(d) / "manifest.json").read_text())["stage"]
+            shutil.copytree(d, ckpt.stage_dir(out, stage))
+        records = ckpt.load_latest(out).records
+
+    def on_stage(record, stage_path) -> None:
+        records.append(record.to_dict())
+        metrics = objective_metrics(records) | {
+            "stage": record.stage, "accuracy": record.accuracy, "num_labeled": record.num_labeled,
+            "record": record.to_dict(),
+        }
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(stage_path))
+        for old in ckpt.list_stages(out)[:-1]:  # Tune keeps its own copy; keep the newest locally
+            shutil.rmtree(ckpt.stage_dir(out, old), ignore_errors=True)
+
+    try:
+        run_experiment(cfg, out_dir=out, resume=restored is not None, log=lambda m: None, on_stage=on_stage)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tavaal.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="config + space + size used for whatever is not given (default: %(default)s)")
+    p.add_argument("--config", help="base YAML config (default: the preset's)")
+    p.add_argument("--space", help="search space YAML, dotted config keys (default: the preset's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base config field (repeatable)")
+    p.add_argument("--num-samples", type=int, help="trials (default: the preset's)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: CPUs / --cpus-per-trial)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (default: %(default)s)")
+    p.add_argument("--search", choices=["hyperopt", "random"], default="hyperopt")
+    p.add_argument("--scheduler", choices=["none", "asha"], default="none",
+                   help="asha: stop weak trials early along the stage axis")
+    p.add_argument("--objective", choices=OBJECTIVES, default="auc",
+                   help="auc: area under accuracy-vs-labels, normalized; final_accuracy: last stage")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI (default: %(default)s)")
+    p.add_argument("--experiment", default="tavaal-sweep", help="MLflow experiment name (default: %(default)s)")
+    p.add_argument("--name", help="sweep name (Tune experiment dir; default: sweep-<time>)")
+    p.add_argument("--storage-path", default=str(Path("runs/sweeps").resolve()),
+                   help="where Tune keeps trial checkpoints (local dir, s3://, gs://; default: %(default)s)")
+    p.add_argument("--resume", metavar="NAME_OR_PATH", help="continue an interrupted sweep")
+    p.add_argument("--max-failures", type=int, default=1, help="retries of a failed trial from its last stage")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from tavaal.sweep_runner import run_sweep
+
+        return run_sweep(args)
+    except TavaalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The driver side of ``python -m tavaal.sweep``: check everything, then build (or restore) the Tuner."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tavaal.config import load_config, parse_override
+from tavaal.errors import ConfigError
+from tavaal.search_space import check_space, default_point, read_space, to_tune
+from tavaal.sweep import PRESETS, STATE_FILE, al_trial
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _preset_file(path: str) -> str:
+    """Preset files resolve against the working directory, then the project root (any cwd works)."""
+    return path if Path(path).exists() or not (REPO / path).exists() else str(REPO / path)
+
+
+def _base_and_space(args) -> tuple[dict, dict, str]:
+    preset = PRESETS[args.preset]
+    overrides = dict(preset["overrides"]) if not args.config else {}
+    overrides |= dict(parse_override(o) for o in args.overrides)
+    base = load_config(args.config or _preset_file(preset["config"]), overrides).to_dict()
+    space_path = args.space or _preset_file(preset["space"])
+    space = read_space(space_path)
+    check_space(space, base, space_path)
+    return base, space, space_path
+
+
+def _sweep_dir(args) -> tuple[str, Path]:
+    if args.resume:
+        p = Path(args.resume)
+        path = p if (p / STATE_FILE).is_file() else Path(args.storage_path) / args.resume
+        if not (path / STATE_FILE).is_file():
+            raise ConfigError(f"no sweep '{args.resume}' to resume (looked for {path / STATE_FILE}); pass the sweep "
+                              "name or its directory")
+        return path.name, path
+    name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    path = Path(args.storage_path) / name
+    if (path / STATE_FILE).exists():
+        raise ConfigError(f"sweep '{name}' already exists in {path.parent}; pass --resume {name} or a new --name")
+    return name, path
+
+
+def run_sweep(args) -> int:
+    from tavaal.tracking import MLflowTracker, start_parent_run
+
+    name, path = _sweep_dir(args)
+    if args.resume:
+        state = json.loads((path / STATE_FILE).read_text())
+        args.tracking_uri, args.experiment, args.objective = state["tracking_uri"], state["experiment"], state["objective"]
+        base, space = state["base"], {k: tuple(v) for k, v in state["space"].items()}
+        start_parent_run(args.tracking_uri, args.experiment, name, run_id=state["parent_run_id"])  # RUNNING again
+    else:
+        if args.num_samples is not None and args.num_samples < 1:
+            raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+        base, space, space_path = _base_and_space(args)
+        MLflowTracker(args.tracking_uri, args.experiment).check()  # one-line error before any trial
+        parent = start_parent_run(args.tracking_uri, args.experiment, name,
+                                  {"sweep.space": space_path, "sweep.objective": args.objective,
+                                   "sweep.search": args.search, "sweep.scheduler": args.scheduler})
+        path.mkdir(parents=True, exist_ok=True)
+        state = {"parent_run_id": parent, "tracking_uri": args.tracking_uri, "experiment": args.experiment,
+                 "objective": args.objective, "base": base, "space": {k: list(v) for k, v in space.items()},
+                 "num_samples": args.num_samples or PRESETS[args.preset]["num_samples"]}
+        (path / STATE_FILE).write_text(json.dumps(state, indent=2))
+    tuner = _tuner(args, name, path, state, base, space)
+    print(f"tavaal.sweep: {name}: {state['num_samples']} trials; checkpoints in {path}; MLflow "
+          f"{state['tracking_uri']} experiment '{state['experiment']}'", flush=True)
+    results = tuner.fit()
+    return _summarize(results, state)
+
+
+def _tuner(args, name: str, path: Path, state: dict, base: dict, space: dict):
+    import ray
+    from ray import tune
+
+    from tavaal.sweep_tracking import MLflowSweepCallback
+
+    if not ray.is_initialized():
+        ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}, configure_logging=False)
+    cpus = max(1, int(args.cpus_per_trial))
+    trainable = tune.with_resources(tune.with_parameters(al_trial, base=base, threads=cpus),
+                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    if args.resume:
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    total_cpus = int(ray.cluster_resources().get("CPU", 1))
+    limit = args.max_concurrent or max(1, int(total_cpus // args.cpus_per_trial))
+    point = default_point(space, base)
+    if args.search == "hyperopt":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        search = ConcurrencyLimiter(HyperOptSearch(points_to_evaluate=[point], random_state_seed=args.seed),
+                                    max_concurrent=limit)
+    else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        search = BasicVariantGenerator(points_to_evaluate=[point], max_concurrent=limit, random_state=args.seed)
+    scheduler = None
+    if args.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base["al"]["stages"],
+                                  grace_period=min(2, base["al"]["stages"]), reduction_factor=2)
+    callback = MLflowSweepCallback(state["tracking_uri"], state["experiment"], state["parent_run_id"], base)
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune(space),
+        tune_config=tune.TuneConfig(metric=state["objective"], mode="max", search_alg=search, scheduler=scheduler,
+                                    num_samples=state["num_samples"]),
+        run_config=tune.RunConfig(name=name, storage_path=str(path.parent), callbacks=[callback],
+                                  failure_config=tune.FailureConfig(max_failures=args.max_failures), verbose=0),
+    )
+
+
+def _summarize(results, state: dict) -> int:
+    from tavaal.tracking import log_parent_summary
+
+    objective = state["objective"]
+    rows: list[dict[str, Any]] = []
+    for r in results:
+        m = r.metrics or {}
+        rows.append({"trial_id": m.get("trial_id", ""), "status": "ERROR" if r.error else "OK",
+                     "stages": m.get("training_iteration", 0), "auc": m.get("auc"),
+                     "final_accuracy": m.get("final_accuracy"),
+                     **{f"param.{k}": v for k, v in (r.config or {}).items()}})
+    rows.sort(key=lambda row: -(row[objective] if row[objective] is not None else -1))
+    log_parent_summary(state["tracking_uri"], state["parent_run_id"], rows, objective)
+    print(f"\ntrials, best {objective} first:")
+    keys = ["trial_id", "status", "stages", "auc", "final_accuracy"] + sorted(
+        {k for row in rows for k in row if k.startswith("param.")})
+    print("  ".join(k.replace("param.", "") for k in keys))
+    for row in rows:
+        print("  ".join(_fmt(row.get(k)) for k in keys))
+    uri = state["tracking_uri"]
+    ui = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+    print(f"\nbrowse the runs: {ui}   (experiment '{state['experiment']}')")
+    errors = sum(1 for row in rows if row["status"] != "OK")
+    return 1 if errors == len(rows) else 0
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

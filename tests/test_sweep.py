@@ -1,0 +1,201 @@
+"""Sweeps: search-space checks, the objective, and real sweeps (local Ray, MLflow store and server)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from tavaal.config import load_config
+from tavaal.errors import ConfigError
+from tavaal.search_space import check_space, default_point, read_space
+from tavaal.sweep import objective_metrics
+
+
+def sweep_cli(*args, timeout=600, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tavaal.sweep", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or ROOT, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+
+
+def write_space(tmp_path, text):
+    p = tmp_path / "space.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_objective_known_values():
+    recs = [{"num_labeled": 100, "accuracy": 0.5}, {"num_labeled": 200, "accuracy": 0.7},
+            {"num_labeled": 400, "accuracy": 0.8}]
+    m = objective_metrics(recs)
+    # trapezoid: (100·0.6 + 200·0.75) / 300 = 0.7
+    assert m["auc"] == pytest.approx(0.7) and m["final_accuracy"] == 0.8
+    assert objective_metrics(recs[:1]) == {"auc": 0.5, "final_accuracy": 0.5}
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("train.nope: {uniform: [0, 1]}", "unknown config key 'train.nope'"),
+    ("train.eta: {uniform: [2, 2]}", "empty range"),
+    ("vae.latent_dim: {choice: []}", "empty choice"),
+    ("train.eta: {loguniform: [0, 1]}", "low end > 0"),
+    ("train.lr: {uniform: [-1, 1]}", "train.lr"),
+    ("train.eta: {normal: [0, 1]}", "must be one of"),
+])
+def test_bad_space_is_rejected(tmp_path, text, needle):
+    base = load_config("configs/smoke.yaml").to_dict()
+    path = write_space(tmp_path, text)
+    with pytest.raises(ConfigError, match=needle) as e:
+        check_space(read_space(path), base, path)
+    assert "\n" not in str(e.value)
+
+
+def test_default_point_is_the_paper_default():
+    base = load_config("configs/cifar10_tavaal.yaml").to_dict()
+    point = default_point(read_space("tune/tavaal.yaml"), base)
+    assert point["train.eta"] == 1.0 and point["vae.latent_dim"] == 32 and point["vae.kl_reduction"] == "mean"
+    assert point["vae.vae_steps"] == 1
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--space", "SPACE"], "unknown config key"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
+    (["--resume", "no-such-sweep"], "no sweep 'no-such-sweep'"),
+])
+def test_sweep_bad_input_exits_2_before_any_trial(tmp_path, extra, needle):
+    extra = [write_space(tmp_path, "vae.nope: {choice: [1]}") if a == "SPACE" else a for a in extra]
+    res = sweep_cli("--preset", "smoke", "--storage-path", str(tmp_path / "runs"),
+                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db", *extra, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert not list((tmp_path / "runs").glob("*/tavaal_sweep.json"))
+
+
+def child_runs(uri, experiment="tavaal-sweep"):
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def check_sweep_store(uri, trials=2, stages=2):
+    client, parents, children = child_runs(uri)
+    assert len(parents) == 1 and len(children) == trials
+    parent = parents[0]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"trials.csv", "comparison.png"}
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        for key in ("test/accuracy", "labels/count", "labels/entropy", "labels/entropy_norm", "time/stage"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(stages)), key
+        assert run.data.params["al.stages"] == str(stages)
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.json", "accuracy.png", "selected"} <= arts
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "selected")] == ["selected/stage-0000.parquet"]
+    return client, parents, children
+
+
+def test_two_trial_two_stage_sweep_in_a_local_store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    res = sweep_cli("--preset", "smoke", "--storage-path", str(tmp_path / "runs"), "--name", "s",
+                    "--tracking-uri", uri)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "trials, best auc first" in res.stdout and f"mlflow ui --backend-store-uri {uri}" in res.stdout
+    check_sweep_store(uri)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, proc, log, timeout=90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None, Path(log).read_text()[-2000:]
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not come up")
+
+
+def stop_group(proc):
+    os.killpg(proc.pid, signal.SIGTERM)  # the group this test started, by its id
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_sweep_against_a_real_mlflow_server(tmp_path):
+    port = free_port()
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log)
+        uri = f"http://127.0.0.1:{port}"
+        res = sweep_cli("--preset", "smoke", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri)
+        assert res.returncode == 0, res.stderr[-3000:]
+        check_sweep_store(uri)
+    finally:
+        stop_group(proc)
+
+
+def final_pools(sweep_dir):
+    """trial params -> final labeled_at, read from the trials' last Tune checkpoints (our stage format)."""
+    import torch
+
+    out = {}
+    for trial in Path(sweep_dir).iterdir():
+        if not (trial / "params.json").exists():
+            continue
+        params = json.loads((trial / "params.json").read_text())
+        last = sorted(trial.glob("checkpoint_*"))[-1]
+        state = torch.load(last / "state.pt", weights_only=True)
+        out[json.dumps(params, sort_keys=True)] = (state["stage"], state["pool"]["labeled_at"].tolist())
+    return out
+
+
+def test_killed_sweep_resumes_without_duplicate_steps_and_same_picks(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = ["--preset", "smoke", "--search", "random", "--seed", "3", "--max-concurrent", "1",
+              "--set", "al.stages=3", "--set", "vae.iterations=30"]
+    ref = sweep_cli(*common, "--storage-path", str(tmp_path / "ref"), "--name", "r",
+                    "--tracking-uri", f"sqlite:///{tmp_path}/ref.db")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "tavaal.sweep", *common, "--storage-path", str(runs),
+                             "--name", "k", "--tracking-uri", uri], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("k/*/checkpoint_000001")):  # the first trial has finished 2 stages
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep driver and everything it started
+    proc.wait()
+    res = sweep_cli("--resume", "k", "--storage-path", str(runs))
+    assert res.returncode == 0, res.stderr[-3000:]
+    client, parents, children = child_runs(uri)
+    assert len(parents) == 1 and len(children) == 2
+    for run in children:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "test/accuracy")] == [0, 1, 2]
+    assert final_pools(runs / "k") == final_pools(tmp_path / "ref" / "r")

@@ -1,0 +1,228 @@
+"""MLflowTracker against real stores: a SQLite file under tmp_path and one real ``mlflow server`` on loopback."""
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pyarrow.parquet as pq
+import pytest
+
+from tavaal.config import Config
+from tavaal.errors import TrackingError
+from tavaal.tracking import (MLflowTracker, NullTracker, find_child_run, log_parent_summary, stage_metrics,
+                             start_parent_run)
+
+CLASSES = 3
+METRICS = (["test/accuracy", "test/balanced_accuracy", "labels/count", "labels/entropy", "labels/entropy_norm",
+            "time/stage", "time/train", "time/query", "info/vae_loss", "info/disc_loss"]
+           + [f"labels/class_{c}" for c in range(CLASSES)] + [f"test/accuracy_class_{c}" for c in range(CLASSES)])
+
+
+def make_record(stage: int, last: bool = False) -> dict:
+    """A StageRecord.to_dict() as the loop makes it: 20 initial labels, 10 more per stage."""
+    counts = [7 + 4 * stage, 7 + 3 * stage, 6 + 3 * stage]
+    return {"stage": stage, "num_labeled": sum(counts), "accuracy": 0.5 + 0.1 * stage,
+            "balanced_accuracy": 0.45 + 0.1 * stage, "per_class_accuracy": [0.4 + 0.1 * stage + 0.05 * c
+                                                                              for c in range(CLASSES)],
+            "label_counts": counts, "label_entropy": 1.05 + 0.01 * stage, "label_entropy_norm": 0.95 + 0.01 * stage,
+            "selected": [] if last else [1000 * (stage + 1) + i for i in range(10)],
+            "time_train": 1.5 + stage, "time_query": 0.25, "time_stage": 2.0 + stage,
+            "info": {} if last else {"vae_loss": 3.0 - stage, "disc_loss": 0.7, "name": "not a number"}}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (its schema migration is the slow part); each test has its experiment."""
+    d = tmp_path_factory.mktemp("store")
+    return {"tracking_uri": f"sqlite:///{d}/mlflow.db", "artifact_location": (d / "artifacts").as_uri()}
+
+
+def client_for(uri):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def history(client, run_id, key):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_null_tracker_returns_no_run_id():
+    t = NullTracker()
+    assert t.start({"seed": 0}, run_id="x") is None
+    t.log_stage(make_record(0))
+    t.end()
+
+
+def test_stage_metrics_names_and_marker_last():
+    m = stage_metrics(make_record(1))
+    assert sorted(m) == sorted(METRICS)
+    assert list(m)[-1] == "test/accuracy" and m["labels/count"] == 30.0 and m["info/vae_loss"] == 2.0
+
+
+def test_run_logs_params_metrics_and_artifacts(store, tmp_path):
+    cfg = Config()
+    tracker = MLflowTracker(store["tracking_uri"], "exp-run", run_name="one",
+                            artifact_location=store["artifact_location"])
+    run_id = tracker.start(cfg.to_dict())
+    for stage in range(3):
+        tracker.log_stage(make_record(stage, last=stage == 2))
+    tracker.end()
+
+    client = client_for(store["tracking_uri"])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "one"
+    assert run.data.params == {k: str(v) for k, v in cfg.flat().items()}
+    assert history(client, run_id, "test/accuracy") == [(0, 0.5), (1, 0.6), (2, pytest.approx(0.7))]
+    assert history(client, run_id, "labels/count") == [(0, 20.0), (1, 30.0), (2, 40.0)]
+    assert history(client, run_id, "labels/class_0") == [(0, 7.0), (1, 11.0), (2, 15.0)]
+    assert history(client, run_id, "test/accuracy_class_2")[0] == (0, pytest.approx(0.5))
+    assert history(client, run_id, "time/train") == [(0, 1.5), (1, 2.5), (2, 3.5)]
+    assert history(client, run_id, "info/vae_loss") == [(0, 3.0), (1, 2.0)]  # stage 2 had no query
+    assert set(run.data.metrics) == set(METRICS)
+
+    names = sorted(a.path for a in client.list_artifacts(run_id, "selected"))
+    assert names == ["selected/stage-0000.parquet", "selected/stage-0001.parquet"]  # empty selection: none
+    table = pq.read_table(client.download_artifacts(run_id, "selected/stage-0001.parquet", str(tmp_path)))
+    assert str(table.schema.field("index").type) == "int64"
+    assert table.column("stage").to_pylist() == [1] * 10
+    assert table.column("index").to_pylist() == list(range(2000, 2010))
+    with open(client.download_artifacts(run_id, "config.json", str(tmp_path / "c"))) as f:
+        config = json.load(f)
+    assert config == json.loads(json.dumps(cfg.to_dict()))
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"config.json", "config.yaml", "accuracy.png",
+                                                                "selected"}
+    with open(client.download_artifacts(run_id, "accuracy.png", str(tmp_path / "p")), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert run.info.artifact_uri.startswith(store["artifact_location"])  # nothing lands in the repo's mlruns/
+
+
+def test_resume_logs_nothing_twice(store):
+    config = {"seed": 1, "al": {"stages": 4, "strategy": "tavaal"}}
+    first = MLflowTracker(store["tracking_uri"], "exp-resume", artifact_location=store["artifact_location"])
+    run_id = first.start(config)
+    for stage in range(3):
+        first.log_stage(make_record(stage))
+    first.end("KILLED")
+
+    resumed = MLflowTracker(store["tracking_uri"], "exp-resume")
+    assert resumed.start(config | {"seed": 99}, run_id=run_id) == run_id
+    client = client_for(store["tracking_uri"])
+    assert client.get_run(run_id).info.status == "RUNNING"
+    for stage in range(4):  # a resumed loop re-sends the stages the checkpoint holds
+        resumed.log_stage(make_record(stage))
+    resumed.log_stage(make_record(3))  # and a second send of the same stage is a no-op too
+    resumed.end()
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["seed"] == "1"  # params are the run's, logged once
+    for key in METRICS:
+        assert [s for s, _ in history(client, run_id, key)] == [0, 1, 2, 3], key
+    assert len(client.list_artifacts(run_id, "selected")) == 4
+
+
+def test_resume_of_unknown_run_is_one_line_error(store):
+    with pytest.raises(TrackingError, match="not found") as e:
+        MLflowTracker(store["tracking_uri"], "exp-unknown").start({}, run_id="0" * 32)
+    assert "\n" not in str(e.value)
+
+
+def test_sweep_parent_children_and_summary(store, tmp_path):
+    uri = store["tracking_uri"]
+    parent = start_parent_run(uri, "sweep", "sweep-1", {"sweep": {"objective": "auc"}})  # artifacts beside the db
+    children = {}
+    for trial in ("t1", "t2"):
+        t = MLflowTracker(uri, "sweep", run_name=f"trial-{trial}", parent_run_id=parent,
+                          tags={"tavaal.trial_id": trial})
+        children[trial] = t.start({"seed": 0, "trial": trial})
+        for stage in range(2):
+            t.log_stage(make_record(stage))
+        t.end()
+    assert find_child_run(uri, parent, "t2") == children["t2"]
+    assert find_child_run(uri, parent, "t9") is None
+    trials = [{"trial_id": "t2", "status": "OK", "auc": 0.8, "param.eta": 1.0},
+              {"trial_id": "t1", "status": "OK", "auc": 0.6, "param.eta": 0.5}]
+    log_parent_summary(uri, parent, trials, "auc")
+
+    client = client_for(uri)
+    for run_id in children.values():
+        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent
+    run = client.get_run(parent)
+    assert run.info.artifact_uri.startswith(uri[len("sqlite:///"):].replace("mlflow.db", "mlruns/sweep/"))
+    assert run.info.status == "FINISHED" and run.data.params == {"sweep.objective": "auc"}
+    with open(client.download_artifacts(parent, "trials.csv", str(tmp_path))) as f:
+        assert list(csv.DictReader(f)) == [{k: str(v) for k, v in row.items()} for row in trials]
+    with open(client.download_artifacts(parent, "comparison.png", str(tmp_path)), "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+
+
+@pytest.mark.parametrize("kind", ["http", "sqlite"])
+def test_unreachable_store_fails_fast_with_one_line(kind, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    uri = f"http://127.0.0.1:{free_port()}" if kind == "http" else f"sqlite:///{tmp_path}/a-file/mlflow.db"
+    t0 = time.monotonic()
+    with pytest.raises(TrackingError) as e:
+        MLflowTracker(uri).start({"seed": 0})
+    assert time.monotonic() - t0 < 15
+    msg = str(e.value)
+    assert "\n" not in msg and uri in msg and "--tracking-uri sqlite:///mlflow.db" in msg
+    if kind == "http":
+        assert "unreachable" in msg
+
+
+def test_real_mlflow_server(tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no huey job consumers: starts faster
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(0.5)
+
+        tracker = MLflowTracker(uri, "served", run_name="remote")
+        run_id = tracker.start({"seed": 3, "al": {"budget": 10}})
+        for stage in range(2):
+            tracker.log_stage(make_record(stage))
+        tracker.end()
+
+        client = client_for(uri)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.params == {"seed": "3", "al.budget": "10"}
+        assert history(client, run_id, "labels/count") == [(0, 20.0), (1, 30.0)]
+        assert {a.path for a in client.list_artifacts(run_id)} >= {"config.json", "accuracy.png", "selected"}
+        stored = list((tmp_path / "server-artifacts").rglob("stage-0001.parquet"))
+        assert len(stored) == 1 and pq.read_table(stored[0]).column("index").to_pylist() == list(range(2000, 2010))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: the group this test started
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
