@@ -2,7 +2,6 @@
 import dataclasses
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -48,6 +47,18 @@ def _ray_backend(data, **kw):
     return backend
 
 
+def _train_local_and_on_ray(data, job, **backend_fields):
+    """(local TaskResult, Ray TaskResult) for the same job."""
+    local = LocalBackend()
+    local.prepare(data, torch.device("cpu"))
+    backend = _ray_backend(data, **backend_fields)
+    try:
+        on_ray = backend.train_task(job)
+    finally:
+        backend.close()
+    return local.train_task(job), on_ray
+
+
 def _accuracy(spec, result, data):
     model, _ = spec.build(with_ranker=False)
     model.load_state_dict(result.model_state)  # strict: the Ray checkpoint loads into the local model
@@ -57,17 +68,11 @@ def _accuracy(spec, result, data):
 def test_two_worker_stage_matches_local_accuracy_and_checkpoint_loads_locally(ray_cluster, stage):
     data, labeled, spec = stage
     job = TaskJob(spec, CFG.train, labeled, "rank", seed=3)
-    local = LocalBackend()
-    local.prepare(data, torch.device("cpu"))
-    backend = _ray_backend(data, num_workers=2)
-    try:
-        on_ray = backend.train_task(job)
-    finally:
-        backend.close()
+    ref, on_ray = _train_local_and_on_ray(data, job, num_workers=2)
     ranker_keys = set(on_ray.ranker_state)
     assert [h["epoch"] for h in on_ray.history] == [0, 1, 2]
     assert ranker_keys and not any(k.startswith("module.") for k in on_ray.model_state)  # unwrapped from DDP
-    acc_local, acc_ray = _accuracy(spec, local.train_task(job), data), _accuracy(spec, on_ray, data)
+    acc_local, acc_ray = _accuracy(spec, ref, data), _accuracy(spec, on_ray, data)
     assert acc_local > 0.6 and acc_ray > 0.6, (acc_local, acc_ray)
     assert abs(acc_local - acc_ray) < 0.2, (acc_local, acc_ray)
 
@@ -76,14 +81,7 @@ def test_one_worker_ray_stage_equals_local_exactly(ray_cluster, stage):
     """One worker runs the very same core code and seeds as the local backend: identical weights."""
     data, labeled, spec = stage
     job = TaskJob(spec, dataclasses.replace(CFG.train, epochs=1), labeled, "rank", seed=4)
-    local = LocalBackend()
-    local.prepare(data, torch.device("cpu"))
-    backend = _ray_backend(data, num_workers=1)
-    try:
-        on_ray = backend.train_task(job)
-    finally:
-        backend.close()
-    ref = local.train_task(job)
+    ref, on_ray = _train_local_and_on_ray(data, job, num_workers=1)
     for k, v in ref.model_state.items():
         torch.testing.assert_close(on_ray.model_state[k], v, rtol=1e-5, atol=1e-6)
 

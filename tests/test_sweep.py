@@ -199,3 +199,28 @@ def test_killed_sweep_resumes_without_duplicate_steps_and_same_picks(tmp_path):
     for run in children:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test/accuracy")] == [0, 1, 2]
     assert final_pools(runs / "k") == final_pools(tmp_path / "ref" / "r")
+
+
+def test_ray_job_submit_to_a_local_head(tmp_path):
+    """`ray start --head` (dashboard on 127.0.0.1) + `ray job submit -- python -m tavaal.sweep --preset smoke`."""
+    gcs, dash = free_port(), free_port()
+    log = tmp_path / "head.log"
+    # a throwaway loopback cluster: no token auth (Ray 2.5x enables it by default)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2", "--include-dashboard", "true",
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", f"/tmp/tvhead-{gcs}"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{dash}/api/version", head, log, timeout=120)
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        res = subprocess.run(
+            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT), "--",
+             "python", "-m", "tavaal.sweep", "--preset", "smoke", "--tracking-uri", uri,
+             "--storage-path", str(tmp_path / "runs")],
+            capture_output=True, text=True, timeout=600, env=env)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        assert "succeeded" in res.stdout
+        check_sweep_store(uri)
+    finally:
+        stop_group(head)
