@@ -46,6 +46,7 @@ class RayBackend:
 
         self._owns_ray = ensure_ray(self.cfg.address)
         self.data_ref = ray.put(data)  # [1] once per experiment, not once per stage or worker
+        self.pool_size = len(data.train)
         if self.cfg.storage_path is None and self._tmp_storage is None:
             self._tmp_storage = tempfile.mkdtemp(prefix="tavaal-ray-train-")
 
@@ -77,7 +78,8 @@ class RayBackend:
         c = self.cfg
         return score_with_ray_data(scorer, self._ref(), np.asarray(indices), batch_size,
                                    concurrency=c.score_concurrency, cpus_per_actor=c.score_cpus_per_actor,
-                                   gpus_per_actor=c.score_gpus_per_actor, threads_per_actor=c.threads_per_worker)
+                                   gpus_per_actor=c.score_gpus_per_actor, threads_per_actor=c.threads_per_worker,
+                                   pool_size=self.pool_size)  # out-of-range indices fail on the driver, clearly
 
     def close(self) -> None:
         import ray

@@ -98,6 +98,9 @@ def _blob_table() -> np.ndarray:
     return (200.0 * np.exp(-d2 / (2 * 2.0 ** 2))).astype(np.float32).reshape(NUM_CLASSES, 3, 3, SIZE, SIZE)
 
 
+_RENDER_CHUNK = 8192  # images rendered at a time by LazyImages
+
+
 class LazyImages:
     """A procedural image source standing in for a uint8 tensor ``[N, 1, 16, 16]`` (``synthetic`` images).
 
@@ -139,14 +142,20 @@ class LazyImages:
         """uint8 ``[B, 1, 16, 16]`` for positions ``idx`` (``[1, 16, 16]`` for one integer)."""
         pos = self._positions(idx)
         src = (pos if self.rows is None else self.rows[pos]).reshape(-1)
+        x = np.empty((src.size, 1, SIZE, SIZE), dtype=np.uint8)
+        for start in range(0, src.size, _RENDER_CHUNK):  # bounded temporaries (~2 KB of floats per image)
+            x[start:start + _RENDER_CHUNK, 0] = self._render(src[start:start + _RENDER_CHUNK])
+        return torch.from_numpy(x[0] if pos.ndim == 0 else x)
+
+    def _render(self, src: np.ndarray) -> np.ndarray:
+        """uint8 ``[n, 16, 16]`` for source indices ``src``."""
         u = _uniforms(self.seed, src, SIZE * SIZE + 2).astype(np.float32)
         # Box-Muller on 128 uniform pairs -> 256 normals per image: the N(40, 20) background of synthetic
         radius, angle = np.sqrt(-2.0 * np.log(u[:, :128])), np.float32(2 * np.pi) * u[:, 128:256]
         noise = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1) * 20.0 + 40.0
         shift = np.floor(u[:, 256:] * 3).astype(np.int64)  # jitter + 1: -1, 0 or 1 pixel, as in synthetic
         blob = _blob_table()[self.labels[src], shift[:, 0], shift[:, 1]]  # [n, 16, 16] float32
-        x = np.clip(blob + noise.reshape(-1, SIZE, SIZE), 0, 255).astype(np.uint8)[:, None]
-        return torch.from_numpy(x[0] if pos.ndim == 0 else x)
+        return np.clip(blob + noise.reshape(-1, SIZE, SIZE), 0, 255).astype(np.uint8)
 
     def subset(self, idx) -> "LazyImages":
         pos = self._positions(idx).reshape(-1)
