@@ -202,18 +202,20 @@ def apply_overrides(d: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
     return out
 
 
+def read_yaml(path: str | Path, what: str, example: str) -> Any:
+    """Parse a user's YAML file; a missing or unparsable file is a one-line ConfigError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} '{p}' not found; pass an existing YAML file, e.g. {example}")
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} '{p}' is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> Config:
     """Load a YAML preset (or the defaults), apply dotted overrides, validate."""
-    d: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' not found; pass an existing YAML file, e.g. configs/smoke.yaml")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            first = str(e).splitlines()[0]
-            raise ConfigError(f"config file '{p}' is not valid YAML ({first}); fix the file") from None
+    d: dict[str, Any] = read_yaml(path, "config file", "configs/smoke.yaml") if path is not None else {}
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     cfg = from_dict(apply_overrides(d, overrides or {}))

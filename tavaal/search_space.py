@@ -13,9 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tavaal.config import Config, apply_overrides, from_dict, validate
+from tavaal.config import Config, apply_overrides, from_dict, read_yaml, validate
 from tavaal.errors import ConfigError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "randint", "qrandint", "choice")
@@ -24,12 +22,7 @@ DISTRIBUTIONS = ("uniform", "loguniform", "quniform", "randint", "qrandint", "ch
 def read_space(path: str | Path) -> dict[str, tuple[str, list]]:
     """Parse and check the file's syntax: ``{key: (distribution, args)}``."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"search space '{p}' not found; pass an existing file, e.g. tune/tavaal_cpu.yaml")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"search space '{p}' is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    raw = read_yaml(p, "search space", "tune/tavaal_cpu.yaml")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"search space '{p}' must map dotted config keys to distributions; it is empty")
     space = {}

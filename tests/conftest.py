@@ -25,3 +25,25 @@ TINY = ["--config", "configs/smoke.yaml", "--set", "train.epochs=1", "--set", "v
 @pytest.fixture
 def tiny_args():
     return list(TINY)
+
+
+def trained_stage(cfg, num_candidates: int):
+    """A real stage on the config's data: 40 initial labels, ``num_candidates`` candidates, and task weights
+    trained with each ranker mode (None, "rank", "margin"). Returns (data, pool, cand, spec, backend, tasks)."""
+    import torch
+
+    from tavaal.backends import LocalBackend
+    from tavaal.core.pool import draw_candidates, initial_pool
+    from tavaal.core.seeding import numpy_rng
+    from tavaal.core.training import ModelSpec, TaskJob
+    from tavaal.data import build_dataset
+
+    data = build_dataset(cfg.data, cfg.seed)
+    pool = initial_pool(len(data.train), 40, numpy_rng(0, "initial"))
+    cand = draw_candidates(pool, num_candidates, numpy_rng(0, "cand"))
+    spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes)
+    backend = LocalBackend()
+    backend.prepare(data, torch.device("cpu"))
+    tasks = {loss: backend.train_task(TaskJob(spec, cfg.train, pool.labeled_indices(), loss, seed=1))
+             for loss in (None, "rank", "margin")}
+    return data, pool, cand, spec, backend, tasks

@@ -15,13 +15,12 @@ import pytest
 import ray
 import torch
 
+from conftest import trained_stage
 from tavaal.backends import LocalBackend
 from tavaal.backends.ray_data import score_with_ray_data
 from tavaal.config import DataConfig, load_config
-from tavaal.core.pool import draw_candidates, initial_pool
 from tavaal.core.scoring import score_pool
-from tavaal.core.seeding import numpy_rng
-from tavaal.core.training import ModelSpec, TaskJob, TaskResult
+from tavaal.core.training import ModelSpec, TaskResult
 from tavaal.core.vae_training import VAEJob
 from tavaal.data import build_dataset
 from tavaal.registry import STRATEGIES
@@ -55,15 +54,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def stage():
     """Really trained tiny weights (1 epoch; VAE/discriminator 3 iterations) on the synthetic pool."""
-    data = build_dataset(CFG.data, CFG.seed)
-    pool = initial_pool(len(data.train), 40, numpy_rng(0, "initial"))
-    cand = draw_candidates(pool, 200, numpy_rng(0, "cand"))
-    spec = ModelSpec(CFG.model.name, data.input_shape, data.num_classes)
-    local = LocalBackend()
-    local.prepare(data, CPU)
-    tasks = {loss: local.train_task(TaskJob(spec, CFG.train, pool.labeled_indices(), loss, seed=1))
-             for loss in (None, "rank", "margin")}
-    return data, pool, cand, spec, local, tasks
+    return trained_stage(CFG, 200)
 
 
 class Combined:

@@ -5,13 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from tavaal.backends import LocalBackend
+from conftest import trained_stage
 from tavaal.config import load_config
-from tavaal.core.pool import draw_candidates, initial_pool
-from tavaal.core.seeding import numpy_rng
-from tavaal.core.training import ModelSpec, TaskJob, TaskResult
 from tavaal.core.vae_training import VAEResult
-from tavaal.data import build_dataset
 from tavaal.registry import STRATEGIES
 from tavaal.strategies import QueryContext, build_strategy
 from tavaal.strategies.scorers import TaskScorer
@@ -21,16 +17,7 @@ CFG = load_config("configs/smoke.yaml", ["train.epochs=1", "vae.iterations=3"])
 
 @pytest.fixture(scope="module")
 def setup():
-    data = build_dataset(CFG.data, CFG.seed)
-    pool = initial_pool(len(data.train), 40, numpy_rng(0, "initial"))
-    cand = draw_candidates(pool, 120, numpy_rng(0, "cand"))
-    spec = ModelSpec(CFG.model.name, data.input_shape, data.num_classes)
-    backend = LocalBackend()
-    backend.prepare(data, torch.device("cpu"))
-    tasks = {}
-    for loss in (None, "rank", "margin"):
-        tasks[loss] = backend.train_task(TaskJob(spec, CFG.train, pool.labeled_indices(), loss, seed=1))
-    return data, pool, cand, spec, backend, tasks
+    return trained_stage(CFG, 120)
 
 
 def _ctx(setup, strategy, backend=None, budget=16):

@@ -65,8 +65,6 @@ class RayBackend:
     def train_vae(self, job: VAEJob, on_progress: Callable[[dict], None] | None = None) -> VAEResult:
         from tavaal.backends.ray_train import train_vae_on_ray
 
-        if job.conditional and job.rhat is None:
-            raise ValueError("a conditional (TA-VAAL) VAE job needs rhat")
         result = train_vae_on_ray(job, self._ref(), self.cfg, self.storage_path)
         for rec in result.history if on_progress else ():
             on_progress(rec)

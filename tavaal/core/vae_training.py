@@ -36,6 +36,11 @@ class VAEJob:
     precision: str = "fp32"
     rhat: np.ndarray | None = None  # float32 [N]: r̂ per absolute index (NaN where not computed)
 
+    def __post_init__(self) -> None:
+        # checked where a job is made, so no backend starts work (or a Ray job) that cannot run
+        if self.conditional and self.rhat is None:
+            raise ValueError("a conditional (TA-VAAL) VAE job needs rhat")
+
     def build(self, seed: int | None = None) -> tuple[VAE, Discriminator]:
         if seed is not None:
             torch.manual_seed(seed)
@@ -154,8 +159,6 @@ def train_vae(
     discriminator loss = BCE(D(μ_L, r_L), 1) + BCE(D(μ_U, r_U), 0) with μ under no-grad.
     The decoder gets σ(r̂), the discriminator the raw r̂.
     """
-    if job.conditional and job.rhat is None:
-        raise ValueError("a conditional (TA-VAAL) VAE job needs rhat")
     trainer = VAETraining(job, device).bind(data)
     history = []
     while trainer.iteration < job.iterations:
