@@ -1,4 +1,4 @@
-"""Pool-scoring throughput: the local loop vs Ray Data with 1 and 2 actors, on real Fashion-MNIST.
+"""Pool-scoring throughput: the local loop vs Ray Data with 1 and 2 workers (tasks and actors), on real Fashion-MNIST.
 
     python benchmarks/scoring.py                       # all 59,000 unlabeled images, batch 512, 3 rounds
     python benchmarks/scoring.py --candidates 20000 --batch-size 2048
@@ -8,13 +8,15 @@ One run scores the same candidate set (a seeded random subset of the 60,000 trai
   tavaal-disc  TA-VAAL's discriminator scorer (``DiscriminatorScorer``, conditional on r̂: VAE encoder -> μ,
                discriminator(μ, r̂); the VAE/discriminator trained ``--vae-iterations`` iterations)
   task-rhat    the task model's r̂ scorer (``TaskScorer(kind="rhat")``: small_cnn + ranker)
-each through ``score_pool`` (1 torch thread, in this process) and ``score_with_ray_data`` with 1 and 2 actors
-(1 CPU and 1 torch thread each). Every configuration is run once untimed first (warm-up: page cache, Ray's
-worker pool, torch kernels), then ``--rounds`` times interleaved; medians are reported. Each Ray run's time
-splits into start-up (actor processes, imports, model setup: until the last actor starts its first batch)
-and steady scoring: "steady img/s" counts the rows scored while all actors were running, from per-batch
-timestamps taken in the actors, divided by that window; "end-to-end img/s" is candidates / wall time of the
-whole call. The targets (issue 3) compare steady rates: Ray 1 actor >= 0.8x local, 2 actors >= 1.5x 1 actor.
+each through ``score_pool`` (1 torch thread, in this process) and ``score_with_ray_data`` with 1 and 2 workers
+(1 CPU and 1 torch thread each) in both compute modes: ``tasks`` (the CPU default: Ray's reused worker
+processes, models set up once per process and call) and ``actors`` (a fresh actor pool per call, the GPU
+default). Every configuration is run once untimed first (warm-up: page cache, Ray's worker pool, torch
+kernels), then ``--rounds`` times interleaved; medians are reported. The ratios (issue 3's targets: Ray 1
+worker >= 0.8x local, 2 workers >= 1.5x 1 worker) compare end-to-end rates: candidates / wall time of the
+whole call, start-up included. "first batch after" is the time from the call to the first batch starting in a
+worker (start-up: process, imports, models); "steady img/s" counts the rows scored while every worker was
+running, from per-batch timestamps taken in the workers, divided by that window.
 Writes the table to benchmarks/results/scoring-<date>.md.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 import ray
 import torch
 
+from tavaal.backends.distributed import local_system_config
 from tavaal.backends.ray_data import score_with_ray_data
 from tavaal.config import DataConfig, load_config
 from tavaal.core.scoring import score_pool
@@ -70,16 +73,22 @@ class Timed:
 
 
 def steady_rate(out: dict[str, np.ndarray]) -> tuple[float, float]:
-    """(rows/s while every actor was running, seconds until the last actor started its first batch)."""
+    """(rows/s while every worker process was running, seconds until the first batch started).
+
+    With tasks at concurrency 1, several processes may take turns: the window is then from the first batch
+    start to the last batch end (one worker at a time, always busy)."""
     batches = {(p, s, e) for p, s, e in zip(out["_pid"], out["_t0"], out["_t1"])}
     rows = {key: 0 for key in batches}
     for key in zip(out["_pid"], out["_t0"], out["_t1"]):
         rows[key] += 1
     pids = {p for p, _, _ in batches}
-    t0 = max(min(s for p, s, _ in batches if p == q) for q in pids)  # all actors are up
+    first = min(s for _, s, _ in batches)
+    t0 = max(min(s for p, s, _ in batches if p == q) for q in pids)  # all workers are up
     t1 = min(max(e for p, _, e in batches if p == q) for q in pids)  # none has finished yet
+    if t1 <= t0:  # the processes never overlapped
+        t0, t1 = first, max(e for _, _, e in batches)
     done = sum(n * max(0.0, min(e, t1) - max(s, t0)) / max(e - s, 1e-9) for (_, s, e), n in rows.items())
-    return done / max(t1 - t0, 1e-9), t0
+    return done / max(t1 - t0, 1e-9), first
 
 
 def build_stage(args) -> tuple:
@@ -106,11 +115,11 @@ def run_local(scorer, data, cand, bs) -> tuple[dict, float]:
     return out, time.perf_counter() - t
 
 
-def run_ray(scorer, ref, cand, bs, actors, n) -> tuple[dict, float, float, float]:
+def run_ray(scorer, ref, cand, bs, workers, n, compute) -> tuple[dict, float, float, float]:
     t_ref = time.time()
     t = time.perf_counter()
-    out = score_with_ray_data(Timed(scorer, t_ref), ref, cand, bs, concurrency=actors, cpus_per_actor=1,
-                              threads_per_actor=1, pool_size=n)
+    out = score_with_ray_data(Timed(scorer, t_ref), ref, cand, bs, concurrency=workers, cpus_per_actor=1,
+                              threads_per_actor=1, pool_size=n, compute=compute)
     wall = time.perf_counter() - t
     rate, startup = steady_rate(out)
     return out, wall, rate, startup
@@ -139,6 +148,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=512, help="scoring batch size (al.score_batch_size)")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per configuration (medians reported)")
     ap.add_argument("--vae-iterations", type=int, default=50)
+    ap.add_argument("--compute", nargs="+", default=["tasks", "actors"], choices=["tasks", "actors"],
+                    help="Ray Data compute modes to measure (backend.score_compute)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = ap.parse_args()
     torch.set_num_threads(1)  # the local loop: 1 torch thread, like each actor
@@ -146,8 +157,10 @@ def main() -> None:
     data, cand, scorers = build_stage(args)
     n, bs = len(data.train), args.batch_size
     tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}})
+    cpus = max(2, os.cpu_count() or 2)
+    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}},
+             _system_config=local_system_config(cpus))  # as the Ray backend starts a local Ray
     ref = ray.put(data)  # once: every actor reads the same copy from the object store
     times: dict[tuple, list] = {}
     try:
@@ -157,14 +170,15 @@ def main() -> None:
                 if round_:  # local: no start-up, steady = end-to-end (set from the median wall time below)
                     times.setdefault((name, "local", 1), []).append((wall, 0.0, 0.0))
                 print(f"round {round_} {name} local: {wall:.1f} s", flush=True)
-                for actors in (1, 2):
-                    out, wall, rate, startup = run_ray(scorer, ref, cand, bs, actors, n)
-                    err = max(float(np.abs(out[k] - want[k]).max()) for k in want)
-                    assert err <= 1e-5, f"{name}: Ray Data differs from the local loop by {err}"
-                    if round_:
-                        times.setdefault((name, "ray", actors), []).append((wall, rate, startup))
-                    print(f"round {round_} {name} ray x{actors}: {wall:.1f} s, steady {rate:,.0f} img/s, "
-                          f"start-up {startup:.1f} s, max |ray - local| {err:.1e}", flush=True)
+                for compute in args.compute:
+                    for workers in (1, 2):
+                        out, wall, rate, startup = run_ray(scorer, ref, cand, bs, workers, n, compute)
+                        err = max(float(np.abs(out[k] - want[k]).max()) for k in want)
+                        assert err <= 1e-5, f"{name}: Ray Data differs from the local loop by {err}"
+                        if round_:
+                            times.setdefault((name, compute, workers), []).append((wall, rate, startup))
+                        print(f"round {round_} {name} ray {compute} x{workers}: {wall:.1f} s, steady {rate:,.0f} "
+                              f"img/s, first batch after {startup:.1f} s, max |ray - local| {err:.1e}", flush=True)
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -174,20 +188,19 @@ def main() -> None:
         wall = med[(name, "local", 1)][0]
         med[(name, "local", 1)] = (wall, len(cand) / wall, 0.0)
     lines = [
-        "| scorer | path | actors | wall s | end-to-end img/s | steady img/s | start-up s | ratio |",
+        "| scorer | path | workers | wall s | img/s | ratio (end to end) | steady img/s | first batch after s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in scorers:
-        local, r1, r2 = med[(name, "local", 1)], med[(name, "ray", 1)], med[(name, "ray", 2)]
-        rows = [("local (score_pool)", 1, local, "1.00 (reference)"),
-                ("Ray Data", 1, r1, f"{r1[1] / local[1]:.2f}x local (target >= 0.8)"),
-                ("Ray Data", 2, r2, f"{r2[1] / r1[1]:.2f}x 1 actor (target >= 1.5)")]
-        for path, actors, (wall, rate, startup), ratio in rows:
-            e2e = len(cand) / wall
-            lines.append(f"| {name} | {path} | {actors} | {wall:.2f} | {e2e:,.0f} | {rate:,.0f} | "
-                         f"{startup:.1f} | {ratio} |")
-        lines.append(f"| {name} | end-to-end ratios | | | Ray x1 / local {len(cand) / r1[0] / local[1]:.2f}, "
-                     f"x2 / x1 {r1[0] / r2[0]:.2f} | | | |")
+        local = med[(name, "local", 1)]
+        rows = [("local (score_pool)", 1, local, "1.00 (reference)")]
+        for compute in args.compute:
+            r1, r2 = med[(name, compute, 1)], med[(name, compute, 2)]
+            rows += [(f"Ray Data, {compute}", 1, r1, f"{local[0] / r1[0]:.2f}x local (target >= 0.8)"),
+                     (f"Ray Data, {compute}", 2, r2, f"{r1[0] / r2[0]:.2f}x 1 worker (target >= 1.5)")]
+        for path, workers, (wall, rate, startup), ratio in rows:
+            lines.append(f"| {name} | {path} | {workers} | {wall:.2f} | {len(cand) / wall:,.0f} | {ratio} | "
+                         f"{rate:,.0f} | {startup:.1f} |")
     table = "\n".join(lines)
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     now = datetime.datetime.now()
@@ -196,8 +209,9 @@ def main() -> None:
               f"- git revision: {git_rev()}\n- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f}\n"
               f"- {len(cand):,} Fashion-MNIST candidates, batch {bs}, median of {args.rounds} rounds after a "
               f"warm-up round; torch {torch.__version__}, ray {ray.__version__}\n"
-              f"- steady img/s: rows scored while all actors ran / that window (local: candidates / wall); "
-              f"start-up: until the last actor began its first batch\n\n")
+              f"- ratios: end to end (candidates / wall time of the whole call, start-up included); steady img/s: "
+              f"rows scored while all workers ran / that window (local: candidates / wall); first batch after: "
+              f"from the call to the first batch starting in a worker\n\n")
     print("\n" + table)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -86,9 +86,10 @@ class BackendConfig:
     threads_per_worker: int | None = None  # torch threads in each worker/actor; None: max(1, int(cpus))
     max_failures: int = 2  # worker failures one training job survives, resuming from its last epoch checkpoint
     storage_path: str | None = None  # Ray Train checkpoint storage (local dir or s3://, gs://); None: a temp dir
-    score_concurrency: int = 1  # Ray Data actors scoring the pool (each holds the stage's models once)
-    score_cpus_per_actor: float = 1.0  # CPUs per scoring actor
-    score_gpus_per_actor: float = 0.0  # GPUs per scoring actor
+    score_concurrency: int = 1  # Ray Data workers scoring the pool at once (each sets the stage's models up once)
+    score_cpus_per_actor: float = 1.0  # CPUs per scoring worker
+    score_gpus_per_actor: float = 0.0  # GPUs per scoring worker
+    score_compute: str = "auto"  # tasks (reused processes), actors (a pool per stage), auto: actors iff GPUs
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,8 @@ def validate(cfg: Config) -> None:
     _check(b.score_concurrency >= 1, "backend.score_concurrency", ">= 1", b.score_concurrency)
     _check(b.score_cpus_per_actor > 0, "backend.score_cpus_per_actor", "> 0", b.score_cpus_per_actor)
     _check(b.score_gpus_per_actor >= 0, "backend.score_gpus_per_actor", ">= 0", b.score_gpus_per_actor)
+    _check(b.score_compute in ("auto", "tasks", "actors"), "backend.score_compute", "auto, tasks or actors",
+           b.score_compute)
 
 
 def check_pool_size(cfg: Config, pool_size: int) -> None:

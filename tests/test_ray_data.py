@@ -57,6 +57,26 @@ def stage():
     return trained_stage(CFG, 200)
 
 
+class CountsSetups:
+    """Outputs its process id and how many scorer setups that process has done so far."""
+
+    def setup(self, device: torch.device) -> None:
+        os.environ["TAVAAL_TEST_SETUPS"] = str(int(os.environ.get("TAVAAL_TEST_SETUPS", "0")) + 1)
+
+    def __call__(self, x: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        n = len(idx)
+        return {"pid": torch.full((n,), os.getpid()), "setups": torch.full((n,), int(os.environ["TAVAAL_TEST_SETUPS"]))}
+
+
+def test_tasks_set_the_scorer_up_once_per_process_and_call(ray_cluster, stage):
+    data = stage[0]
+    ref = ray.put(data)
+    for _ in range(2):  # a second call (a new stage's scorer) sets up again, once per process
+        got = score_with_ray_data(CountsSetups(), ref, np.arange(300), batch_size=10, concurrency=2, compute="tasks")
+        for pid in np.unique(got["pid"]):
+            assert np.unique(got["setups"][got["pid"] == pid]).size == 1  # 30 batches, one setup per process
+
+
 class Combined:
     """Several scorers as one (outputs prefixed by their key), so one Ray Data run covers every kind."""
 
@@ -83,13 +103,14 @@ def _disc_scorer(stage, conditional: bool) -> DiscriminatorScorer:
     return DiscriminatorScorer(job, local.train_vae(job))
 
 
-def test_every_scorer_kind_equals_the_local_loop(ray_cluster, stage):
+@pytest.mark.parametrize("compute", ["tasks", "actors"])
+def test_every_scorer_kind_equals_the_local_loop(ray_cluster, stage, compute):
     data, pool, cand, spec, local, tasks = stage
     scorers = {kind: TaskScorer(spec, tasks["rank"], kind) for kind in ("entropy", "rhat", "embedding", "logits")}
     scorers |= {"vaal": _disc_scorer(stage, False), "tavaal": _disc_scorer(stage, True)}
     # shuffled, one index twice, labeled ones too: the output must follow this order exactly
     idx = np.random.default_rng(3).permutation(np.concatenate([cand, pool.labeled_indices()[:10], cand[:1]]))
-    got = score_with_ray_data(Combined(scorers), ray.put(data), idx, batch_size=37, concurrency=2)
+    got = score_with_ray_data(Combined(scorers), ray.put(data), idx, batch_size=37, concurrency=2, compute=compute)
     names = set()
     for key, scorer in scorers.items():
         want = score_pool(scorer, data, idx, 37, CPU)
@@ -218,6 +239,8 @@ def test_bad_or_empty_indices(ray_cluster, stage):
         score_with_ray_data(scorer, data, np.array([0]), 37, concurrency=0)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         score_with_ray_data(scorer, data, np.array([0]), 0)
+    with pytest.raises(ValueError, match="compute must be one of auto, tasks, actors, got 'threads'"):
+        score_with_ray_data(scorer, data, np.array([0]), 37, compute="threads")
     # with only an object ref the driver cannot see the pool size: the actor rejects the index, and the run
     # fails with Ray's error carrying the same message (nothing is returned half-filled)
     with pytest.raises(Exception, match=f"pool index {n + 5} is out of range"):

@@ -5,6 +5,7 @@ the object store once per experiment and every training worker and scoring actor
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from typing import Any, Callable
@@ -21,14 +22,28 @@ from tavaal.data.base import ALData
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}  # see tavaal/__init__.py
 
 
+def local_system_config(num_cpus: int | None = None) -> dict:
+    """Ray settings for a Ray that tavaal starts itself: keep idle worker processes alive.
+
+    Ray kills idle workers beyond ``num_workers_soft_limit`` (default: the CPU count) after a second, and it
+    counts the processes of actors too. A stage's Ray Train workers then cost the scoring tasks their warm
+    processes (torch imported, data set resolved: 4-9 s to rebuild on 2 cores). A cluster started with
+    ``ray start`` gets the same with ``RAY_num_workers_soft_limit=<n>`` in the environment of ``ray start``.
+    """
+    cpus = num_cpus or os.cpu_count() or 1
+    return {"num_workers_soft_limit": max(8, 4 * cpus)}
+
+
 def ensure_ray(address: str | None) -> bool:
     """Connect to (or start) Ray unless already connected; returns True if this call started it."""
     import ray
 
     if ray.is_initialized():
         return False
+    start_local = address is None and not os.environ.get("RAY_ADDRESS")
     ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+             log_to_driver=False, configure_logging=False,
+             **({"_system_config": local_system_config()} if start_local else {}))
     return True
 
 
@@ -77,7 +92,7 @@ class RayBackend:
         return score_with_ray_data(scorer, self._ref(), np.asarray(indices), batch_size,
                                    concurrency=c.score_concurrency, cpus_per_actor=c.score_cpus_per_actor,
                                    gpus_per_actor=c.score_gpus_per_actor, threads_per_actor=c.threads_per_worker,
-                                   pool_size=self.pool_size)  # out-of-range indices fail on the driver, clearly
+                                   pool_size=self.pool_size, compute=c.score_compute)  # out-of-range indices fail on the driver, clearly
 
     def close(self) -> None:
         import ray

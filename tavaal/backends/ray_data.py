@@ -1,13 +1,15 @@
-"""Pool scoring as a Ray Data pipeline: the same ``Scorer`` as the local loop, sharded over an actor pool.
+"""Pool scoring as a Ray Data pipeline: the same ``Scorer`` as the local loop, sharded over Ray workers.
 
 What is where:
   ``score_with_ray_data``   the driver side: candidate positions + indices in (the driver never holds an
-                            image), one streaming ``map_batches`` over a fixed pool of actors, results
+                            image), one streaming ``map_batches`` over tasks or an actor pool, results
                             written by position into preallocated arrays (aligned with ``indices``, as
                             ``tavaal.core.scoring.score_pool`` returns them).
-  ``ScoreBatchesPerActor``  the per-actor side: resolves the ``ALData`` object ref once, builds the
-                            scorer's models once (``scorer.setup``), then per batch: indices ->
-                            ``data.batch("train", idx)`` (unaugmented) -> ``scorer(x, idx)`` -> numpy columns.
+  ``score_batch_in_worker`` the worker side on CPUs (tasks): Ray reuses its worker processes, which keep
+                            the data set and the stage's scorer they resolved (``scorer.setup`` once per
+                            process and stage), then per batch: indices -> ``data.batch("train", idx)``
+                            (unaugmented) -> ``scorer(x, idx)`` -> numpy columns.
+  ``ScoreBatchesPerActor``  the same on a fixed actor pool made per call (GPUs: models moved once per actor).
 
 Ray touch points are numbered ``# [n]``. The maths lives in the scorer and ``ALData.batch``: nothing here
 changes a number, so both backends agree to float rounding (tests/test_ray_data.py holds them to 1e-5).
@@ -38,24 +40,62 @@ class ScoreBatchesPerActor:
         self.data: ALData = ray.get(data) if isinstance(data, ray.ObjectRef) else data
         torch.set_num_threads(threads)
         keep_freed_memory_per_actor()
-        self.device = torch.device("cuda" if use_gpu and ray.get_gpu_ids() else "cpu")
+        self.device = _device(use_gpu)
         self.scorer = scorer
         self.scorer.setup(self.device)
-        self.pool_size = len(self.data.train)
 
-    @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        idx = np.array(batch[_INDEX])  # zero-copy batches are read-only views; torch wants writable memory
-        if idx.size and idx.max() >= self.pool_size:
-            bad = int(idx[idx >= self.pool_size][0])
-            raise IndexError(f"pool index {bad} is out of range: the train split has {self.pool_size} samples")
-        x, _ = self.data.batch("train", idx)
-        out = {_POSITION: batch[_POSITION], _INDEX: idx}
-        for name, value in self.scorer(x.to(self.device), idx).items():
-            if name in out:
-                raise ValueError(f"scorer output {name!r} clashes with a pipeline column; rename it")
-            out[name] = value.detach().float().cpu().numpy()
-        return out
+        return _score_batch(self.scorer, self.data, self.device, batch)
+
+
+_PROCESS_CACHE: dict[str, tuple[str, object]] = {}  # slot -> (object ref hex, value): the latest of each
+
+
+def score_batch_in_worker(batch: dict[str, np.ndarray], refs: tuple, threads: int, use_gpu: bool) -> dict:
+    """Task-based ``map_batches`` function: Ray reuses its worker processes across tasks and calls, and each
+    process keeps the latest scorer and data set it resolved, so models are set up once per process and
+    stage, and torch is imported once per process, not once per call (actors: a fresh process per call).
+
+    refs: ``(scorer_ref, data_ref)`` inside a tuple, so Ray hands the refs over instead of resolving (and
+    copying) them for every task.
+    """
+    scorer_ref, data_ref = refs
+    torch.set_num_threads(threads)
+    device = _device(use_gpu)
+    data = _cached("data", data_ref, lambda d: d)  # [3] once per process and experiment
+    scorer = _cached("scorer", scorer_ref, lambda s: (s.setup(device), s)[1])  # once per process and stage
+    return _score_batch(scorer, data, device, batch)
+
+
+def _cached(slot: str, ref: ray.ObjectRef, build):
+    key, value = _PROCESS_CACHE.get(slot, (None, None))
+    if key != ref.hex():
+        _PROCESS_CACHE.pop(slot, None)  # drop the previous stage's models before building the new ones
+        if not _PROCESS_CACHE:
+            keep_freed_memory_per_actor()
+        value = build(ray.get(ref))
+        _PROCESS_CACHE[slot] = (ref.hex(), value)
+    return value
+
+
+def _device(use_gpu: bool) -> torch.device:
+    return torch.device("cuda" if use_gpu and ray.get_gpu_ids() else "cpu")
+
+
+@torch.no_grad()
+def _score_batch(scorer: Scorer, data: ALData, device: torch.device, batch: dict[str, np.ndarray]) -> dict:
+    idx = np.array(batch[_INDEX])  # zero-copy batches are read-only views; torch wants writable memory
+    pool_size = len(data.train)
+    if idx.size and idx.max() >= pool_size:
+        bad = int(idx[idx >= pool_size][0])
+        raise IndexError(f"pool index {bad} is out of range: the train split has {pool_size} samples")
+    x, _ = data.batch("train", idx)
+    out = {_POSITION: batch[_POSITION], _INDEX: idx}
+    for name, value in scorer(x.to(device), idx).items():
+        if name in out:
+            raise ValueError(f"scorer output {name!r} clashes with a pipeline column; rename it")
+        out[name] = value.detach().float().cpu().numpy()
+    return out
 
 
 def keep_freed_memory_per_actor(trim_threshold: int = 256 * 2**20) -> None:
@@ -75,6 +115,9 @@ def keep_freed_memory_per_actor(trim_threshold: int = 256 * 2**20) -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
 
 
+COMPUTE = ("auto", "tasks", "actors")
+
+
 def score_with_ray_data(
     scorer: Scorer,
     data_ref: ray.ObjectRef | ALData,
@@ -85,42 +128,50 @@ def score_with_ray_data(
     gpus_per_actor: float = 0.0,
     threads_per_actor: int | None = None,
     pool_size: int | None = None,
+    compute: str = "auto",
 ) -> dict[str, np.ndarray]:
-    """Score train-split ``indices`` with ``scorer`` on ``concurrency`` Ray Data actors.
+    """Score train-split ``indices`` with ``scorer`` on ``concurrency`` Ray Data workers.
 
     data_ref: ``ray.put(data)`` of the experiment's ``ALData``, done once by the caller (a plain ``ALData``
     is put here, once per call). indices: int ``[M]`` absolute pool indices. Returns ``{name: [M, ...]}``
     for every scorer output, row i belonging to ``indices[i]`` (as ``score_pool``); ``{}`` for no indices.
-    Each actor reserves ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs (cuda when > 0) and runs
+    Each worker reserves ``cpus_per_actor`` CPUs and ``gpus_per_actor`` GPUs (cuda when > 0) and runs
     ``threads_per_actor`` torch threads (None: ``max(1, int(cpus_per_actor))``). pool_size: the train
-    split's length, to reject out-of-range indices here with an IndexError before any actor starts (an
-    actor that meets one fails the run with Ray's error wrapping the same message).
+    split's length, to reject out-of-range indices here with an IndexError before any worker starts (a
+    worker that meets one fails the run with Ray's error wrapping the same message).
+    compute: ``"actors"`` a fixed pool of ``concurrency`` actors made for this call, each building the
+    models once (start-up: a process and a torch import per actor, ~3-5 s on 2 cores; right for GPUs,
+    where models move to the device once); ``"tasks"`` Ray's reusable worker processes, which keep the
+    models per process and stage (start-up only on the first call of a process); ``"auto"``: actors when
+    ``gpus_per_actor > 0`` (Ray does not reuse GPU task processes), else tasks.
     """
     if not isinstance(data_ref, ray.ObjectRef):
         pool_size = len(data_ref.train)
     indices = _check_indices(indices, pool_size)
     _check_resources(batch_size, concurrency, cpus_per_actor, gpus_per_actor, threads_per_actor)
+    if compute not in COMPUTE:
+        raise ValueError(f"compute must be one of {', '.join(COMPUTE)}, got {compute!r}")
     if indices.size == 0:
         return {}
     if not isinstance(data_ref, ray.ObjectRef):
         data_ref = ray.put(data_ref)  # once per call; the backend puts it once per experiment instead
     threads = threads_per_actor or max(1, int(cpus_per_actor))
-    # [1] input: only (position, index) pairs, in blocks of whole batches, so every batch an actor sees is
-    # exactly one batch of the local loop; images are made in the actors from the shared data set
+    use_gpu = gpus_per_actor > 0
+    # [1] input: only (position, index) pairs, in blocks of whole batches, so every batch a worker sees is
+    # exactly one batch of the local loop; images are made in the workers from the shared data set
     ds = ray.data.from_arrow(_index_blocks(indices, batch_size, concurrency))
     ds.context.enable_progress_bars = False
-    # [2] a fixed pool of actors, each building the models once; OMP passive waiting as in tavaal/__init__.py
-    ds = ds.map_batches(
-        ScoreBatchesPerActor,
-        fn_constructor_args=(scorer, data_ref, threads, gpus_per_actor > 0),
-        batch_size=batch_size,
-        batch_format="numpy",
-        zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor,
-        **_passive_omp(),
-    )
+    common = dict(batch_size=batch_size, batch_format="numpy", zero_copy_batch=True, num_cpus=cpus_per_actor,
+                  num_gpus=gpus_per_actor, **_passive_omp())  # OMP passive waiting as in tavaal/__init__.py
+    if compute == "actors" or (compute == "auto" and use_gpu):
+        # [2a] a fixed pool of actors, each building the models once
+        ds = ds.map_batches(ScoreBatchesPerActor, fn_constructor_args=(scorer, data_ref, threads, use_gpu),
+                            compute=ray.data.ActorPoolStrategy(size=concurrency), **common)
+    else:
+        # [2b] at most `concurrency` tasks at a time on reused worker processes, models cached per process
+        refs = (ray.put(scorer), data_ref)
+        ds = ds.map_batches(score_batch_in_worker, fn_args=(refs, threads, use_gpu),
+                            compute=ray.data.TaskPoolStrategy(size=concurrency), **common)
     return _collect(ds, indices)
 
 
