@@ -2,7 +2,9 @@
 
 A stage is written to a temporary directory, fsynced, then renamed into place, so a kill leaves either
 the whole stage or nothing. ``manifest.json`` (written last) holds each file's size and SHA-256; a stage
-whose files do not match it is reported as damaged. Loading uses ``torch.load(weights_only=True)``.
+whose files do not match it is reported as damaged, and ``load_latest`` falls back to the newest stage that
+is good (the resumed run redoes the stages after it; a damaged directory is moved aside to
+``stage-NNNN.damaged-<time>``, never deleted). Loading uses ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -22,6 +25,7 @@ from tavaal.errors import CheckpointError
 
 STAGE_RE = re.compile(r"^stage-(\d{4,})$")
 FORMAT_VERSION = 1
+_FALLBACK = "--resume uses the newest good stage before it"
 
 
 @dataclass
@@ -93,8 +97,8 @@ def save_stage(
     (tmp / "manifest.json").write_text(json.dumps({"stage": stage, "files": files}, indent=2))
     for name in ("state.pt", "config.json", "manifest.json"):
         _fsync(tmp / name)
-    if final.exists():  # a re-run of the same stage replaces it (never the case in a normal run)
-        shutil.rmtree(final)
+    if final.exists():  # a stage redone after a fallback: keep the damaged one for inspection
+        os.rename(final, out / f"{final.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     os.rename(tmp, final)
     _fsync(out)
     return final
@@ -106,15 +110,14 @@ def verify_stage(path: Path) -> None:
     try:
         files = json.loads(manifest.read_text())["files"]
     except (OSError, ValueError, KeyError):
-        raise CheckpointError(f"checkpoint {path} has no readable manifest.json; delete {path} to resume "
-                              "from the stage before it") from None
+        raise CheckpointError(f"checkpoint {path} has no readable manifest.json; {_FALLBACK}") from None
     for name, meta in files.items():
         f = path / name
         if not f.is_file():
-            raise CheckpointError(f"checkpoint file {f} is missing; delete {path} to resume from the stage before it")
+            raise CheckpointError(f"checkpoint file {f} is missing; {_FALLBACK}")
         if f.stat().st_size != meta["bytes"] or _sha256(f) != meta["sha256"]:
             raise CheckpointError(f"checkpoint file {f} is damaged (size or SHA-256 differs from its manifest); "
-                                  f"delete {path} to resume from the stage before it")
+                                  f"{_FALLBACK}")
 
 
 def load_stage(path: str | Path) -> StageCheckpoint:
@@ -124,14 +127,17 @@ def load_stage(path: str | Path) -> StageCheckpoint:
         payload = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         config = json.loads((path / "config.json").read_text())
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}); delete it to resume "
-                              "from the stage before it") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}); {_FALLBACK}") from None
     return StageCheckpoint(int(payload["stage"]), PoolState.from_dict(payload["pool"]), list(payload["records"]),
                            dict(payload["states"]), config, path, dict(payload.get("meta", {})))
 
 
-def load_latest(out_dir: str | Path) -> StageCheckpoint:
-    """The newest complete stage under ``out_dir``; its ``.pool.labeled_at`` is the per-sample stage array."""
+def load_latest(out_dir: str | Path, log: Callable[[str], None] | None = None) -> StageCheckpoint:
+    """The newest good stage under ``out_dir``; its ``.pool.labeled_at`` is the per-sample stage array.
+
+    A newer stage that fails its manifest check or cannot be read is named through ``log`` (one line each)
+    and skipped; CheckpointError when no stage is good.
+    """
     stages = list_stages(out_dir)
     if not Path(out_dir).is_dir():
         raise CheckpointError(f"checkpoint directory '{out_dir}' does not exist; pass the --out directory of "
@@ -139,4 +145,28 @@ def load_latest(out_dir: str | Path) -> StageCheckpoint:
     if not stages:
         raise CheckpointError(f"no stage checkpoint in '{out_dir}'; pass the --out directory of an earlier run "
                               "to --resume")
-    return load_stage(stage_dir(out_dir, stages[-1]))
+    damaged: list[str] = []
+    for stage in reversed(stages):
+        try:
+            ck = load_stage(stage_dir(out_dir, stage))
+        except CheckpointError as e:
+            damaged.append(str(e).split(";")[0])
+            if log is not None:
+                log(f"warning: {damaged[-1]}")
+            continue
+        if damaged and log is not None:
+            log(f"warning: falling back to {ck.path.name}, the newest good checkpoint; the stages after it are redone")
+        return ck
+    raise CheckpointError(f"no good stage checkpoint in '{out_dir}' ({len(damaged)} damaged, the newest: "
+                          f"{damaged[0]}); start again with a new --out")
+
+
+def prune(out_dir: str | Path, keep: int) -> list[int]:
+    """Delete all but the newest ``keep`` stage directories (``keep`` 0: delete none); returns the deleted stages."""
+    stages = list_stages(out_dir)
+    if keep <= 0 or len(stages) <= keep:
+        return []
+    old = stages[:-keep]
+    for stage in old:
+        shutil.rmtree(stage_dir(out_dir, stage))
+    return old

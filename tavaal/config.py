@@ -74,6 +74,7 @@ class ALConfig:
     stages: int = 10  # stages trained and evaluated (paper: 10, i.e. 1k..10k labels)
     subset_size: int = 10_000  # M: random unlabeled candidates scored per stage (paper: 10,000)
     score_batch_size: int = 512  # batch size for scoring and evaluation (no effect on results)
+    keep_checkpoints: int = 0  # newest stage checkpoints kept on disk (0: all); resume falls back among them
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,7 @@ def validate(cfg: Config) -> None:
     _check(a.stages >= 1, "al.stages", ">= 1", a.stages)
     _check(a.subset_size >= a.budget, "al.subset_size", f">= al.budget ({a.budget})", a.subset_size)
     _check(a.score_batch_size >= 1, "al.score_batch_size", ">= 1", a.score_batch_size)
+    _check(a.keep_checkpoints >= 0, "al.keep_checkpoints", ">= 0 (0 keeps all)", a.keep_checkpoints)
     b = cfg.backend
     _check(b.name in ("local", "ray"), "backend.name", "local or ray", b.name)
     _check(b.num_workers >= 1, "backend.num_workers", ">= 1", b.num_workers)

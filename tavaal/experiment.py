@@ -29,8 +29,8 @@ from tavaal.strategies import QueryContext, Strategy, build_strategy
 from tavaal.tracking import NullTracker, Tracker
 
 # fields that may differ between a run and its resume (they do not change what gets selected)
-RESUMABLE_FIELDS = ("device", "num_threads", "backend", "al.stages", "al.score_batch_size", "data.data_dir",
-                    "data.download")
+RESUMABLE_FIELDS = ("device", "num_threads", "backend", "al.stages", "al.score_batch_size", "al.keep_checkpoints",
+                    "data.data_dir", "data.download")
 
 
 @dataclass
@@ -95,6 +95,7 @@ def run_experiment(
             if out_dir is not None:
                 stage_path = checkpoint.save_stage(out_dir, stage, pool, [r.to_dict() for r in records], states,
                                                    cfg.to_dict(), meta)
+                checkpoint.prune(out_dir, cfg.al.keep_checkpoints)
             tracker.log_stage(record.to_dict())
             log(format_record(record, cfg.al.stages))
             if on_stage is not None:
@@ -117,7 +118,7 @@ def _start(cfg: Config, data: ALData, out_dir, resume: bool, log) -> tuple[PoolS
     if resume:
         if out_dir is None:
             raise ConfigError("--resume needs the run's output directory")
-        ck = checkpoint.load_latest(out_dir)
+        ck = checkpoint.load_latest(out_dir, log=log)
         check_resumable(ck.config, cfg)
         if len(ck.pool) != len(data.train):
             raise CheckpointError(f"checkpoint {ck.path} has a pool of {len(ck.pool)} samples but the data set has "
