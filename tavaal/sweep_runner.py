@@ -32,51 +32,107 @@ def _base_and_space(args) -> tuple[dict, dict, str]:
     return base, space, space_path
 
 
-def _sweep_dir(args) -> tuple[str, Path]:
+RESOURCES = {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "max_failures": 1}  # defaults, kept in the state file
+
+
+def join(base: str, name: str) -> str:
+    """``base/name`` for a local directory or a URI (``s3://b/sweeps`` stays a URI: pathlib would make it
+    ``s3:/b/sweeps``)."""
+    return f"{base.rstrip('/')}/{name}" if "://" in base else str(Path(base) / name)
+
+
+def _fs(path: str):
+    """(pyarrow filesystem, path inside it) for a local path or a URI (s3://, gs://, file://)."""
+    import pyarrow.fs
+
+    if "://" in path:
+        try:
+            return pyarrow.fs.FileSystem.from_uri(path)
+        except Exception as e:  # an unknown scheme, a bucket without credentials, ...
+            raise ConfigError(f"storage path {path} cannot be opened ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:160]}); check the URI and its credentials") from None
+    return pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def is_file(path: str) -> bool:
+    import pyarrow.fs
+
+    fs, p = _fs(path)
+    return fs.get_file_info(p).type == pyarrow.fs.FileType.File
+
+
+def read_text(path: str) -> str:
+    fs, p = _fs(path)
+    with fs.open_input_stream(p) as f:
+        return f.read().decode()
+
+
+def write_text(path: str, text: str) -> None:
+    fs, p = _fs(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(text.encode())
+
+
+def _sweep_dir(args) -> tuple[str, str, str]:
+    """(name, storage path, sweep directory) of a new sweep, or of the one ``--resume`` names."""
     if args.resume:
-        p = Path(args.resume)
-        path = p if (p / STATE_FILE).is_file() else Path(args.storage_path) / args.resume
-        if not (path / STATE_FILE).is_file():
-            raise ConfigError(f"no sweep '{args.resume}' to resume (looked for {path / STATE_FILE}); pass the sweep "
-                              "name or its directory")
-        return path.name, path
+        given = args.resume.rstrip("/")
+        if "://" not in given and Path(given).is_dir():
+            given = str(Path(given).resolve())
+        path = given if is_file(join(given, STATE_FILE)) else join(args.storage_path, given)
+        if not is_file(join(path, STATE_FILE)):
+            raise ConfigError(f"no sweep '{args.resume}' to resume (looked for {join(path, STATE_FILE)}); pass the "
+                              "sweep name (with the --storage-path it was started with) or its directory")
+        base, _, name = path.rstrip("/").rpartition("/")
+        return name, base, path
     name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
-    path = Path(args.storage_path) / name
-    if (path / STATE_FILE).exists():
-        raise ConfigError(f"sweep '{name}' already exists in {path.parent}; pass --resume {name} or a new --name")
-    return name, path
+    storage = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).resolve())
+    path = join(storage, name)
+    if is_file(join(path, STATE_FILE)):
+        raise ConfigError(f"sweep '{name}' already exists in {storage}; pass --resume {name} or a new --name")
+    return name, storage, path
+
+
+def _resources(args, saved: dict) -> None:
+    """Resource flags: given now > kept with the sweep (a resume) > defaults."""
+    for key, default in RESOURCES.items():
+        if getattr(args, key) is None:
+            setattr(args, key, saved.get(key, default))
 
 
 def run_sweep(args) -> int:
     from tavaal.tracking import MLflowTracker, start_parent_run
 
-    name, path = _sweep_dir(args)
+    name, storage, path = _sweep_dir(args)
     if args.resume:
-        state = json.loads((path / STATE_FILE).read_text())
+        state = json.loads(read_text(join(path, STATE_FILE)))
         args.tracking_uri, args.experiment, args.objective = state["tracking_uri"], state["experiment"], state["objective"]
         base, space = state["base"], {k: tuple(v) for k, v in state["space"].items()}
+        _resources(args, state.get("resources", {}))
         start_parent_run(args.tracking_uri, args.experiment, name, run_id=state["parent_run_id"])  # RUNNING again
     else:
         if args.num_samples is not None and args.num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+        _resources(args, {})
         base, space, space_path = _base_and_space(args)
         MLflowTracker(args.tracking_uri, args.experiment).check()  # one-line error before any trial
         parent = start_parent_run(args.tracking_uri, args.experiment, name,
                                   {"sweep.space": space_path, "sweep.objective": args.objective,
                                    "sweep.search": args.search, "sweep.scheduler": args.scheduler})
-        path.mkdir(parents=True, exist_ok=True)
         state = {"parent_run_id": parent, "tracking_uri": args.tracking_uri, "experiment": args.experiment,
                  "objective": args.objective, "base": base, "space": {k: list(v) for k, v in space.items()},
-                 "num_samples": args.num_samples or PRESETS[args.preset]["num_samples"]}
-        (path / STATE_FILE).write_text(json.dumps(state, indent=2))
-    tuner = _tuner(args, name, path, state, base, space)
+                 "num_samples": args.num_samples or PRESETS[args.preset]["num_samples"],
+                 "resources": {key: getattr(args, key) for key in RESOURCES}}
+        write_text(join(path, STATE_FILE), json.dumps(state, indent=2))
+    tuner = _tuner(args, name, storage, path, state, base, space)
     print(f"tavaal.sweep: {name}: {state['num_samples']} trials; checkpoints in {path}; MLflow "
           f"{state['tracking_uri']} experiment '{state['experiment']}'", flush=True)
     results = tuner.fit()
     return _summarize(results, state)
 
 
-def _tuner(args, name: str, path: Path, state: dict, base: dict, space: dict):
+def _tuner(args, name: str, storage: str, path: str, state: dict, base: dict, space: dict):
     import ray
     from ray import tune
 
@@ -89,9 +145,14 @@ def _tuner(args, name: str, path: Path, state: dict, base: dict, space: dict):
     trainable = tune.with_resources(tune.with_parameters(al_trial, base=base, threads=cpus),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     if args.resume:
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     total_cpus = int(ray.cluster_resources().get("CPU", 1))
-    limit = args.max_concurrent or max(1, int(total_cpus // args.cpus_per_trial))
+    total_gpus = int(ray.cluster_resources().get("GPU", 0))
+    fits = int(total_cpus // args.cpus_per_trial)
+    if args.gpus_per_trial > 0:
+        fits = min(fits, int(total_gpus // args.gpus_per_trial))
+    # nothing fits yet (an autoscaling cluster whose head runs no trials): let the autoscaler see them all
+    limit = args.max_concurrent or (fits if fits >= 1 else state["num_samples"])
     point = default_point(space, base)
     if args.search == "hyperopt":
         from ray.tune.search import ConcurrencyLimiter
@@ -115,7 +176,7 @@ def _tuner(args, name: str, path: Path, state: dict, base: dict, space: dict):
         param_space=to_tune(space),
         tune_config=tune.TuneConfig(metric=state["objective"], mode="max", search_alg=search, scheduler=scheduler,
                                     num_samples=state["num_samples"]),
-        run_config=tune.RunConfig(name=name, storage_path=str(path.parent), callbacks=[callback],
+        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback],
                                   failure_config=tune.FailureConfig(max_failures=args.max_failures), verbose=0),
     )
 

@@ -15,7 +15,7 @@ from conftest import ROOT
 from tavaal.config import load_config
 from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, default_point, read_space
-from tavaal.sweep import objective_metrics
+from tavaal.sweep import STATE_FILE, objective_metrics
 
 
 def sweep_cli(*args, timeout=600, cwd=None):
@@ -105,11 +105,35 @@ def check_sweep_store(uri, trials=2, stages=2):
 
 def test_two_trial_two_stage_sweep_in_a_local_store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    res = sweep_cli("--preset", "smoke", "--storage-path", str(tmp_path / "runs"), "--name", "s",
-                    "--tracking-uri", uri)
+    # storage given as a URI (as s3:// or gs:// on a cluster): it must stay one, through Tune and the state file
+    res = sweep_cli("--preset", "smoke", "--storage-path", f"file://{tmp_path}/runs", "--name", "s",
+                    "--tracking-uri", uri, "--cpus-per-trial", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "trials, best auc first" in res.stdout and f"mlflow ui --backend-store-uri {uri}" in res.stdout
     check_sweep_store(uri)
+    state = json.loads((tmp_path / "runs" / "s" / STATE_FILE).read_text())
+    assert state["resources"] == {"cpus_per_trial": 2.0, "gpus_per_trial": 0.0, "max_failures": 1}
+    assert not (ROOT / "file:").exists() and len(list((tmp_path / "runs" / "s").glob("*/params.json"))) == 2
+
+
+def test_sweep_dirs_on_uris_and_resources_kept_for_a_resume(tmp_path):
+    from tavaal.sweep import build_parser
+    from tavaal.sweep_runner import _resources, _sweep_dir, join, read_text, write_text
+
+    assert join("s3://bucket/sweeps/", "a") == "s3://bucket/sweeps/a"
+    assert join(str(tmp_path), "a") == str(tmp_path / "a")
+    base = f"file://{tmp_path}/store"
+    write_text(join(join(base, "k"), STATE_FILE), json.dumps({"resources": {"cpus_per_trial": 4.0}}))
+    assert json.loads(read_text(f"{base}/k/{STATE_FILE}")) == {"resources": {"cpus_per_trial": 4.0}}
+    args = build_parser().parse_args(["--resume", "k", "--storage-path", base, "--gpus-per-trial", "1"])
+    assert _sweep_dir(args) == ("k", base, f"{base}/k")
+    _resources(args, {"cpus_per_trial": 4.0, "gpus_per_trial": 0.0})
+    assert (args.cpus_per_trial, args.gpus_per_trial, args.max_failures) == (4.0, 1.0, 1)  # given now wins
+    new = build_parser().parse_args(["--name", "k", "--storage-path", base])
+    with pytest.raises(ConfigError, match="sweep 'k' already exists"):
+        _sweep_dir(new)
+    with pytest.raises(ConfigError, match="no sweep 'nope' to resume"):
+        _sweep_dir(build_parser().parse_args(["--resume", "nope", "--storage-path", base]))
 
 
 def free_port():
