@@ -18,12 +18,12 @@ import json
 import math
 import numbers
 import re
+import sys
 import tempfile
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from tavaal.errors import TrackingError
 
@@ -60,7 +60,7 @@ class MLflowTracker:
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "tavaal", run_name: str | None = None,
                  parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
-                 artifact_location: str | None = None) -> None:
+                 artifact_location: str | None = None, warn: Callable[[str], None] | None = None) -> None:
         self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
         self.experiment, self.run_name, self.parent_run_id = experiment, run_name, parent_run_id
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
@@ -69,7 +69,11 @@ class MLflowTracker:
         self.records: list[dict[str, Any]] = []  # the records seen by this tracker, in order
         self._client = None
         self._points: dict[int, tuple[float, float]] = {}  # stage -> (labels/count, test/accuracy), whole run
+        self._pending: dict[int, dict[str, Any]] = {}  # stage -> record, held back by a tracking outage
+        self._tried: set[int] = set()  # stages whose sending failed once (they may have reached the server)
+        self._warned = False
         self._ended = False
+        self.warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     def check(self) -> None:
         """Raise TrackingError (one line) unless the server or store answers."""
@@ -95,24 +99,69 @@ class MLflowTracker:
         return self.run_id
 
     def log_stage(self, record: dict[str, Any]) -> None:
-        """Metrics at ``step = stage`` and the stage's selected indices; a stage already in the run is skipped."""
+        """Metrics at ``step = stage`` and the stage's selected indices; a stage already in the run is skipped.
+
+        While the server or store is unreachable the stage is held back (the loop's checkpoint holds every
+        record too), one warning says so, and held-back stages go out, oldest first, with the next stage that
+        finds the server answering again; ``end`` (or a ``--resume``) sends whatever is left.
+        """
         rec = record.to_dict() if hasattr(record, "to_dict") else dict(record)
         stage = int(rec["stage"])
         if self.run_id is None:
             raise RuntimeError("MLflowTracker.log_stage called before start")
         self.records.append(rec)
-        if stage in self._points:
-            return
+        if stage not in self._points:
+            self._pending[stage] = rec
+        self.flush()
+
+    @property
+    def pending(self) -> list[int]:
+        """Stages not yet in the MLflow run (held back by an outage)."""
+        return sorted(self._pending)
+
+    def flush(self) -> bool:
+        """Send held-back stages, oldest first; False (after warning once per outage) while tracking is down."""
+        for stage in sorted(self._pending):
+            try:
+                self._send(stage, self._pending[stage])
+            except TrackingError as e:
+                self._tried.add(stage)
+                if not self._warned:
+                    self._warned = True
+                    self.warn(f"warning: {e}. The run goes on; stage metrics stay in the checkpoints and are "
+                              "sent when tracking answers again (or on --resume)")
+                return False
+            del self._pending[stage]
+        if self._warned:
+            self._warned = False
+            self.warn("tracking is back: every held-back stage has been sent")
+        return True
+
+    def _send(self, stage: int, rec: dict[str, Any]) -> None:
+        if self.tracking_uri.startswith(("http://", "https://")):
+            check_health(self.tracking_uri)  # seconds, not mlflow's minutes of retries against a dead server
         with tracking_errors(self.tracking_uri, f"logging stage {stage}"):
+            # a batch sent just before a failure may have been stored anyway: look before sending it again
+            if stage in self._tried and stage in metric_steps(self._client, self.run_id, MARKER):
+                self._points[stage] = (float(rec["num_labeled"]), float(rec["accuracy"]))
+                return
             if rec.get("selected"):
                 log_selected(self._client, self.run_id, stage, rec["selected"])
-            metrics = stage_metrics(rec)  # the marker last: if it is in the run, the whole stage is
+            metrics = stage_metrics(rec)  # one batch, the marker last: if it is in the run, the whole stage is
             log_metrics(self._client, self.run_id, stage, metrics)
         self._points[stage] = (float(rec["num_labeled"]), float(rec["accuracy"]))
 
     def end(self, status: str = "FINISHED") -> None:
-        """Log the accuracy-vs-labels plot of the whole run and set its terminal status."""
+        """Log the accuracy-vs-labels plot of the whole run and set its terminal status.
+
+        With stages still held back by an outage, the run is left open with a warning: ``--resume`` of the
+        run directory sends them and ends it (the AL results themselves are complete in the checkpoints).
+        """
         if self.run_id is None or self._ended:
+            return
+        if not self.flush():
+            self.warn(f"warning: stages {self.pending} are not in MLflow run {self.run_id} yet: when "
+                      f"{self.tracking_uri} answers again, run python -m tavaal.run --resume <run dir> to send them")
             return
         try:
             with tracking_errors(self.tracking_uri, "ending the run"):
@@ -121,9 +170,8 @@ class MLflowTracker:
                                "accuracy.png")
                 self._client.set_terminated(self.run_id, status)
         except TrackingError as e:
-            if status == "FINISHED":
-                raise
-            warnings.warn(str(e), stacklevel=2)  # the run failed already: do not hide why
+            self.warn(f"warning: {e}")  # every stage is in the run; only the figure or the status is missing
+            return
         self._ended = True
 
 

@@ -2,8 +2,12 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see tavaal/__init__.py; before torch loads
 
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,3 +51,67 @@ def trained_stage(cfg, num_candidates: int):
     tasks = {loss: backend.train_task(TaskJob(spec, cfg.train, pool.labeled_indices(), loss, seed=1))
              for loss in (None, "rank", "margin")}
     return data, pool, cand, spec, backend, tasks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    """Until ``url`` answers 200 (the process must stay alive meanwhile; its log tail explains if not)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None, Path(log).read_text()[-2000:]
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not come up in {timeout} s")
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop the process group a test started (by its id, never by name)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite store and an artifact root under ``root``; it can be
+    stopped and started again on the same port and store (a tracking outage). Use as a context manager."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port, self.proc = Path(root), free_port(), None
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MlflowServer":
+        log = self.root / "server.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
+            stdout=open(log, "a"), stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job consumers: starts faster
+        wait_http(f"{self.uri}/health", self.proc, log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+            self.proc = None
+
+    def __enter__(self) -> "MlflowServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,5 +1,4 @@
 """The loop end to end: growth per stage, resume after a real kill, bad input, entry points."""
-import os
 import signal
 import subprocess
 import sys

@@ -112,3 +112,50 @@ def test_keep_checkpoints_prunes_old_stages_and_resume_still_works(tmp_path):
     assert json.loads((checkpoint.stage_dir(tmp_path, 4) / "config.json").read_text())["al"]["stages"] == 5
     res = run_cli(*TINY, "--set", "al.keep_checkpoints=-1", "--out", str(tmp_path / "x"))
     assert res.returncode == 2 and "al.keep_checkpoints" in res.stderr and ">= 0" in res.stderr
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_tracking_outage_mid_run_then_at_the_end_loses_and_duplicates_nothing(tmp_path):
+    """A real mlflow server stopped during a run: the run goes on, warns once, and every stage reaches MLflow
+    exactly once — when the server is back mid-run, or (still down at the end) through --resume."""
+    import mlflow
+
+    from conftest import MlflowServer
+    from tavaal.tracking import MARKER, MLflowTracker
+
+    cfg = load_config("configs/smoke.yaml", ["train.epochs=1", "vae.iterations=4", "al.stages=4"])
+    with MlflowServer(tmp_path / "mlflow") as server:
+        client = mlflow.MlflowClient(tracking_uri=server.uri)
+        # 1. down after stage 1 is logged, back after stage 3: stages 2-3 are held back, sent with stage 4
+        said: list[str] = []
+        tracker = MLflowTracker(server.uri, "outage", warn=said.append)
+        down_then_up = {0: server.stop, 2: server.start}
+        records = run_experiment(cfg, tracker=tracker, out_dir=tmp_path / "a", log=lambda m: None,
+                                 on_stage=lambda r, path: down_then_up.get(r.stage, lambda: None)())
+        assert len(records) == 4 and tracker.pending == []
+        assert len(said) == 2 and "unreachable" in said[0] and "goes on" in said[0] and "back" in said[1]
+        run = client.get_run(tracker.run_id)
+        assert run.info.status == "FINISHED"
+        for key in (MARKER, "labels/count", "labels/entropy", "time/stage", "test/accuracy_class_0"):
+            assert _steps(client, tracker.run_id, key) == [0, 1, 2, 3], key
+        assert [a.path for a in client.list_artifacts(tracker.run_id, "selected")] == [
+            f"selected/stage-000{s}.parquet" for s in range(3)]
+
+        # 2. down after stage 1 until the run has ended: the run finishes (exit 0), the MLflow run stays open
+        out = tmp_path / "b"
+        said.clear()
+        tracker = MLflowTracker(server.uri, "outage", warn=said.append)
+        records = run_experiment(cfg, tracker=tracker, out_dir=out, log=lambda m: None,
+                                 on_stage=lambda r, path: server.stop() if r.stage == 0 else None)
+        assert len(records) == 4 and tracker.pending == [1, 2, 3]
+        assert len(said) == 2 and "stages [1, 2, 3] are not in MLflow" in said[1] and "--resume" in said[1]
+        server.start()
+        assert client.get_run(tracker.run_id).info.status == "RUNNING"
+        res = run_cli("--resume", str(out), "--tracking-uri", server.uri)
+        assert res.returncode == 0, res.stderr
+        assert client.get_run(tracker.run_id).info.status == "FINISHED"
+        for key in (MARKER, "labels/count", "time/stage"):
+            assert _steps(client, tracker.run_id, key) == [0, 1, 2, 3], key

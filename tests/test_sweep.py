@@ -2,16 +2,14 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, MlflowServer, free_port, stop_group, wait_http
 from tavaal.config import load_config
 from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, default_point, read_space
@@ -136,52 +134,11 @@ def test_sweep_dirs_on_uris_and_resources_kept_for_a_resume(tmp_path):
         _sweep_dir(build_parser().parse_args(["--resume", "nope", "--storage-path", base]))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url, proc, log, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        assert proc.poll() is None, Path(log).read_text()[-2000:]
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not come up")
-
-
-def stop_group(proc):
-    os.killpg(proc.pid, signal.SIGTERM)  # the group this test started, by its id
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def test_sweep_against_a_real_mlflow_server(tmp_path):
-    port = free_port()
-    log = tmp_path / "server.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, log)
-        uri = f"http://127.0.0.1:{port}"
-        res = sweep_cli("--preset", "smoke", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", uri)
+    with MlflowServer(tmp_path / "mlflow") as server:
+        res = sweep_cli("--preset", "smoke", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", server.uri)
         assert res.returncode == 0, res.stderr[-3000:]
-        check_sweep_store(uri)
-    finally:
-        stop_group(proc)
+        check_sweep_store(server.uri)
 
 
 def final_pools(sweep_dir):

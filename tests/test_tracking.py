@@ -1,17 +1,12 @@
 """MLflowTracker against real stores: a SQLite file under tmp_path and one real ``mlflow server`` on loopback."""
 import csv
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import MlflowServer, free_port
 from tavaal.config import Config
 from tavaal.errors import TrackingError
 from tavaal.tracking import (MLflowTracker, NullTracker, find_child_run, log_parent_summary, stage_metrics,
@@ -50,12 +45,6 @@ def client_for(uri):
 
 def history(client, run_id, key):
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_null_tracker_returns_no_run_id():
@@ -183,27 +172,8 @@ def test_unreachable_store_fails_fast_with_one_line(kind, tmp_path):
 
 
 def test_real_mlflow_server(tmp_path):
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no huey job consumers: starts faster
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow server did not come up"
-            time.sleep(0.5)
+    with MlflowServer(tmp_path) as server:
+        uri = server.uri
 
         tracker = MLflowTracker(uri, "served", run_name="remote")
         run_id = tracker.start({"seed": 3, "al": {"budget": 10}})
@@ -216,13 +186,5 @@ def test_real_mlflow_server(tmp_path):
         assert run.info.status == "FINISHED" and run.data.params == {"seed": "3", "al.budget": "10"}
         assert history(client, run_id, "labels/count") == [(0, 20.0), (1, 30.0)]
         assert {a.path for a in client.list_artifacts(run_id)} >= {"config.json", "accuracy.png", "selected"}
-        stored = list((tmp_path / "server-artifacts").rglob("stage-0001.parquet"))
+        stored = list((tmp_path / "artifacts").rglob("stage-0001.parquet"))
         assert len(stored) == 1 and pq.read_table(stored[0]).column("index").to_pylist() == list(range(2000, 2010))
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers: the group this test started
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
