@@ -25,6 +25,7 @@ from tavaal.errors import CheckpointError
 
 STAGE_RE = re.compile(r"^stage-(\d{4,})$")
 FORMAT_VERSION = 1
+PAUSE_ENV = "TAVAAL_TEST_CHECKPOINT_PAUSE"  # seconds between writing state.pt and the manifest (tests only)
 _FALLBACK = "--resume uses the newest good stage before it"
 
 
@@ -76,9 +77,9 @@ def save_stage(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = stage_dir(out, stage)
+    for stale in out.glob(f".{final.name}.tmp-*"):  # left by a process killed while writing this stage
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     payload = {
         "format_version": FORMAT_VERSION,
@@ -91,6 +92,8 @@ def save_stage(
         "rng": {"torch": torch.get_rng_state()},
     }
     torch.save(payload, tmp / "state.pt")
+    if PAUSE_ENV in os.environ:  # tests: widen the window in which a kill lands mid-write
+        time.sleep(float(os.environ[PAUSE_ENV]))
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
              for name in ("state.pt", "config.json")}

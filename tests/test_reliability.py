@@ -159,3 +159,60 @@ def test_tracking_outage_mid_run_then_at_the_end_loses_and_duplicates_nothing(tm
         assert client.get_run(tracker.run_id).info.status == "FINISHED"
         for key in (MARKER, "labels/count", "time/stage"):
             assert _steps(client, tracker.run_id, key) == [0, 1, 2, 3], key
+
+
+def _all_stage_dirs_whole(out) -> bool:
+    for stage in checkpoint.list_stages(out):
+        checkpoint.verify_stage(checkpoint.stage_dir(out, stage))  # raises if half-written or damaged
+    return True
+
+
+@pytest.mark.slow
+def test_ten_sigkills_at_seeded_moments_change_nothing(tmp_path):
+    """SIGKILL ``python -m tavaal.run`` 10 times — at random moments and while a checkpoint is being written —
+    resuming after each; the final labeled set and every stage's picks equal the uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    from conftest import ROOT
+
+    args = TINY + ["--set", "al.stages=6", "--set", "vae.iterations=30"]
+    ref = tmp_path / "ref"
+    assert run_cli(*args, "--out", str(ref)).returncode == 0
+    out = tmp_path / "killed"
+    env = {**os.environ, checkpoint.PAUSE_ENV: "0.3"}
+    rng = np.random.default_rng(2026)
+    kills, log = 0, []
+    while kills < 10:
+        cmd = ["--resume", str(out)] if checkpoint.list_stages(out) else [*args, "--out", str(out)]
+        proc = subprocess.Popen([sys.executable, "-m", "tavaal.run", *cmd], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        during_write = rng.random() < 0.3
+        deadline = time.monotonic() + (120 if during_write else rng.uniform(2.0, 12.0))
+        while proc.poll() is None and time.monotonic() < deadline:
+            if during_write and any(out.glob(".stage-*.tmp-*")):
+                break
+            time.sleep(0.005)
+        if proc.poll() is not None:  # finished (or failed) before the kill
+            assert proc.returncode == 0, proc.stderr.read()
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        log.append(("write" if during_write else "time", checkpoint.list_stages(out)))
+        assert _all_stage_dirs_whole(out)
+    res = run_cli(*(["--resume", str(out)] if checkpoint.list_stages(out) else [*args, "--out", str(out)]))
+    assert res.returncode == 0, res.stderr  # the rest of the run (nothing new if it had finished)
+    assert res.returncode == 0, res.stderr
+    a, b = checkpoint.load_latest(ref), checkpoint.load_latest(out)
+    assert a.stage == b.stage == 5 and _all_stage_dirs_whole(out)
+    assert a.pool.labeled_at.tolist() == b.pool.labeled_at.tolist()
+    assert [r["selected"] for r in a.records] == [r["selected"] for r in b.records]
+    assert not list(out.glob(".stage-*.tmp-*"))
+    print(f"kills survived: {kills}/{kills} ({sum(k == 'write' for k, _ in log)} during a checkpoint write); "
+          f"stages after each kill: {[s[-1] if s else None for _, s in log]}")
