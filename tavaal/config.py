@@ -5,9 +5,11 @@ Defaults are the paper's CIFAR-10 protocol (TA-VAAL, Kim et al. 2021; official c
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -131,7 +133,7 @@ def from_dict(d: dict[str, Any] | None, cls: type = Config, path: str = "") -> A
         raise ConfigError(f"config section '{path or 'top'}' must be a mapping, got {type(d).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - names)
+    unknown = sorted(str(k) for k in set(d) - names)  # YAML keys may be numbers, null, ...
     if unknown:
         where = f"in '{path}' " if path else ""
         raise ConfigError(f"unknown config field {where}'{unknown[0]}'; valid fields: {', '.join(sorted(names))}")
@@ -185,14 +187,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except Exception:  # noqa: BLE001 - not YAML (or YAML too deep to parse): the text itself
         value = raw
     return key.strip(), value
 
 
 def apply_overrides(d: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of the nested dict ``d`` with dotted-key ``overrides`` set."""
-    out = json.loads(json.dumps(d))
+    out = copy.deepcopy(d)
     for key, value in overrides.items():
         parts = key.split(".")
         node = out
@@ -218,6 +220,9 @@ def read_yaml(path: str | Path, what: str, example: str) -> Any:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> Config:
     """Load a YAML preset (or the defaults), apply dotted overrides, validate."""
     d: dict[str, Any] = read_yaml(path, "config file", "configs/smoke.yaml") if path is not None else {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, train:, al:, ...), got a "
+                          f"{type(d).__name__}; see configs/smoke.yaml")
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     cfg = from_dict(apply_overrides(d, overrides or {}))
@@ -241,9 +246,13 @@ def validate(cfg: Config) -> None:
     DATASETS.get(cfg.data.name)
     MODELS.get(cfg.model.name)
     STRATEGIES.get(cfg.al.strategy)
-    _check(cfg.seed >= 0, "seed", "an integer >= 0", cfg.seed)
+    for key, value in cfg.flat().items():  # every number: no NaN or infinity, anywhere
+        if isinstance(value, float):
+            _check(math.isfinite(value), key, "a finite number", value)
+    _check(0 <= cfg.seed < 2**63, "seed", "an integer in [0, 2^63)", cfg.seed)
     dev = cfg.device
-    _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device", "auto, cpu, cuda or cuda:N", dev)
+    _check(dev in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", dev) is not None, "device",
+           "auto, cpu, cuda or cuda:N", dev)
     _check(cfg.num_threads is None or cfg.num_threads >= 1, "num_threads", ">= 1", cfg.num_threads)
     d = cfg.data
     _check(d.num_train is None or d.num_train >= 1, "data.num_train", ">= 1 or null", d.num_train)

@@ -86,6 +86,7 @@ def run_experiment(
     backend = backend or build_backend(cfg.backend)
     backend.prepare(data, device)
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)
+    check_compatible(cfg, data, spec)
     try:
         for stage in range(len(records), cfg.al.stages):
             record, pool, states = run_stage(cfg, stage, pool, data, spec, strategy, backend, device,
@@ -107,6 +108,20 @@ def run_experiment(
         backend.close()
     tracker.end("FINISHED")
     return records
+
+
+def check_compatible(cfg: Config, data: ALData, spec: ModelSpec) -> None:
+    """Build the stage's models once on the data's input shape: a model that cannot take the data is a
+    ConfigError now, not a traceback after the first stage's training."""
+    from tavaal.models import VAE
+
+    try:
+        spec.build(with_ranker=build_strategy(cfg.al.strategy).ranker_loss is not None)
+        if cfg.al.strategy in ("vaal", "tavaal"):
+            VAE(data.input_shape, cfg.vae.latent_dim, cfg.vae.base_channels, cond_dim=int(cfg.al.strategy == "tavaal"))
+    except ValueError as e:
+        raise ConfigError(f"{e}; choose model.name for data '{cfg.data.name}' (small_cnn or resnet18 for images, mlp "
+                          "for vectors; see python -m tavaal.run --list)") from None
 
 
 def _quiet(msg: str) -> None:

@@ -15,9 +15,16 @@ from pathlib import Path
 from tavaal.errors import TavaalError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit code 2, as argparse's own)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tavaal.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m tavaal.run", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML preset (configs/*.yaml); default: the paper's CIFAR-10 protocol")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=0.05 (repeatable)")
@@ -39,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the stage records to FILE as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="progress lines for epochs and VAE iterations")
     p.add_argument("--list", action="store_true", help="list datasets, models and strategies, then exit")
+    p.add_argument("--check", action="store_true",
+                   help="check the config and the data (pool size, files), print the plan, and exit without "
+                        "training or writing anything")
     return p
 
 
@@ -59,6 +69,23 @@ def resolve_config(args: argparse.Namespace):
         validate(cfg)
         return cfg
     return load_config(args.config, overrides)
+
+
+def check_only(cfg) -> int:
+    """``--check``: everything a run checks before its first stage, without training or writing."""
+    from tavaal.config import check_pool_size
+    from tavaal.core.training import ModelSpec
+    from tavaal.data import build_dataset
+    from tavaal.experiment import check_compatible
+
+    data = build_dataset(cfg.data, cfg.seed)
+    check_pool_size(cfg, len(data.train))
+    check_compatible(cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden))
+    a = cfg.al
+    print(f"config OK: {a.strategy} on {cfg.data.name} ({len(data.train)} pool, {len(data.test)} test samples), "
+          f"{a.initial} initial labels + {a.budget} per stage x {a.stages - 1} queries = "
+          f"{a.initial + a.budget * (a.stages - 1)} labels; backend {cfg.backend.name}")
+    return 0
 
 
 def list_registered() -> None:
@@ -82,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         from tavaal.experiment import run_experiment
 
         cfg = resolve_config(args)
+        if args.check:
+            return check_only(cfg)
         out = out or (
             f"runs/{cfg.al.strategy}-{cfg.data.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
         print(f"tavaal: {cfg.al.strategy} on {cfg.data.name}, {cfg.al.stages} stages, seed {cfg.seed}; "

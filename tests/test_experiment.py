@@ -73,6 +73,11 @@ def _assert_one_line_error(res, needle):
     (["--set", "al.budget=-3"], "al.budget"),
     (["--set", "al.stages=30"], "exceed the pool"),
     (["--set", "data.name=fashionmnist", "--data-dir", "/nonexistent/fm"], "/nonexistent/fm"),
+    (["--set", "model.name=mlp"], "model 'mlp' expects a vector input_shape"),  # images into an MLP
+    (["--set", "data.name=toy2d"], "model 'small_cnn' expects an image input_shape"),  # vectors into a CNN
+    (["--set", "device=cuda:x"], "auto, cpu, cuda or cuda:N"),
+    (["--set", "train.lr=.nan"], "a finite number"),
+    (["--seed", "abc"], "invalid int value: 'abc'"),  # argparse's own errors are one line too
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, extra, needle):
     res = run_cli(*TINY, *extra, "--out", str(tmp_path / "out"))

@@ -216,3 +216,91 @@ def test_ten_sigkills_at_seeded_moments_change_nothing(tmp_path):
     assert not list(out.glob(".stage-*.tmp-*"))
     print(f"kills survived: {kills}/{kills} ({sum(k == 'write' for k, _ in log)} during a checkpoint write); "
           f"stages after each kill: {[s[-1] if s else None for _, s in log]}")
+
+
+# ---------------------------------------------------------------- random bad input (hypothesis)
+
+FIELDS = sorted(CFG.flat())
+SECTIONS = sorted({k.split(".")[0] for k in FIELDS if "." in k})
+
+
+def _strategies():
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
+                        st.text(max_size=10), st.lists(st.integers(-3, 300), max_size=3), st.just("1e999"))
+    junk_key = st.text(alphabet="abcdefgz_.0 ", max_size=12)
+    keys = st.one_of(st.sampled_from(FIELDS), st.sampled_from(SECTIONS), junk_key)
+    sets = st.lists(st.tuples(keys, st.one_of(scalars, st.text(max_size=12))), max_size=4)
+    section = st.dictionaries(st.one_of(st.sampled_from(sorted({k.split(".")[-1] for k in FIELDS})), junk_key),
+                              scalars, max_size=4)
+    docs = st.one_of(st.dictionaries(st.one_of(st.sampled_from(SECTIONS), junk_key),
+                                     st.one_of(section, scalars), max_size=4),
+                     scalars, st.text(max_size=40))
+    return sets, docs
+
+
+def _main(argv: list[str]) -> tuple[int, str]:
+    """``python -m tavaal.run ARGV`` in this process: (exit code, stderr). Any other exception fails the test
+    with its traceback: exactly what must never reach a user."""
+    import contextlib
+    import io
+
+    from tavaal.run import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's own exit
+            code = e.code
+    return code, err.getvalue()
+
+
+def _one_line_or_ok(code: int, err: str, tried: dict) -> None:
+    assert code in (0, 2), (code, err)
+    if code == 2:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+    tried[code] = tried.get(code, 0) + 1
+
+
+def _yaml_text(value) -> str:
+    import yaml
+
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def test_random_set_values_and_config_documents_end_in_a_run_check_or_one_line_exit_2(tmp_path):
+    """Random ``--set`` values on the smoke preset, and random config documents: each passes ``--check`` (the
+    run's own checks up to the first stage: config, data, pool size, strategy) or exits 2 with one line."""
+    import yaml
+    from hypothesis import HealthCheck, given, settings
+
+    sets, docs = _strategies()
+    tried: dict = {}
+
+    @settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(sets)
+    def random_sets(pairs):
+        argv = ["--config", "configs/smoke.yaml", "--check"] + [f"--set={k}={_yaml_text(v)}" for k, v in pairs]
+        _one_line_or_ok(*_main(argv), tried)
+
+    @settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(docs)
+    def random_docs(doc):
+        path = tmp_path / "random.yaml"
+        path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+        _one_line_or_ok(*_main(["--config", str(path), "--check"]), tried)
+
+    random_sets()
+    random_docs()
+    assert tried.get(2, 0) >= 200 and tried.get(0, 0) >= 1, tried  # both outcomes were really exercised
+    assert not list(tmp_path.glob("runs*")) and not (tmp_path / "runs").exists()
+    print(f"random inputs: {sum(tried.values())} tried, {tried.get(2, 0)} clean one-line errors, "
+          f"{tried.get(0, 0)} valid")
+    # a valid one runs for real (the smoke preset trimmed), and --check wrote nothing anywhere
+    res = run_cli(*TINY, "--set", "al.stages=2", "--out", str(tmp_path / "real"))
+    assert res.returncode == 0 and checkpoint.list_stages(tmp_path / "real") == [0, 1], res.stderr
