@@ -47,6 +47,22 @@ def objective_metrics(records: list[dict]) -> dict[str, float]:
     return {"auc": float(auc), "final_accuracy": float(ys[-1])}
 
 
+TRIAL_FAULT_ENV = "TAVAAL_TRIAL_FAULT"  # tests: "STAGE:DIR" makes one trial fail after reporting STAGE
+
+
+def _maybe_fail(stage: int) -> None:
+    """Fault injection for tests: with ``$TAVAAL_TRIAL_FAULT = STAGE:DIR`` and no ``DIR/fired`` yet, the first
+    trial to report STAGE raises once (``DIR/fired`` marks it); Tune retries it from that stage's checkpoint."""
+    spec = os.environ.get(TRIAL_FAULT_ENV, "")
+    if not spec:
+        return
+    at, folder = spec.split(":", 1)
+    fired = Path(folder) / "fired"
+    if int(at) == stage and not fired.exists():
+        fired.write_text(f"trial failed on purpose after stage {stage}\n")
+        raise RuntimeError(f"injected trial fault after stage {stage} ({TRIAL_FAULT_ENV})")
+
+
 def al_trial(params: dict, base: dict, threads: int) -> None:
     """Tune function trainable: one AL experiment, one ``tune.report`` per stage with its checkpoint."""
     from ray import tune
@@ -76,6 +92,7 @@ def al_trial(params: dict, base: dict, threads: int) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(stage_path))
         for old in ckpt.list_stages(out)[:-1]:  # Tune keeps its own copy; keep the newest locally
             shutil.rmtree(ckpt.stage_dir(out, old), ignore_errors=True)
+        _maybe_fail(record.stage)
 
     try:
         run_experiment(cfg, out_dir=out, resume=restored is not None, log=lambda m: None, on_stage=on_stage)

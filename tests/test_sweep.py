@@ -164,17 +164,23 @@ def test_killed_sweep_resumes_without_duplicate_steps_and_same_picks(tmp_path):
                     "--tracking-uri", f"sqlite:///{tmp_path}/ref.db")
     assert ref.returncode == 0, ref.stderr[-3000:]
     runs = tmp_path / "runs"
+    # the first trial also errors once after its first stage: Tune retries it from that stage's checkpoint
+    fault = tmp_path / "fault"
+    fault.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "tavaal.sweep", *common, "--storage-path", str(runs),
-                             "--name", "k", "--tracking-uri", uri], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--name", "k", "--tracking-uri", uri, "--max-failures", "2"], cwd=ROOT,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TAVAAL_TRIAL_FAULT": f"0:{fault}"})
     deadline = time.monotonic() + 300
     while not list(runs.glob("k/*/checkpoint_000001")):  # the first trial has finished 2 stages
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep driver and everything it started
     proc.wait()
+    assert (fault / "fired").exists()  # the trial error happened before the kill, and was survived
     res = sweep_cli("--resume", "k", "--storage-path", str(runs))
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "ERROR" not in res.stdout  # every trial ended well
     client, parents, children = child_runs(uri)
     assert len(parents) == 1 and len(children) == 2
     for run in children:
