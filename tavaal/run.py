@@ -56,7 +56,8 @@ def resolve_config(args: argparse.Namespace):
 
     overrides = dict(parse_override(o) for o in args.overrides)
     for flag, key in (("strategy", "al.strategy"), ("seed", "seed"), ("data_dir", "data.data_dir"),
-                      ("oracle", "al.oracle"), ("device", "device"), ("backend", "backend.name"), ("address", "backend.address"),
+                      ("oracle", "al.oracle"), ("device", "device"), ("backend", "backend.name"),
+                      ("address", "backend.address"),
                       ("num_workers", "backend.num_workers"), ("cpus_per_worker", "backend.cpus_per_worker"),
                       ("gpus_per_worker", "backend.gpus_per_worker")):
         if getattr(args, flag) is not None:
