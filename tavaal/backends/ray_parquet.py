@@ -102,7 +102,7 @@ def score_parquet_with_ray_data(
     decode = DecodeSpec(x.kind, cfg.image_size, cfg.channels, base_dir(cfg.path), data.mean, data.std,
                         data.num_classes)
     # [1] the files are read where the cluster runs, only the id and image columns
-    ds = ray.data.read_parquet(cfg.path, columns=[cfg.id_column, cfg.image_column])
+    ds = ray.data.read_parquet(cfg.path).select_columns([cfg.id_column, cfg.image_column])
     ds.context.enable_progress_bars = False
     # [2] a cheap stateless step keeps the candidates (the actors then see whole batches of them)
     ds = ds.map_batches(keep_candidates, fn_args=(cfg.id_column, cfg.image_column, wanted), batch_format="numpy",
