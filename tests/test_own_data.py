@@ -272,6 +272,8 @@ def ray_cluster():
 
 
 def test_parquet_pool_scores_through_ray_data_equal_the_local_loop(files, ray_cluster):
+    from test_ray_data import Combined  # several scorers as one: one pipeline covers them all
+
     from tavaal.backends.ray_parquet import score_parquet_with_ray_data
     from tavaal.core.scoring import score_pool
     from tavaal.strategies.scorers import TaskScorer
@@ -280,14 +282,14 @@ def test_parquet_pool_scores_through_ray_data_equal_the_local_loop(files, ray_cl
                                              "data.channels=1", "data.num_train=null", "data.num_test=null",
                                              f"data.path={files['dir'] / 'pool.parquet'}"])
     data, pool, cand, spec, local, tasks = trained_stage(cfg, 150)
-    scorer = TaskScorer(spec, tasks["rank"], "entropy")
-    rhat = TaskScorer(spec, tasks["rank"], "rhat")
+    scorer = Combined({kind: TaskScorer(spec, tasks["rank"], kind) for kind in ("entropy", "rhat")})
     idx = np.random.default_rng(3).permutation(cand)  # any order: rows come back aligned with it
-    for s in (scorer, rhat):
-        want = score_pool(s, data, idx, 37, torch.device("cpu"))
-        got = score_parquet_with_ray_data(s, data, cfg.data, idx, batch_size=37, concurrency=1)
-        assert set(got) == set(want)
-        for name in want:
-            assert got[name].shape == want[name].shape == (idx.size,)
-            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)
-            assert np.ptp(got[name]) > 0  # not a constant output
+    want = score_pool(scorer, data, idx, 37, torch.device("cpu"))
+    got = score_parquet_with_ray_data(scorer, data, cfg.data, idx, batch_size=37, concurrency=1)  # 1 CPU reads
+    assert set(got) == set(want) == {"entropy/entropy", "rhat/rhat"}
+    for name in want:
+        assert got[name].shape == want[name].shape == (idx.size,)
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)
+        assert np.ptp(got[name]) > 0  # not a constant output
+    with pytest.raises(ValueError, match="leave none of the cluster's 2 CPUs"):  # would hang, not fail
+        score_parquet_with_ray_data(scorer, data, cfg.data, idx, batch_size=37, concurrency=2)

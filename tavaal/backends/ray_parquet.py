@@ -96,12 +96,17 @@ def score_parquet_with_ray_data(
         raise ValueError("indices must be distinct pool indices")
     if indices.size == 0:
         return {}
+    total = ray.cluster_resources().get("CPU", 0)
+    if concurrency * cpus_per_actor >= total:  # measured: the read tasks then never start, and the run hangs
+        raise ValueError(f"{concurrency} scoring actors x {cpus_per_actor} CPUs leave none of the cluster's "
+                         f"{total:g} CPUs for reading the Parquet files; lower backend.score_concurrency")
     ids = data.train.ids[indices]
     wanted = {str(i): (p, int(k)) for p, (i, k) in enumerate(zip(ids, indices))}
     x = data.train.x
     decode = DecodeSpec(x.kind, cfg.image_size, cfg.channels, base_dir(cfg.path), data.mean, data.std,
                         data.num_classes)
-    # [1] the files are read where the cluster runs, only the id and image columns
+    # [1] the files are read where the cluster runs (read tasks need a CPU the actors leave free), only the
+    # id and image columns
     ds = ray.data.read_parquet(cfg.path).select_columns([cfg.id_column, cfg.image_column])
     ds.context.enable_progress_bars = False
     # [2] a cheap stateless step keeps the candidates (the actors then see whole batches of them)
