@@ -132,6 +132,7 @@ def _start(cfg: Config, data: ALData, out_dir, resume: bool, log,
             raise ConfigError("--resume needs the run's output directory")
         if not checkpoint.list_stages(out_dir) and oracle.has_initial_request(out_dir):
             check_resumable(oracle.run_config(out_dir), cfg)  # stopped before stage 0, for its labels
+            log(f"resuming {out_dir} before stage 0 (its labels were requested)")
             return initial, [], {}
         ck = checkpoint.load_latest(out_dir)
         check_resumable(ck.config, cfg)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -67,6 +68,7 @@ def label_strings(col: pa.ChunkedArray) -> list[str | None]:
 
 
 def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
+    path = path if "://" in path else str(Path(path).resolve())  # workers may run elsewhere than the driver's cwd
     ds = open_parquet(path)
     names = ds.schema.names
     for key, col in (("data.id_column", cfg.id_column), ("data.image_column", cfg.image_column)):
