@@ -28,6 +28,17 @@ class DataConfig:
     imbalance_ratio: float = 1.0  # largest/smallest class count in the pool: 10 or 100 in the paper; 1: as is
     minority_classes: str = "even"  # classes cut by the ratio: "even" (paper: 0,2,4,6,8), "odd", or "0,3,5"
     download: bool = True  # let torchvision download missing files (needs internet)
+    # your own images (data.name parquet or imagefolder; README "Your own data")
+    path: str | None = None  # parquet: a .parquet file, a directory of them or s3://...; imagefolder: the root
+    test_path: str | None = None  # a labeled test set in the same format; None: hold out test_fraction of labeled rows
+    test_fraction: float = 0.2  # without test_path: share of the labeled rows held out (by a hash of the id)
+    image_size: int = 32  # images are resized to image_size x image_size when decoded
+    channels: int = 3  # 1 (grayscale) or 3 (RGB) after decoding
+    classes: tuple[str, ...] = ()  # class names in model order; (): the labels found in the data, sorted
+    new_classes: bool = False  # manual oracle: accept labels outside the known classes (appended to the list)
+    id_column: str = "id"  # parquet: a stable, unique id per row
+    image_column: str = "image"  # parquet: encoded PNG/JPEG bytes, or a path (relative: to the Parquet's folder)
+    label_column: str = "label"  # parquet: class name or integer; null = unlabeled (the column may be absent)
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,8 @@ class ALConfig:
     subset_size: int = 10_000  # M: random unlabeled candidates scored per stage (paper: 10,000)
     score_batch_size: int = 512  # batch size for scoring and evaluation (no effect on results)
     keep_checkpoints: int = 0  # newest stage checkpoints kept on disk (0: all); resume falls back among them
+    oracle: str = "auto"  # simulated (labels from the data), manual (people label to_label/ files); auto: simulated
+    # when every pool label is known, else manual
 
 
 @dataclass(frozen=True)
@@ -261,6 +274,13 @@ def validate(cfg: Config) -> None:
            ">= 1 (10 or 100 as in the paper; 1 = as is)", d.imbalance_ratio)
     _check(d.minority_classes in ("even", "odd") or all(c.strip().isdigit() for c in d.minority_classes.split(",")),
            "data.minority_classes", "'even', 'odd' or a comma list of class ids", d.minority_classes)
+    own = d.name in ("parquet", "imagefolder")
+    _check(not own or bool(d.path), "data.path", f"a Parquet file/directory or an image folder for data.name={d.name}",
+           d.path)
+    _check(0 <= d.test_fraction < 1, "data.test_fraction", "in [0, 1)", d.test_fraction)
+    _check(d.image_size >= 1, "data.image_size", ">= 1", d.image_size)
+    _check(d.channels in (1, 3), "data.channels", "1 or 3", d.channels)
+    _check(len(set(d.classes)) == len(d.classes), "data.classes", "distinct class names", list(d.classes))
     _check(cfg.model.ranker_hidden >= 1, "model.ranker_hidden", ">= 1", cfg.model.ranker_hidden)
     t = cfg.train
     _check(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
@@ -297,6 +317,7 @@ def validate(cfg: Config) -> None:
     _check(a.subset_size >= a.budget, "al.subset_size", f">= al.budget ({a.budget})", a.subset_size)
     _check(a.score_batch_size >= 1, "al.score_batch_size", ">= 1", a.score_batch_size)
     _check(a.keep_checkpoints >= 0, "al.keep_checkpoints", ">= 0 (0 keeps all)", a.keep_checkpoints)
+    _check(a.oracle in ("auto", "simulated", "manual"), "al.oracle", "auto, simulated or manual", a.oracle)
     b = cfg.backend
     _check(b.name in ("local", "ray"), "backend.name", "local or ray", b.name)
     _check(b.num_workers >= 1, "backend.num_workers", ">= 1", b.num_workers)

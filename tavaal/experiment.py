@@ -14,11 +14,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tavaal import checkpoint
+from tavaal import checkpoint, oracle
 from tavaal.backends import Backend, build_backend
-from tavaal.config import Config, check_pool_size, from_dict
+from tavaal.config import Config, from_dict
 from tavaal.core.metrics import label_counts, label_entropy
-from tavaal.core.pool import PoolState, draw_candidates, initial_pool
+from tavaal.core.pool import PoolState, draw_candidates
 from tavaal.core.precision import resolve_device
 from tavaal.core.seeding import derive_seed, numpy_rng
 from tavaal.core.training import ModelSpec, TaskJob, evaluate
@@ -30,7 +30,7 @@ from tavaal.tracking import NullTracker, Tracker
 
 # fields that may differ between a run and its resume (they do not change what gets selected)
 RESUMABLE_FIELDS = ("device", "num_threads", "backend", "al.stages", "al.score_batch_size", "al.keep_checkpoints",
-                    "data.data_dir", "data.download")
+                    "data.data_dir", "data.download", "data.new_classes")
 
 
 @dataclass
@@ -64,19 +64,29 @@ def run_experiment(
     log: Callable[[str], None] = print,
     verbose: bool = False,
     on_stage: Callable[[StageRecord, Path | None], None] | None = None,
+    labels: str | Path | None = None,
 ) -> list[StageRecord]:
     """Run (or resume from ``out_dir``) the whole experiment; returns one record per stage.
 
     ``on_stage(record, stage_dir)`` is called after each stage's checkpoint is written (a Tune trial
-    reports it from there).
+    reports it from there). With the manual oracle the run stops where labels are missing, after writing the
+    batch to annotate (``tavaal/oracle.py``); ``labels`` (a CSV) answers it on resume.
     """
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     data = build_dataset(cfg.data, cfg.seed)
-    check_pool_size(cfg, len(data.train))
+    mode = oracle.resolve_oracle(cfg, data)
+    initial = oracle.initial_state(cfg, data, mode)  # checks the labeling plan against the pool
+    data = oracle.apply_stored_labels(data, out_dir, cfg.data.new_classes)
+    if len(data.test) == 0:
+        log("note: the test split is empty (no labeled rows to hold out): accuracy is not measured (nan); "
+            "set data.test_path to a labeled test set")
     strategy = build_strategy(cfg.al.strategy)
-    pool, records, meta = _start(cfg, data, out_dir, resume, log)
+    pool, records, meta = _start(cfg, data, out_dir, resume, log, initial)
+    data = oracle.answer(cfg, data, pool, out_dir, len(records), labels)  # validated in full before any write
+    if oracle.ask(cfg, data, pool, out_dir, len(records), log):
+        return records
     tracker = tracker or NullTracker()
     run_id = tracker.start(cfg.to_dict(), run_id=meta.get("tracking_run_id"))  # fails fast if unreachable
     if run_id is not None:
@@ -101,6 +111,8 @@ def run_experiment(
             log(format_record(record, cfg.al.stages))
             if on_stage is not None:
                 on_stage(record, stage_path)
+            if oracle.ask(cfg, data, pool, out_dir, stage + 1, log):  # manual oracle: stop until labels come
+                break
     except BaseException:
         tracker.end("KILLED")
         raise
@@ -128,11 +140,16 @@ def _quiet(msg: str) -> None:
     pass
 
 
-def _start(cfg: Config, data: ALData, out_dir, resume: bool, log) -> tuple[PoolState, list[StageRecord], dict]:
-    """Fresh: the initial random labels. Resume: the pool and records of the newest complete stage."""
+def _start(cfg: Config, data: ALData, out_dir, resume: bool, log,
+           initial: PoolState) -> tuple[PoolState, list[StageRecord], dict]:
+    """Fresh: the initial labels. Resume: the pool and records of the newest complete stage."""
     if resume:
         if out_dir is None:
             raise ConfigError("--resume needs the run's output directory")
+        if not checkpoint.list_stages(out_dir) and oracle.has_initial_request(out_dir):
+            check_resumable(oracle.run_config(out_dir), cfg)  # stopped before stage 0, for its labels
+            log(f"resuming {out_dir} before stage 0 (its labels were requested)")
+            return initial, [], {}
         ck = checkpoint.load_latest(out_dir, log=log)
         check_resumable(ck.config, cfg)
         if len(ck.pool) != len(data.train):
@@ -140,10 +157,10 @@ def _start(cfg: Config, data: ALData, out_dir, resume: bool, log) -> tuple[PoolS
                                   f"{len(data.train)}; resume with the data the run started with")
         log(f"resuming from {ck.path} (stage {ck.stage} complete, {ck.pool.num_labeled} labeled)")
         return ck.pool, [StageRecord(**r) for r in ck.records], dict(ck.meta)
-    if out_dir is not None and checkpoint.list_stages(out_dir):
+    if out_dir is not None and (checkpoint.list_stages(out_dir) or oracle.has_initial_request(out_dir)):
         raise CheckpointError(f"'{out_dir}' already holds stage checkpoints; pass --resume {out_dir} to continue "
                               "that run, or choose a new --out")
-    return initial_pool(len(data.train), cfg.al.initial, numpy_rng(cfg.seed, "initial")), [], {}
+    return initial, [], {}
 
 
 def check_resumable(saved: dict, cfg: Config) -> None:

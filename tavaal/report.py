@@ -62,6 +62,19 @@ def summarize(data: dict) -> dict[str, list[dict]]:
     return table
 
 
+def plot_table(ax, table: dict[str, list[dict]], key: str, scale: float = 1.0) -> None:
+    """One line per strategy of ``summarize``'s ``table``: x = labels, y = ``row[key]`` x ``scale`` (rows where it
+    is None are skipped); the accuracy (``key="mean"``) gets a ± std band."""
+    for strategy, rows in table.items():
+        pts = [(r["labels"], r[key], r["std"]) for r in rows if r[key] is not None]
+        if not pts:
+            continue
+        x, y, s = (np.asarray(v) * f for v, f in zip(zip(*pts), (1.0, scale, scale)))
+        ax.plot(x, y, marker="o", label=strategy)
+        if key == "mean":
+            ax.fill_between(x, y - s, y + s, alpha=0.15)
+
+
 def write_report(table: dict[str, list[dict]], out: Path, title: str) -> list[Path]:
     import matplotlib
 
@@ -74,14 +87,7 @@ def write_report(table: dict[str, list[dict]], out: Path, title: str) -> list[Pa
                               ("improvement.png", "vs_random", "accuracy - random"),
                               ("entropy.png", "entropy", "label entropy (nats)")):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for strategy, rows in table.items():
-            pts = [(r["labels"], r[key], r["std"]) for r in rows if r[key] is not None]
-            if not pts:
-                continue
-            x, y, s = (np.asarray(v) for v in zip(*pts))
-            ax.plot(x, y, marker="o", label=strategy)
-            if key == "mean":
-                ax.fill_between(x, y - s, y + s, alpha=0.15)
+        plot_table(ax, table, key)
         ax.set_xlabel("labeled samples")
         ax.set_ylabel(ylabel)
         ax.set_title(title)

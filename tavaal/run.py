@@ -3,6 +3,8 @@
   python -m tavaal.run --config configs/fashionmnist_tavaal_cpu.yaml --out runs/fm
   python -m tavaal.run --resume runs/fm              # continue after a kill, from the last complete stage
   python -m tavaal.run --config configs/smoke.yaml --set al.strategy=random --set train.lr=0.05
+  python -m tavaal.run --set data.name=parquet --set data.path=pool.parquet --oracle manual --out runs/mine
+  python -m tavaal.run --resume runs/mine --labels runs/mine/to_label/stage_1.csv   # answers, then continues
 """
 from __future__ import annotations
 
@@ -31,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory for per-stage checkpoints (default: runs/<strategy>-<data>-"
                                  "seed<N>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last complete stage")
+    p.add_argument("--oracle", choices=["auto", "simulated", "manual"],
+                   help="where labels come from: simulated (the data's own labels, benchmarks), manual (the run "
+                        "stops and writes DIR/to_label/stage_K.csv for people to label); default auto: simulated "
+                        "when every pool label is known (shortcut for --set al.oracle=...)")
+    p.add_argument("--labels", metavar="FILE.csv",
+                   help="with --resume: the labels people gave for the pending batch (columns id, label: the "
+                        "request CSV with its label column filled in); checked in full before anything is written")
     p.add_argument("--strategy", help="shortcut for --set al.strategy=...")
     p.add_argument("--seed", type=int, help="shortcut for --set seed=...")
     p.add_argument("--data-dir", help="shortcut for --set data.data_dir=...")
@@ -53,19 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace):
-    from tavaal.checkpoint import load_latest
     from tavaal.config import apply_overrides, from_dict, load_config, parse_override, validate
 
     overrides = dict(parse_override(o) for o in args.overrides)
     for flag, key in (("strategy", "al.strategy"), ("seed", "seed"), ("data_dir", "data.data_dir"),
-                      ("device", "device"), ("backend", "backend.name"), ("address", "backend.address"),
+                      ("oracle", "al.oracle"), ("device", "device"), ("backend", "backend.name"),
+                      ("address", "backend.address"),
                       ("num_workers", "backend.num_workers"), ("cpus_per_worker", "backend.cpus_per_worker"),
                       ("gpus_per_worker", "backend.gpus_per_worker")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.resume and not args.config:
         # the run's own resolved config, with only the overrides given now
-        cfg = from_dict(apply_overrides(load_latest(args.resume).config, overrides))
+        from tavaal.oracle import run_config
+
+        cfg = from_dict(apply_overrides(run_config(args.resume), overrides))
         validate(cfg)
         return cfg
     return load_config(args.config, overrides)
@@ -73,13 +84,13 @@ def resolve_config(args: argparse.Namespace):
 
 def check_only(cfg) -> int:
     """``--check``: everything a run checks before its first stage, without training or writing."""
-    from tavaal.config import check_pool_size
+    from tavaal import oracle
     from tavaal.core.training import ModelSpec
     from tavaal.data import build_dataset
     from tavaal.experiment import check_compatible
 
     data = build_dataset(cfg.data, cfg.seed)
-    check_pool_size(cfg, len(data.train))
+    oracle.initial_state(cfg, data, oracle.resolve_oracle(cfg, data))  # the labeling plan against the pool
     check_compatible(cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden))
     a = cfg.al
     print(f"config OK: {a.strategy} on {cfg.data.name} ({len(data.train)} pool, {len(data.test)} test samples), "
@@ -108,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from tavaal.experiment import run_experiment
 
+        if args.labels and not args.resume:
+            from tavaal.errors import ConfigError
+
+            raise ConfigError("--labels answers a stopped run: pass --resume DIR with it")
         cfg = resolve_config(args)
         if args.check:
             return check_only(cfg)
@@ -121,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
             tracker = MLflowTracker(args.tracking_uri, args.experiment, run_name=Path(out).name)
         records = run_experiment(cfg, tracker=tracker, out_dir=out, resume=bool(args.resume),
-                                 log=lambda m: print(m, flush=True), verbose=args.verbose)
+                                 log=lambda m: print(m, flush=True), verbose=args.verbose,
+                                 labels=args.labels)
     except TavaalError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from tavaal.config import DataConfig
-from tavaal.data import cifar, fashionmnist, svhn, synthetic, toy2d  # noqa: F401 (registration)
+from tavaal.data import cifar, fashionmnist, imagefolder, parquet, svhn, synthetic, toy2d  # noqa: F401 (registration)
 from tavaal.data.base import ALData, Split
 from tavaal.data.imbalance import make_imbalanced
+from tavaal.errors import ConfigError
 from tavaal.registry import DATASETS
 
 __all__ = ["ALData", "Split", "build_dataset", "make_imbalanced", "subsample"]
@@ -49,5 +50,8 @@ def build_dataset(cfg: DataConfig, seed: int) -> ALData:
         test=subsample(data.test, cfg.num_test, np.random.default_rng([seed, _TEST_STREAM])),
     )
     if cfg.imbalance_ratio > 1:
+        if (data.train.y < 0).any():
+            raise ConfigError("config field 'data.imbalance_ratio' needs every pool label; this pool has rows "
+                              "without one: leave it at 1")
         data = make_imbalanced(data, cfg.imbalance_ratio, cfg.minority_classes, seed)
     return data

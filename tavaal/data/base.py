@@ -17,11 +17,13 @@ class Split:
     """One split: ``x`` uint8 ``[N, C, H, W]`` (images) or float32 ``[N, D]`` (vectors); ``y`` int64 ``[N]``.
 
     ``x`` may also be a lazy image source (``synthetic.LazyImages``: ``shape``, ``dim()``, ``x[idx]`` renders
-    a uint8 batch, ``x.subset(idx)`` a lazy view) for pools too big to hold in memory.
+    a uint8 batch, ``x.subset(idx)`` a lazy view) for pools too big to hold in memory. ``y`` is -1 where the
+    label is not known yet (own data, manual oracle). ``ids``: stable row ids of own data (None: the position).
     """
 
     x: torch.Tensor
     y: torch.Tensor
+    ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -29,7 +31,7 @@ class Split:
     def subset(self, idx: torch.Tensor) -> "Split":
         """Rows ``idx`` (LongTensor) of this split; a lazy ``x`` stays lazy instead of being rendered."""
         x = self.x.subset(idx) if hasattr(self.x, "subset") else self.x[idx]
-        return Split(x, self.y[idx])
+        return Split(x, self.y[idx], None if self.ids is None else self.ids[np.asarray(idx)])
 
 
 @dataclass(frozen=True)

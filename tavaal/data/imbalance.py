@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from tavaal.data.base import ALData, Split
+from tavaal.data.base import ALData
 from tavaal.errors import ConfigError
 
 
@@ -66,4 +66,4 @@ def make_imbalanced(data: ALData, ratio: float, minority: str, seed: int) -> ALD
     labels = data.train.y.numpy()
     keep = imbalanced_indices(labels, data.num_classes, ratio, classes, np.random.default_rng(seed))
     idx = torch.from_numpy(keep)
-    return dataclasses.replace(data, train=Split(data.train.x[idx], data.train.y[idx]))
+    return dataclasses.replace(data, train=data.train.subset(idx))  # lazy images stay lazy

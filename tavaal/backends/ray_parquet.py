@@ -1,0 +1,147 @@
+"""Pool scoring straight from a Parquet pool: ``ray.data.read_parquet`` in, decoding and scoring in the actors.
+
+For ``data.name: parquet`` the pool's images never pass through the driver: Ray Data reads the files in
+blocks where the cluster runs, a stateless step keeps the candidates' rows (matched by the stable id column),
+and a fixed pool of actors decodes them (``encoded.decode_image``, as the local loop does), normalizes them
+with ``ALData.batch`` and runs the strategy's scorer. Same decode, same normalization, same scorer: the
+numbers equal ``core.scoring.score_pool`` on the lazily decoded pool (tests/test_own_data.py, to 1e-5).
+
+Ray touch points are numbered ``# [n]``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+
+from tavaal.backends.ray_data import keep_freed_memory_per_actor
+from tavaal.config import DataConfig
+from tavaal.core.scoring import Scorer
+from tavaal.data.base import ALData, Split
+from tavaal.data.encoded import decode_image, read_bytes, resolve_path
+from tavaal.data.parquet import base_dir
+
+_POSITION, _INDEX, _IMAGE = "__position", "__index", "__image"
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How an actor turns a Parquet row into the model's input (what ``parquet.py`` + ``ALData.batch`` do)."""
+
+    kind: str  # "bytes" or "path"
+    size: int
+    channels: int
+    base_dir: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+
+    def batch(self, values: list) -> torch.Tensor:
+        """float32 ``[B, C, S, S]``, normalized exactly as ``ALData.batch(..., augment=False)``."""
+        raw = [v if self.kind == "bytes" else read_bytes(resolve_path(v, self.base_dir)) for v in values]
+        x = torch.from_numpy(np.stack([decode_image(b, self.size, self.channels) for b in raw]))
+        y = torch.zeros(len(values), dtype=torch.int64)
+        data = ALData("batch", Split(x, y), Split(x[:0], y[:0]), self.num_classes, self.mean, self.std)
+        return data.batch("train", np.arange(len(values)))[0]
+
+
+def keep_candidates(batch: dict[str, np.ndarray], id_column: str, image_column: str,
+                    wanted: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    """The rows whose id is a candidate, with their output position and pool index."""
+    hits = [(k, wanted[str(i)]) for k, i in enumerate(batch[id_column]) if str(i) in wanted]
+    rows = np.array([k for k, _ in hits], dtype=np.int64)
+    images = np.empty(len(hits), dtype=object)
+    images[:] = [batch[image_column][k] for k in rows]
+    return {_POSITION: np.array([p for _, (p, _) in hits], dtype=np.int64),
+            _INDEX: np.array([i for _, (_, i) in hits], dtype=np.int64), _IMAGE: images}
+
+
+class ScoreParquetPerActor:
+    """Callable class Ray Data instantiates once per actor: the scorer's models are built once."""
+
+    def __init__(self, scorer: Scorer, decode: DecodeSpec, threads: int, use_gpu: bool) -> None:
+        torch.set_num_threads(threads)
+        keep_freed_memory_per_actor()
+        self.device = torch.device("cuda" if use_gpu and ray.get_gpu_ids() else "cpu")
+        self.decode, self.scorer = decode, scorer
+        self.scorer.setup(self.device)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        idx = np.array(batch[_INDEX], dtype=np.int64)
+        if idx.size == 0:
+            return {_POSITION: np.empty(0, dtype=np.int64)}
+        x = self.decode.batch(list(batch[_IMAGE]))
+        out = {_POSITION: np.asarray(batch[_POSITION])}
+        for name, value in self.scorer(x.to(self.device), idx).items():
+            out[name] = value.detach().float().cpu().numpy()
+        return out
+
+
+def score_parquet_with_ray_data(
+    scorer: Scorer, data: ALData, cfg: DataConfig, indices: np.ndarray, batch_size: int,
+    concurrency: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
+    threads_per_actor: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Score pool ``indices`` (distinct) of a ``parquet`` data set by reading ``cfg.path`` with Ray Data.
+
+    data: the run's ``ALData`` (only its ids, normalization and class count are used here); returns
+    ``{name: [M, ...]}`` with row i for ``indices[i]``, as ``score_pool`` and ``score_with_ray_data``.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if np.unique(indices).size != indices.size:
+        raise ValueError("indices must be distinct pool indices")
+    if indices.size == 0:
+        return {}
+    total = ray.cluster_resources().get("CPU", 0)
+    if concurrency * cpus_per_actor >= total:  # measured: the read tasks then never start, and the run hangs
+        raise ValueError(f"{concurrency} scoring actors x {cpus_per_actor} CPUs leave none of the cluster's "
+                         f"{total:g} CPUs for reading the Parquet files; lower backend.score_concurrency")
+    ids = data.train.ids[indices]
+    wanted = {str(i): (p, int(k)) for p, (i, k) in enumerate(zip(ids, indices))}
+    x = data.train.x
+    decode = DecodeSpec(x.kind, cfg.image_size, cfg.channels, base_dir(cfg.path), data.mean, data.std,
+                        data.num_classes)
+    # [1] the files are read where the cluster runs (read tasks need a CPU the actors leave free), only the
+    # id and image columns
+    ds = ray.data.read_parquet(cfg.path).select_columns([cfg.id_column, cfg.image_column])
+    ds.context.enable_progress_bars = False
+    # [2] a cheap stateless step keeps the candidates (the actors then see whole batches of them)
+    ds = ds.map_batches(keep_candidates, fn_args=(cfg.id_column, cfg.image_column, wanted), batch_format="numpy",
+                        batch_size=None)
+    # [3] a fixed pool of actors, each building the scorer's models once
+    ds = ds.map_batches(
+        ScoreParquetPerActor, fn_constructor_args=(scorer, decode, threads_per_actor or max(1, int(cpus_per_actor)),
+                                                   gpus_per_actor > 0),
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
+        **_passive_omp(),
+    )
+    return _collect(ds, indices.size)
+
+
+def _passive_omp() -> dict:
+    """OMP passive waiting in the actors unless the job's runtime env sets it already (see ray_data.py)."""
+    if "OMP_WAIT_POLICY" in (ray.get_runtime_context().runtime_env.get("env_vars") or {}):
+        return {}
+    return {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}}
+
+
+def _collect(ds, n: int) -> dict[str, np.ndarray]:
+    """[4] stream the scored blocks into arrays aligned with the candidates' positions."""
+    out: dict[str, np.ndarray] = {}
+    seen = np.zeros(n, dtype=bool)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        pos = batch.pop(_POSITION)
+        for name, col in batch.items():
+            if name not in out:
+                out[name] = np.empty((n, *col.shape[1:]), dtype=col.dtype)
+            out[name][pos] = col
+        seen[pos] = True
+    if not seen.all():
+        raise RuntimeError(f"{n - int(seen.sum())} of {n} candidates were not found in the Parquet data (ids "
+                           "changed since the run started?)")
+    return out

@@ -1,0 +1,312 @@
+"""Where labels come from: the data set (``simulated`` oracle, benchmarks) or people (``manual`` oracle).
+
+The AL state is the same for both: a query labels its picks in the ``PoolState`` at once. With the manual
+oracle the picks' labels are unknown (-1) until people answer, so before a stage trains the loop asks
+``pending(pool, data)``; if labels are missing it writes the batch to annotate and stops, and
+``python -m tavaal.run --resume OUT --labels FILE.csv`` checks the answers, stores them and goes on. Files under
+the run's output directory ``OUT`` (each written to a temporary name, fsynced and renamed into place):
+
+  to_label/stage_K.csv, .parquet   the batch to annotate before stage K: id, path, label (empty)
+  to_label/stage_K/                the images of that batch, when the pool stores encoded bytes
+  to_label/config.json             the run's resolved config (a resume before the first checkpoint reads it)
+  labels/stage_K.json              the labels of that batch, validated, written once and never changed
+
+Initial labeled set: ``simulated``: ``al.initial`` random rows (the benchmark protocol). ``manual``: the rows
+whose labels the data already has; if there are none, ``al.initial`` random rows drawn exactly as the simulated
+oracle draws them, asked for as the batch of stage 0 (so a manual run answered with the true labels selects
+what the simulated run selects).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tavaal import checkpoint
+from tavaal.config import Config, check_pool_size
+from tavaal.core.pool import PoolState, initial_pool
+from tavaal.core.seeding import numpy_rng
+from tavaal.data.base import ALData, Split
+from tavaal.data.encoded import image_suffix
+from tavaal.errors import CheckpointError, ConfigError, DataError
+
+REQUEST_DIR, LABELS_DIR = "to_label", "labels"
+
+
+def resolve_oracle(cfg: Config, data: ALData) -> str:
+    """``al.oracle`` made concrete ("auto": simulated when every pool label is known) and checked against the data."""
+    y = data.train_targets
+    unknown = np.flatnonzero(y < 0)
+    mode = cfg.al.oracle if cfg.al.oracle != "auto" else ("manual" if unknown.size else "simulated")
+    if mode == "simulated" and unknown.size:
+        raise ConfigError(f"{unknown.size} of {y.size} pool rows of {data.name} have no label (e.g. id "
+                          f"'{row_ids(data, unknown[:1])[0]}'); the simulated oracle needs them all: run with "
+                          "--oracle manual to have people label them")
+    if mode == "manual" and not unknown.size:
+        raise ConfigError(f"every pool row of {data.name} already has a label: nothing is left to ask people; "
+                          "use --oracle simulated (or leave the labels of the pool out of the data)")
+    return mode
+
+
+def initial_state(cfg: Config, data: ALData, mode: str) -> PoolState:
+    """Stage-0 labels: the rows labeled in the data (manual, if any), else ``al.initial`` random rows."""
+    known = np.flatnonzero(data.train_targets >= 0)
+    if mode == "manual" and known.size:  # the labeling plan is checked with the rows at hand, not al.initial
+        check_pool_size(dataclasses.replace(cfg, al=dataclasses.replace(cfg.al, initial=known.size)), len(data.train))
+        return PoolState.empty(len(data.train)).label(known, 0)
+    check_pool_size(cfg, len(data.train))
+    return initial_pool(len(data.train), cfg.al.initial, numpy_rng(cfg.seed, "initial"))
+
+
+def pending(pool: PoolState, data: ALData) -> np.ndarray:
+    """Positions that are labeled in the AL state but whose label nobody has given yet (ascending)."""
+    return np.flatnonzero((pool.labeled_at >= 0) & (data.train_targets < 0))
+
+
+def row_ids(data: ALData, positions: np.ndarray) -> list[str]:
+    """The stable ids of pool positions, as strings (the position itself for data sets without ids)."""
+    ids = data.train.ids
+    return [str(i) for i in (positions if ids is None else ids[positions])]
+
+
+# ---------------------------------------------------------------- files: atomic writes, config
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then fsync and rename over ``path``: a kill leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    write(tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def run_config(out_dir: str | Path) -> dict:
+    """The resolved config of the run in ``out_dir``: its newest checkpoint's, or the one saved with the
+    stage-0 request when no stage has run yet."""
+    saved = Path(out_dir) / REQUEST_DIR / "config.json"
+    if not checkpoint.list_stages(out_dir) and saved.is_file():
+        return json.loads(saved.read_text())
+    return checkpoint.load_latest(out_dir).config
+
+
+def has_initial_request(out_dir: str | Path) -> bool:
+    return (Path(out_dir) / REQUEST_DIR / "stage_0.csv").is_file()
+
+
+# ---------------------------------------------------------------- the request: the batch to annotate
+
+
+def write_request(out_dir: str | Path, stage: int, data: ALData, positions: np.ndarray, config: dict) -> Path:
+    """Write ``to_label/stage_K.{csv,parquet}`` (and the images when the pool holds bytes); returns the CSV.
+
+    An existing request is left as it is: people may be filling in its label column right now.
+    """
+    req = Path(out_dir) / REQUEST_DIR
+    csv_path = req / f"stage_{stage}.csv"
+    _atomic(req / "config.json", lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True)))
+    if csv_path.is_file():
+        return csv_path
+    ids = row_ids(data, positions)
+    paths = _image_paths(req / f"stage_{stage}", data, positions)
+    table = pa.table({"id": ids, "path": paths, "label": pa.nulls(len(ids), pa.string())})
+    _atomic(req / f"stage_{stage}.parquet", lambda p: pq.write_table(table, p))
+
+    def write_csv(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "path", "label"])
+            w.writerows([i, path, ""] for i, path in zip(ids, paths))
+
+    _atomic(csv_path, write_csv)
+    return csv_path
+
+
+def _image_paths(folder: Path, data: ALData, positions: np.ndarray) -> list[str]:
+    """The images' own paths, or copies of the encoded bytes written under ``folder`` ("" if neither)."""
+    x = data.train.x
+    if not hasattr(x, "encoded"):
+        return [""] * positions.size
+    paths = x.paths(positions)
+    if paths is not None:
+        return paths
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    names = []
+    for k, (i, b) in enumerate(zip(row_ids(data, positions), x.encoded(positions))):
+        names.append(f"{k:05d}_{re.sub(r'[^A-Za-z0-9._-]', '_', i)[:80]}{image_suffix(b)}")
+        (tmp / names[-1]).write_bytes(b)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.rename(tmp, folder)
+    return [str((folder / n).resolve()) for n in names]
+
+
+def request_message(csv_path: Path, out_dir: str | Path, stage: int, n: int, data: ALData) -> str:
+    classes = ", ".join(data.class_names) if data.class_names else "(none yet)"
+    return (f"stage {stage} needs labels for {n} images (manual oracle). Fill in the 'label' column of {csv_path} "
+            f"with one of: {classes}; then continue with:\n"
+            f"  python -m tavaal.run --resume {out_dir} --labels {csv_path}")
+
+
+# ---------------------------------------------------------------- the answers: validate all, then store
+
+
+def read_labels(file: str | Path, requested: list[str], pool_ids: set[str], classes: tuple[str, ...],
+                allow_new: bool, request: Path) -> dict[str, str]:
+    """``{id: class name}`` from a CSV with columns ``id`` and ``label`` (others are ignored).
+
+    Every requested id must get exactly one label, and nothing else may be labeled; a label must be a known
+    class (or anything, with ``allow_new``). The first problem is a one-line DataError naming the file and line.
+    """
+    f = Path(file)
+    fix = f"fix the file and run the same command again (the request is {request})"
+    if not f.is_file():
+        raise DataError(f"labels file '{f}' not found; pass the filled-in request, e.g. --labels {request}")
+    with open(f, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or not any(h.strip() for h in header):
+            raise DataError(f"labels file '{f}' is empty; expected a header line with 'id' and 'label' and one "
+                            f"line per requested id; {fix}")
+        cols = [h.strip() for h in header]
+        if "id" not in cols or "label" not in cols:
+            raise DataError(f"labels file '{f}' line 1: columns are {', '.join(cols)}; expected columns 'id' "
+                            f"and 'label'; {fix}")
+        i_id, i_label = cols.index("id"), cols.index("label")
+        wanted, known = set(requested), set(classes)
+        out: dict[str, str] = {}
+        first_line: dict[str, int] = {}
+        for row in reader:
+            line = reader.line_num
+            if not any(v.strip() for v in row):
+                continue  # blank line
+            where = f"labels file '{f}' line {line}"
+            if len(row) <= max(i_id, i_label):
+                raise DataError(f"{where}: has {len(row)} fields, expected at least {max(i_id, i_label) + 1}; {fix}")
+            rid, label = row[i_id].strip(), row[i_label].strip()
+            if rid not in pool_ids:
+                raise DataError(f"{where}: id '{rid}' is not in the pool; {fix}")
+            if rid not in wanted:
+                raise DataError(f"{where}: id '{rid}' was not requested (only the ids of the request may be "
+                                f"labeled); {fix}")
+            if rid in out:
+                raise DataError(f"{where}: id '{rid}' is labeled twice (first on line {first_line[rid]}); {fix}")
+            if not label:
+                raise DataError(f"{where}: id '{rid}' has no label; every requested id needs one; {fix}")
+            if label not in known and not allow_new:
+                raise DataError(f"{where}: label '{label}' is not a known class ({', '.join(classes)}); correct "
+                                "it, or allow new classes with --set data.new_classes=true")
+            out[rid], first_line[rid] = label, line
+    missing = [i for i in requested if i not in out]
+    if missing:
+        raise DataError(f"labels file '{f}' has no line for {len(missing)} of the {len(requested)} requested ids "
+                        f"(e.g. '{missing[0]}'); every requested id needs a label; {fix}")
+    return out
+
+
+def ingest_labels(file: str | Path, out_dir: str | Path, stage: int, data: ALData, positions: np.ndarray,
+                  allow_new: bool) -> ALData:
+    """Validate the whole labels file for the pending ``positions``, store it as ``labels/stage_K.json``,
+    and return the data set with those labels. A bad file raises before anything is written."""
+    target = Path(out_dir) / LABELS_DIR / f"stage_{stage}.json"
+    if target.exists():
+        raise CheckpointError(f"{target} exists but the rows it labels are still pending; it does not belong to "
+                              "this run's data: move it away and resume again")
+    request = Path(out_dir) / REQUEST_DIR / f"stage_{stage}.csv"
+    labels = read_labels(file, row_ids(data, positions), set(row_ids(data, np.arange(len(data.train)))),
+                         data.class_names, allow_new, request)
+    record = {"stage": stage, "source": str(Path(file).resolve()), "labels": labels}
+    _atomic(target, lambda p: p.write_text(json.dumps(record, indent=1)))
+    return with_labels(data, labels, allow_new, str(target))
+
+
+def stored_labels(out_dir: str | Path | None) -> list[tuple[str, dict[str, str]]]:
+    """Every ``labels/stage_K.json`` of the run, in stage order: ``[(file, {id: class name})]``."""
+    folder = Path(out_dir) / LABELS_DIR if out_dir is not None else None
+    if folder is None or not folder.is_dir():
+        return []
+    files = sorted(folder.glob("stage_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+    out = []
+    for p in files:
+        try:
+            out.append((str(p), dict(json.loads(p.read_text())["labels"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CheckpointError(f"labels file {p} cannot be read; restore it (or delete it to be asked for "
+                                  "those labels again)") from None
+    return out
+
+
+def with_labels(data: ALData, labels: dict[str, str], allow_new: bool, source: str) -> ALData:
+    """``data`` with the given ``{id: class name}`` set in the pool's targets; new classes are appended."""
+    classes = list(data.class_names)
+    index = {c: i for i, c in enumerate(classes)}
+    position = {k: i for i, k in enumerate(row_ids(data, np.arange(len(data.train))))}
+    y = data.train.y.clone()
+    for rid, name in labels.items():
+        if rid not in position:
+            raise CheckpointError(f"{source} labels id '{rid}', which is not in the pool; resume with the data "
+                                  "the run started with")
+        if name not in index:
+            if not allow_new:
+                raise ConfigError(f"{source} uses class '{name}', which is not in the class list; resume with "
+                                  "--set data.new_classes=true")
+            index[name] = len(classes)
+            classes.append(name)
+        y[position[rid]] = index[name]
+    train = Split(data.train.x, y, data.train.ids)
+    return dataclasses.replace(data, train=train, num_classes=len(classes), class_names=tuple(classes))
+
+
+def apply_stored_labels(data: ALData, out_dir: str | Path | None, allow_new: bool) -> ALData:
+    """``data`` with every label people gave this run so far (``labels/*.json``, in stage order)."""
+    stored = stored_labels(out_dir)
+    merged = {rid: name for _, labels in stored for rid, name in labels.items()}
+    return with_labels(data, merged, allow_new, f"{Path(out_dir) / LABELS_DIR}/") if stored else data
+
+
+
+# ---------------------------------------------------------------- the loop's two touch points
+
+
+def answer(cfg: Config, data: ALData, pool: PoolState, out_dir, stage: int, labels: str | Path | None) -> ALData:
+    """``--labels FILE``: the pending labels from FILE (validated in full first; nothing is written otherwise)."""
+    if labels is None:
+        return data
+    if out_dir is None:
+        raise ConfigError("--labels needs the run's directory: pass --resume DIR")
+    missing = pending(pool, data)
+    if not missing.size:
+        raise ConfigError(f"no labels are pending in '{out_dir}' (stage {stage} has every label it needs); "
+                          "resume without --labels")
+    return ingest_labels(labels, out_dir, stage, data, missing, cfg.data.new_classes)
+
+
+def ask(cfg: Config, data: ALData, pool: PoolState, out_dir, stage: int, log: Callable[[str], None]) -> bool:
+    """Before stage ``stage`` trains: if labels are missing, write the request, say what to do, return True."""
+    missing = pending(pool, data)
+    if not missing.size:
+        return False
+    if out_dir is None:
+        raise ConfigError("the manual oracle writes the batch to annotate into the run's directory: pass --out DIR")
+    csv_path = write_request(out_dir, stage, data, missing, cfg.to_dict())
+    log(request_message(csv_path, out_dir, stage, missing.size, data))
+    return True

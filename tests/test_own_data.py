@@ -1,0 +1,295 @@
+"""Users' own data: Parquet and image-folder pools (real PNG bytes, real Parquet files), the manual oracle's
+round trip through the CLI, bad labels files, and Parquet scoring through Ray Data (tier: Ray, 2 CPUs)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli, trained_stage
+from tavaal import checkpoint
+from tavaal.config import DataConfig, load_config
+from tavaal.data import build_dataset
+from tavaal.data.synthetic import synthetic_images
+from tavaal.run import main
+
+NAMES = ("tl", "tr", "bl", "br")  # synthetic's classes: the quadrant of the blob
+N_POOL, N_TEST = 300, 100
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """pool.parquet (labeled), unlabeled.parquet (the same rows, label null) and test.parquet, PNG bytes."""
+    d = tmp_path_factory.mktemp("own")
+    x, y = synthetic_images(N_POOL + N_TEST, np.random.default_rng(0))  # uint8 [N, 1, 16, 16]
+    images = [png(a[0]) for a in x]
+    ids = [f"img{i:04d}" for i in range(N_POOL)]
+    labels = [NAMES[c] for c in y]
+    pq.write_table(pa.table({"id": ids, "image": images[:N_POOL], "label": labels[:N_POOL]}), d / "pool.parquet",
+                   row_group_size=64)
+    pq.write_table(pa.table({"id": ids, "image": images[:N_POOL], "label": pa.nulls(N_POOL, pa.string())}),
+                   d / "unlabeled.parquet")
+    pq.write_table(pa.table({"id": [f"t{i}" for i in range(N_TEST)], "image": images[N_POOL:],
+                             "label": labels[N_POOL:]}), d / "test.parquet")
+    return {"dir": d, "pixels": dict(zip(ids, x[:N_POOL])), "truth": dict(zip(ids, labels[:N_POOL]))}
+
+
+def args(files, pool: str, out: Path, *extra: str) -> list[str]:
+    return ["--config", "configs/smoke.yaml", "--set", "train.epochs=1", "--set", "vae.iterations=4",
+            "--set", "al.stages=2", "--set", "data.name=parquet", "--set", f"data.path={files['dir'] / pool}",
+            "--set", f"data.test_path={files['dir'] / 'test.parquet'}", "--set", "data.image_size=16",
+            "--set", "data.channels=1", "--set", "data.num_train=null", "--set", "data.num_test=null",
+            "--out", str(out), *extra]
+
+
+def answer(request: Path, truth: dict, dest: Path | None = None) -> Path:
+    """What annotators do: fill in the label column of the request CSV."""
+    rows = list(csv.DictReader(request.open()))
+    dest = dest or request
+    with dest.open("w", newline="") as f:
+        w = csv.DictWriter(f, ["id", "path", "label"])
+        w.writeheader()
+        w.writerows({**r, "label": truth[r["id"]]} for r in rows)
+    return dest
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_parquet_pool_decodes_png_pixels_lazily_and_holds_out_a_stable_test_share(files):
+    cfg = DataConfig(name="parquet", path=str(files["dir"] / "pool.parquet"), image_size=16, channels=1)
+    data = build_dataset(cfg, seed=0)
+    assert data.class_names == ("bl", "br", "tl", "tr") and data.num_classes == 4
+    assert len(data.train) + len(data.test) == N_POOL and 40 <= len(data.test) <= 80  # ~20 % by id hash
+    assert not set(data.train.ids) & set(data.test.ids)
+    assert data.input_shape == (1, 16, 16)
+    pos = np.array([0, 7, len(data.train) - 1])
+    got = data.train.x[pos].numpy()
+    want = np.stack([files["pixels"][i] for i in data.train.ids[pos]])
+    np.testing.assert_array_equal(got, want)  # PNG is lossless: the exact pixels
+    assert [data.class_names[c] for c in data.train.y[pos]] == [files["truth"][i] for i in data.train.ids[pos]]
+    # the image column is never pickled (a Ray worker reads it itself): the data set ships as ids and labels
+    assert len(pickle.dumps(data)) < (files["dir"] / "pool.parquet").stat().st_size / 2
+    again = build_dataset(cfg, seed=5)  # the held-out share depends on the ids alone, not the seed
+    assert list(again.test.ids) == list(data.test.ids)
+    # other sizes and channels: resized and converted when decoded
+    rgb = build_dataset(DataConfig(name="parquet", path=str(files["dir"] / "pool.parquet"), image_size=24), seed=0)
+    x = rgb.train.x[np.arange(4)]
+    assert x.shape == (4, 3, 24, 24) and x.dtype == torch.uint8
+    assert torch.equal(x[:, 0], x[:, 1])  # grey PNGs: R = G = B
+
+
+def test_image_folder_pool_with_class_folders_and_an_unlabeled_folder(tmp_path):
+    x, y = synthetic_images(24, np.random.default_rng(1))
+    for i, (a, c) in enumerate(zip(x, y)):
+        folder = tmp_path / "imgs" / (NAMES[c] if i < 12 else "unlabeled")
+        folder.mkdir(parents=True, exist_ok=True)
+        size = 16 if i % 2 else 20  # mixed sizes are resized to data.image_size
+        Image.fromarray(a[0]).resize((size, size)).save(folder / f"{i:03d}.png")
+    (tmp_path / "imgs" / "empty_class").mkdir()  # declares a class nobody has labeled yet
+    cfg = DataConfig(name="imagefolder", path=str(tmp_path / "imgs"), image_size=16, channels=1, test_fraction=0.0)
+    data = build_dataset(cfg, seed=0)
+    assert data.class_names == ("bl", "br", "empty_class", "tl", "tr")
+    assert len(data.train) == 24 and len(data.test) == 0 and (data.train.y < 0).sum() == 12
+    assert data.train.ids[0].count("/") == 1 and data.train.x[np.arange(24)].shape == (24, 1, 16, 16)
+    odd = int(np.flatnonzero([i.endswith("001.png") for i in data.train.ids])[0])
+    np.testing.assert_array_equal(data.train.x[odd].numpy(), x[1])  # 16x16 files: the exact pixels
+    # the manual oracle asks for the unlabeled folder's images by their own paths
+    res = main(["--config", "configs/smoke.yaml", "--set", "data.name=imagefolder",
+                "--set", f"data.path={tmp_path / 'imgs'}", "--set", "data.image_size=16", "--set", "data.channels=1",
+                "--set", "data.num_train=null", "--set", "al.budget=4", "--set", "al.subset_size=8",
+                "--set", "train.epochs=1", "--set", "vae.iterations=2", "--out", str(tmp_path / "run")])
+    assert res == 0
+    rows = list(csv.DictReader((tmp_path / "run" / "to_label" / "stage_1.csv").open()))
+    assert len(rows) == 4 and all(r["id"].startswith("unlabeled/") and r["label"] == "" for r in rows)
+    assert all(Path(r["path"]).is_file() and r["path"].endswith(r["id"].split("/")[1]) for r in rows)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_parquet_pool_runs_two_stages_with_the_simulated_oracle(files, tmp_path):
+    out = tmp_path / "sim"
+    assert main(args(files, "pool.parquet", out, "--set", "train.epochs=4", "--json", str(tmp_path / "r.json"))) == 0
+    records = json.loads((tmp_path / "r.json").read_text())
+    assert [r["num_labeled"] for r in records] == [40, 80] and len(records[0]["selected"]) == 40
+    assert [sum(r["label_counts"]) for r in records] == [40, 80]
+    assert records[1]["accuracy"] > 0.5  # 4 classes: well above chance after 4 epochs on 80 labels
+    assert not (out / "to_label").exists()  # every label known: auto is the simulated oracle
+
+
+def test_manual_round_trip_selects_what_the_simulated_oracle_selects(files, tmp_path, capsys):
+    sim, man = tmp_path / "sim", tmp_path / "man"
+    assert main(args(files, "pool.parquet", sim)) == 0
+    assert main(args(files, "unlabeled.parquet", man, "--oracle", "manual")) == 0
+    said = capsys.readouterr().out
+    assert f"--resume {man} --labels {man / 'to_label' / 'stage_0.csv'}" in said
+    assert not checkpoint.list_stages(man)  # stopped before stage 0: nobody has labeled anything yet
+    for stage in (0, 1):
+        request = man / "to_label" / f"stage_{stage}.csv"
+        rows = list(csv.DictReader(request.open()))
+        assert len(rows) == 40 and [r["label"] for r in rows] == [""] * 40
+        table = pq.read_table(man / "to_label" / f"stage_{stage}.parquet")
+        assert table.column("id").to_pylist() == [r["id"] for r in rows]
+        # the pool holds PNG bytes: the request exports them, and the files are the pool's images
+        first = np.asarray(Image.open(rows[0]["path"]))
+        np.testing.assert_array_equal(first, files["pixels"][rows[0]["id"]][0])
+        assert main(["--resume", str(man), "--labels", str(answer(request, files["truth"]))]) == 0
+        stored = json.loads((man / "labels" / f"stage_{stage}.json").read_text())["labels"]
+        assert stored == {r["id"]: files["truth"][r["id"]] for r in rows}
+    a, b = checkpoint.load_latest(sim), checkpoint.load_latest(man)
+    assert a.stage == b.stage == 1
+    assert b.pool.labeled_at.tolist() == a.pool.labeled_at.tolist()
+    assert [r["selected"] for r in b.records] == [r["selected"] for r in a.records]
+    assert [r["accuracy"] for r in b.records] == [r["accuracy"] for r in a.records]
+    assert [r["label_counts"] for r in b.records] == [r["label_counts"] for r in a.records]
+
+
+@pytest.fixture(scope="module")
+def stopped(files, tmp_path_factory):
+    """A manual run stopped after stage 0's query: stage_1.csv waits for labels (copied per test)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    assert main(args(files, "unlabeled.parquet", out)) == 0  # auto: unlabeled rows -> manual oracle
+    answer(out / "to_label" / "stage_0.csv", files["truth"])
+    assert main(["--resume", str(out), "--labels", str(out / "to_label" / "stage_0.csv")]) == 0
+    assert checkpoint.list_stages(out) == [0] and (out / "to_label" / "stage_1.csv").is_file()
+    return out
+
+
+def _bad_files(request: Path, truth: dict) -> dict[str, tuple[str, str]]:
+    """name -> (file content, expected piece of the one-line error)."""
+    rows = [r["id"] for r in csv.DictReader(request.open())]
+    good = [f"{i},{truth[i]}" for i in rows]
+    other = next(i for i in truth if i not in rows)
+    return {
+        "unknown id": ("\n".join(["id,label", *good[:5], "nope,tl", *good[5:]]), "line 7: id 'nope' is not in the pool"),
+        "not requested": ("\n".join(["id,label", f"{other},tl", *good]), f"line 2: id '{other}' was not requested"),
+        "duplicate": ("\n".join(["id,label", *good, good[3]]), f"line 42: id '{rows[3]}' is labeled twice (first on line 5)"),
+        "unknown class": ("\n".join(["id,label", *good[:2], f"{rows[2]},zebra", *good[3:]]),
+                          "line 4: label 'zebra' is not a known class (bl, br, tl, tr)"),
+        "wrong columns": ("\n".join(["image_id,class", *good]), "line 1: columns are image_id, class; expected"),
+        "empty": ("", "is empty"),
+        "missing ids": ("\n".join(["id,label", *good[:-1]]), f"no line for 1 of the 40 requested ids (e.g. '{rows[-1]}')"),
+        "empty label": ("\n".join(["id,label", f"{rows[0]},", *good[1:]]), f"line 2: id '{rows[0]}' has no label"),
+    }
+
+
+def test_bad_labels_files_exit_2_with_one_line_and_change_nothing(files, stopped, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    before = digest(run)
+    for name, (content, needle) in _bad_files(run / "to_label" / "stage_1.csv", files["truth"]).items():
+        bad = tmp_path / f"{name.replace(' ', '_')}.csv"
+        bad.write_text(content)
+        capsys.readouterr()
+        assert main(["--resume", str(run), "--labels", str(bad)]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0] and str(bad) in err[0], (name, err)
+        assert digest(run) == before, name  # every file byte-identical: the AL state is untouched
+    # the real entry point: exit code 2, one line on stderr
+    res = run_cli("--resume", str(run), "--labels", str(tmp_path / "duplicate.csv"))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "labeled twice" in res.stderr
+    assert digest(run) == before
+    # after fixing the file the same command goes on to the next stage
+    fixed = answer(run / "to_label" / "stage_1.csv", files["truth"], tmp_path / "fixed.csv")
+    assert main(["--resume", str(run), "--labels", str(fixed)]) == 0
+    assert checkpoint.load_latest(run).stage == 1 and checkpoint.load_latest(run).pool.num_labeled == 80
+
+
+def test_resume_without_labels_asks_again_and_labels_with_nothing_pending_are_refused(stopped, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    filled = run / "to_label" / "stage_1.csv"
+    filled.write_text(filled.read_text().replace(",\n", ",work in progress\n", 1))  # people are editing it
+    assert main(["--resume", str(run)]) == 0
+    assert "needs labels for 40 images" in capsys.readouterr().out
+    assert "work in progress" in filled.read_text()  # an existing request is never overwritten
+    assert checkpoint.list_stages(run) == [0]
+    finished = tmp_path / "fresh"
+    assert main(["--config", "configs/smoke.yaml", "--set", "al.stages=1", "--set", "train.epochs=1",
+                 "--out", str(finished)]) == 0
+    assert main(["--resume", str(finished), "--labels", str(filled)]) == 2
+    assert "no labels are pending" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--set", "data.id_column=key"], "has no column 'key' (data.id_column)"),
+    (["--oracle", "simulated", "--set", "data.path=UNL"], "have no label (e.g. id 'img0000')"),
+    (["--oracle", "manual"], "already has a label"),
+    (["--set", "data.path=/nonexistent/pool.parquet"], "/nonexistent/pool.parquet"),
+    (["--labels", "x.csv"], "--resume"),
+])
+def test_bad_own_data_input_exits_2(files, tmp_path, capsys, extra, needle):
+    extra = [e.replace("UNL", str(files["dir"] / "unlabeled.parquet")) for e in extra]
+    assert main(args(files, "pool.parquet", tmp_path / "out", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- Ray Data
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray with 2 CPUs for this file (reused, and left running, if a session already started one)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    tmp = tempfile.mkdtemp(prefix="od", dir="/tmp")  # short: Ray's unix socket paths must stay < 107 chars
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_parquet_pool_scores_through_ray_data_equal_the_local_loop(files, ray_cluster):
+    from test_ray_data import Combined  # several scorers as one: one pipeline covers them all
+
+    from tavaal.backends.ray_parquet import score_parquet_with_ray_data
+    from tavaal.core.scoring import score_pool
+    from tavaal.strategies.scorers import TaskScorer
+
+    cfg = load_config("configs/smoke.yaml", ["train.epochs=1", "data.name=parquet", "data.image_size=16",
+                                             "data.channels=1", "data.num_train=null", "data.num_test=null",
+                                             f"data.path={files['dir'] / 'pool.parquet'}"])
+    data, pool, cand, spec, local, tasks = trained_stage(cfg, 150)
+    scorer = Combined({kind: TaskScorer(spec, tasks["rank"], kind) for kind in ("entropy", "rhat")})
+    idx = np.random.default_rng(3).permutation(cand)  # any order: rows come back aligned with it
+    want = score_pool(scorer, data, idx, 37, torch.device("cpu"))
+    got = score_parquet_with_ray_data(scorer, data, cfg.data, idx, batch_size=37, concurrency=1)  # 1 CPU reads
+    assert set(got) == set(want) == {"entropy/entropy", "rhat/rhat"}
+    for name in want:
+        assert got[name].shape == want[name].shape == (idx.size,)
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)
+        assert np.ptp(got[name]) > 0  # not a constant output
+    with pytest.raises(ValueError, match="leave none of the cluster's 2 CPUs"):  # would hang, not fail
+        score_parquet_with_ray_data(scorer, data, cfg.data, idx, batch_size=37, concurrency=2)
