@@ -10,15 +10,25 @@ training images as the pool) and ``imbalanced`` (``data.imbalance_ratio=10``, th
 their 6,000 images, as the paper builds imbalanced CIFAR-10; the test split stays balanced). Seed k gives every
 strategy the same pool and the same initial labels, so seeds pair up for "seeds ahead of random".
 
-CPU protocol (default; configs/fashionmnist_tavaal_cpu.yaml with CPU_PROTOCOL below), chosen by timing whole
-experiments on this 2-core machine (1 torch thread each, two at a time, other engineers' jobs running):
-  100 initial labels + 100 per stage, 6 stages (100..600 labels): the steep part of the curve, where a
-      strategy's picks move the accuracy; 200/stage doubles training time for flatter curves
-  10 epochs (lr x 0.1 at 8, ranker features detached after 6): one stage trains in 1-5 s
-  subset 1,000 candidates: scoring is cheap; 1,000 keeps 10x the budget, as the paper's 10,000 for 1,000
-  VAE/discriminator 100 iterations, base_channels 16, batch 64: the VAE is >90% of a vaal/tavaal experiment
-MEASURED below: minutes per experiment; 2 jobs x 1 thread beat 1 job x 2 threads (see MEASURED). The 42
-experiments make about 7 x 3 x 2 = 42 x mean(minutes) / 2 jobs.
+CPU protocol (default; configs/fashionmnist_tavaal_cpu.yaml with CPU_PROTOCOL below), chosen by timing
+experiments on the 2-core AMD EPYC machine this was written on (2026-11-25, other engineers' jobs running):
+  100 initial labels + 100 per stage, 6 stages (100..600 labels): the steep part of the curve, where picks move
+      the accuracy (random: 52% at 100, 71% at 200, 78% at 600 labels); 200/stage doubles training for flatter curves
+  10 epochs (lr x 0.1 at epoch 8, ranker features detached after 6): a stage trains in 1-4 s on 1 thread
+  1,000 candidates per stage: 10x the budget, as the paper's 10,000 for 1,000; scoring them takes < 1 s
+  VAE/discriminator: 100 iterations, base_channels 16, batch 64 (the preset's VAE, a third of its iterations):
+      the VAE is > 85% of a vaal/tavaal experiment, so its iterations set the benchmark's length
+Measured (seconds, 1 torch thread, two experiments at a time, load average ~2.5 incl. these two):
+  random, all 6 stages: 23 s; tavaal: 38 s per query (100 VAE iterations) -> ~215 s for 6 stages;
+  vaal (2 VAE steps per iteration, as VAAL's code): 65 s per query -> ~350 s; coreset 35 s, lloss 39 s
+  (lloss_rank trains the same ranker: ~39 s; entropy, not timed: between random and coreset, ~30 s).
+  -> 12.2 min per seed and setting, x 6 = 73 experiment-minutes, / 2 jobs = ~37 min on an otherwise idle
+  2-core machine; ~60 min when other processes take half of it (VAE iterations were 1.8x slower at load 8.7).
+  2 jobs x 1 thread vs 1 job x 2 threads: random 23.4 s per experiment with two running (11.7 s each) vs 13.8 s
+  alone on 2 threads; tavaal's VAE 38 s per 100 iterations with two running (19 s each) vs 26 s alone on 2
+  threads: 2 x 1 gets 15-30% more done, hence the default of one job per core, 1 thread each.
+  More VAE iterations (--set vae.iterations=300, the preset's) cost ~2.5x the time.
+  A run's numbers depend on its thread count (float reduction order): compare runs made with the same --jobs.
 
 --paper: configs/cifar10_tavaal.yaml on ``--data`` (ResNet-18, 1,000 initial + 1,000 per stage, 10 stages,
 200 epochs, 10,000 candidates, the published VAE with the official iteration formula): about 1 GPU-hour per
