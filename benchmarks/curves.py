@@ -61,9 +61,6 @@ from tavaal.errors import TavaalError
 from tavaal.report import plot_table, summarize
 from tavaal.sweep import objective_metrics
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring import git_rev, machine  # noqa: E402  (same header fields as the other benchmarks)
-
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("random", "entropy", "coreset", "lloss", "lloss_rank", "vaal", "tavaal")
 SETTINGS = {"balanced": [], "imbalanced": ["data.imbalance_ratio=10"]}  # minority: the even classes (paper)
@@ -360,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         print(f"wrote {write_report(out, args.name)}")
         return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from scoring import git_rev, machine  # same header fields as the other benchmarks; here, not at the top: the
+    # worker processes re-import this module and need none of scoring.py's imports (ray)
+
     protocol, base, sets = protocol_of(args)
     meta_path = run_dir / "run.json"
     meta = {"protocol": protocol, "base": base, "overrides": sets, "invocations": []}
