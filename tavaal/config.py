@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import re
+import types
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -163,7 +164,7 @@ def from_dict(d: dict[str, Any] | None, cls: type = Config, path: str = "") -> A
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin, args = get_origin(tp), get_args(tp)
-    if origin is Union or str(origin) == "types.UnionType":
+    if origin is Union or origin is types.UnionType:  # Optional[X] and X | None
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
@@ -246,6 +247,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
 # ---------------------------------------------------------------- validation
 
 
+MAX_WIDTH = 65_536  # layer widths, latent sizes and image sides: beyond this a model cannot be held in memory
+MAX_BATCH = 1_048_576  # samples per batch
+MAX_POOL = 100_000_000  # samples in a split (the AL state holds a few integers per pool sample)
+
+
 def _check(ok: bool, key: str, expected: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"config field '{key}' must be {expected}, got {value!r}")
@@ -268,8 +274,10 @@ def validate(cfg: Config) -> None:
            "auto, cpu, cuda or cuda:N", dev)
     _check(cfg.num_threads is None or cfg.num_threads >= 1, "num_threads", ">= 1", cfg.num_threads)
     d = cfg.data
-    _check(d.num_train is None or d.num_train >= 1, "data.num_train", ">= 1 or null", d.num_train)
-    _check(d.num_test is None or d.num_test >= 1, "data.num_test", ">= 1 or null", d.num_test)
+    _check(d.num_train is None or 1 <= d.num_train <= MAX_POOL, "data.num_train", f"in [1, {MAX_POOL:_}] or null",
+           d.num_train)
+    _check(d.num_test is None or 1 <= d.num_test <= MAX_POOL, "data.num_test", f"in [1, {MAX_POOL:_}] or null",
+           d.num_test)
     _check(d.imbalance_ratio >= 1 and math.isfinite(d.imbalance_ratio), "data.imbalance_ratio",
            ">= 1 (10 or 100 as in the paper; 1 = as is)", d.imbalance_ratio)
     _check(d.minority_classes in ("even", "odd") or all(c.strip().isdigit() for c in d.minority_classes.split(",")),
@@ -278,14 +286,15 @@ def validate(cfg: Config) -> None:
     _check(not own or bool(d.path), "data.path", f"a Parquet file/directory or an image folder for data.name={d.name}",
            d.path)
     _check(0 <= d.test_fraction < 1, "data.test_fraction", "in [0, 1)", d.test_fraction)
-    _check(d.image_size >= 1, "data.image_size", ">= 1", d.image_size)
+    _check(1 <= d.image_size <= MAX_WIDTH, "data.image_size", f"in [1, {MAX_WIDTH}]", d.image_size)
     _check(d.channels in (1, 3), "data.channels", "1 or 3", d.channels)
     _check(len(set(d.classes)) == len(d.classes), "data.classes", "distinct class names", list(d.classes))
-    _check(cfg.model.ranker_hidden >= 1, "model.ranker_hidden", ">= 1", cfg.model.ranker_hidden)
+    _check(1 <= cfg.model.ranker_hidden <= MAX_WIDTH, "model.ranker_hidden", f"in [1, {MAX_WIDTH}]",
+           cfg.model.ranker_hidden)
     t = cfg.train
     _check(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
-    _check(t.batch_size >= 2 and t.batch_size % 2 == 0, "train.batch_size",
-           "an even integer >= 2 (the ranking loss pairs the two halves of a batch)", t.batch_size)
+    _check(2 <= t.batch_size <= MAX_BATCH and t.batch_size % 2 == 0, "train.batch_size",
+           f"an even integer in [2, {MAX_BATCH}] (the ranking loss pairs the two halves of a batch)", t.batch_size)
     _check(t.lr > 0, "train.lr", "> 0", t.lr)
     _check(0 <= t.momentum < 1, "train.momentum", "in [0, 1)", t.momentum)
     _check(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
@@ -297,25 +306,26 @@ def validate(cfg: Config) -> None:
     _check(t.ranker_stop_grad_epoch >= 0, "train.ranker_stop_grad_epoch", ">= 0", t.ranker_stop_grad_epoch)
     _check(t.precision in ("fp32", "bf16"), "train.precision", "fp32 or bf16", t.precision)
     v = cfg.vae
-    _check(v.latent_dim >= 1, "vae.latent_dim", ">= 1", v.latent_dim)
-    _check(v.base_channels >= 1, "vae.base_channels", ">= 1", v.base_channels)
+    _check(1 <= v.latent_dim <= MAX_WIDTH, "vae.latent_dim", f"in [1, {MAX_WIDTH}]", v.latent_dim)
+    _check(1 <= v.base_channels <= MAX_WIDTH // 8, "vae.base_channels", f"in [1, {MAX_WIDTH // 8}] (widths go to 8x)",
+           v.base_channels)
     _check(v.iterations is None or v.iterations >= 1, "vae.iterations", ">= 1 or null (official formula)",
            v.iterations)
     _check(v.iteration_epochs >= 1, "vae.iteration_epochs", ">= 1", v.iteration_epochs)
-    _check(v.batch_size >= 1, "vae.batch_size", ">= 1", v.batch_size)
+    _check(1 <= v.batch_size <= MAX_BATCH, "vae.batch_size", f"in [1, {MAX_BATCH}]", v.batch_size)
     _check(v.vae_steps is None or v.vae_steps >= 1, "vae.vae_steps", ">= 1 or null", v.vae_steps)
     _check(v.lr > 0, "vae.lr", "> 0", v.lr)
     _check(v.disc_lr > 0, "vae.disc_lr", "> 0", v.disc_lr)
     _check(v.beta >= 0, "vae.beta", ">= 0", v.beta)
     _check(v.adv_weight >= 0, "vae.adv_weight", ">= 0", v.adv_weight)
     _check(v.kl_reduction in (None, "mean", "sum"), "vae.kl_reduction", "mean, sum or null", v.kl_reduction)
-    _check(v.disc_hidden >= 1, "vae.disc_hidden", ">= 1", v.disc_hidden)
+    _check(1 <= v.disc_hidden <= MAX_WIDTH, "vae.disc_hidden", f"in [1, {MAX_WIDTH}]", v.disc_hidden)
     a = cfg.al
     _check(a.initial >= 1, "al.initial", ">= 1", a.initial)
     _check(a.budget >= 1, "al.budget", ">= 1", a.budget)
     _check(a.stages >= 1, "al.stages", ">= 1", a.stages)
     _check(a.subset_size >= a.budget, "al.subset_size", f">= al.budget ({a.budget})", a.subset_size)
-    _check(a.score_batch_size >= 1, "al.score_batch_size", ">= 1", a.score_batch_size)
+    _check(1 <= a.score_batch_size <= MAX_BATCH, "al.score_batch_size", f"in [1, {MAX_BATCH}]", a.score_batch_size)
     _check(a.keep_checkpoints >= 0, "al.keep_checkpoints", ">= 0 (0 keeps all)", a.keep_checkpoints)
     _check(a.oracle in ("auto", "simulated", "manual"), "al.oracle", "auto, simulated or manual", a.oracle)
     b = cfg.backend

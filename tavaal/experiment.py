@@ -125,15 +125,20 @@ def run_experiment(
 def check_compatible(cfg: Config, data: ALData, spec: ModelSpec) -> None:
     """Build the stage's models once on the data's input shape: a model that cannot take the data is a
     ConfigError now, not a traceback after the first stage's training."""
-    from tavaal.models import VAE
-
     try:
-        spec.build(with_ranker=build_strategy(cfg.al.strategy).ranker_loss is not None)
-        if cfg.al.strategy in ("vaal", "tavaal"):
-            VAE(data.input_shape, cfg.vae.latent_dim, cfg.vae.base_channels, cond_dim=int(cfg.al.strategy == "tavaal"))
+        with torch.device("meta"):  # shapes only: nothing is allocated or initialized
+            _build_stage_models(cfg, data, spec)
     except ValueError as e:
         raise ConfigError(f"{e}; choose model.name for data '{cfg.data.name}' (small_cnn or resnet18 for images, mlp "
                           "for vectors; see python -m tavaal.run --list)") from None
+
+
+def _build_stage_models(cfg: Config, data: ALData, spec: ModelSpec) -> None:
+    from tavaal.models import VAE
+
+    spec.build(with_ranker=build_strategy(cfg.al.strategy).ranker_loss is not None)
+    if cfg.al.strategy in ("vaal", "tavaal"):
+        VAE(data.input_shape, cfg.vae.latent_dim, cfg.vae.base_channels, cond_dim=int(cfg.al.strategy == "tavaal"))
 
 
 def _quiet(msg: str) -> None:

@@ -18,9 +18,11 @@ import torch
 
 from tavaal.config import DataConfig
 from tavaal.data.base import ALData, Split
+from tavaal.errors import ConfigError
 from tavaal.registry import DATASETS
 
 NUM_CLASSES = 4
+MAX_IN_MEMORY = 2_000_000  # images of one split held as a tensor (16x16: 512 MB)
 SIZE = 16
 _SEED = 1234  # fixed: the same images in every run; the run seed picks labels and augmentation
 MEAN, STD = (0.2296,), (0.1742,)  # measured on the generated pixels (/255); fixed so they never depend on n
@@ -54,6 +56,10 @@ def _split(n: int, rng: np.random.Generator) -> Split:
 @DATASETS.register("synthetic")
 def synthetic(cfg: DataConfig) -> ALData:
     """``cfg.num_train or 512`` train / ``cfg.num_test or 256`` test images, deterministic."""
+    for key, n in (("data.num_train", cfg.num_train), ("data.num_test", cfg.num_test)):
+        if n is not None and n > MAX_IN_MEMORY:
+            raise ConfigError(f"config field '{key}' is {n}, but 'synthetic' holds at most {MAX_IN_MEMORY:,} images "
+                              "in memory; use data.name=synthetic_large for bigger pools")
     train_rng, test_rng = (np.random.default_rng([_SEED, k]) for k in (0, 1))
     return ALData(
         name="synthetic",

@@ -1,0 +1,156 @@
+"""Where a TA-VAAL stage's time goes, with the local backend and the Ray backend (1 worker), in one run.
+
+    python benchmarks/stage_time.py                               # Fashion-MNIST CPU preset, 3 stages each
+    python benchmarks/stage_time.py --set train.epochs=30 --stages 2
+
+Runs the same experiment (``--config``, default ``configs/fashionmnist_tavaal_cpu.yaml`` with ``--stages``
+stages) once with ``--backend local`` and once with ``--backend ray`` (a local Ray started by the run, 1
+training worker and 1 scoring worker, each with all of this machine's CPUs and torch threads, as the local
+backend uses them). Each stage's time is split into parts, timed around the backend's calls:
+  task + ranker training   ``backend.train_task`` (Ray: one TorchTrainer job)
+  evaluation               test-split accuracy (in the driver for both backends)
+  VAE + discriminator      ``backend.train_vae`` (Ray: one TorchTrainer job)
+  scoring                  ``backend.score`` (r̂ of labeled + candidates, then the discriminator; Ray: Ray Data)
+  selection                the rest of the query (r̂ normalization, sorting, top-b)
+  checkpoint               ``checkpoint.save_stage``
+Stage 1 runs on a cold Ray (worker processes start); the later query stages show the steady state. Prints,
+per stage and part, local seconds, Ray seconds and Ray/local (issue 6's target: at most 1.3 for a stage of at
+least 30 s), and writes the table to ``benchmarks/results/stage-time-<date>.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
+
+import torch
+
+from tavaal import experiment
+from tavaal.backends import build_backend
+from tavaal.config import load_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scoring import git_rev, machine  # noqa: E402  (same header fields as the scoring benchmark)
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("task + ranker training", "evaluation", "VAE + discriminator", "scoring", "selection", "checkpoint")
+
+
+class TimedBackend:
+    """Delegates to a backend and adds each call's wall time to ``times[stage][part]``."""
+
+    def __init__(self, inner, times: dict) -> None:
+        self.inner, self.times, self.stage = inner, times, 0
+        self.name = inner.name
+
+    def _timed(self, part: str, fn, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.times[self.stage][part] += time.perf_counter() - t
+
+    def prepare(self, data, device) -> None:
+        self.inner.prepare(data, device)
+
+    def train_task(self, job, on_epoch_end=None):
+        return self._timed("task + ranker training", self.inner.train_task, job, on_epoch_end)
+
+    def train_vae(self, job, on_progress=None):
+        return self._timed("VAE + discriminator", self.inner.train_vae, job, on_progress)
+
+    def score(self, scorer, indices, batch_size):
+        return self._timed("scoring", self.inner.score, scorer, indices, batch_size)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def run(cfg, out_dir: Path) -> tuple[dict, list]:
+    """One experiment; returns ({stage: {part: seconds}}, records)."""
+    times: dict = defaultdict(lambda: defaultdict(float))
+    backend = TimedBackend(build_backend(cfg.backend), times)
+    save = experiment.checkpoint.save_stage
+
+    def timed_save(out, stage, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return save(out, stage, *args, **kwargs)
+        finally:
+            times[stage]["checkpoint"] += time.perf_counter() - t
+
+    def on_stage(record, path) -> None:
+        part = times[record.stage]
+        part["evaluation"] = record.time_stage - record.time_train - record.time_query  # evaluate + counts
+        part["selection"] = record.time_query - part["VAE + discriminator"] - part["scoring"]
+        part["stage"] = record.time_stage + part["checkpoint"]
+        backend.stage = record.stage + 1
+        print(f"  {cfg.backend.name} stage {record.stage + 1}: {part['stage']:.1f} s, acc {record.accuracy:.4f}",
+              flush=True)
+
+    experiment.checkpoint.save_stage = timed_save
+    try:
+        records = experiment.run_experiment(cfg, backend=backend, out_dir=out_dir, log=lambda m: None,
+                                            on_stage=on_stage)
+    finally:
+        experiment.checkpoint.save_stage = save
+    return times, records
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs/fashionmnist_tavaal_cpu.yaml"))
+    ap.add_argument("--stages", type=int, default=3, help="AL stages per backend (all but the last query)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    args = ap.parse_args()
+    cpus = os.cpu_count() or 1
+    common = [f"al.stages={args.stages}", *args.set]
+    ray_sets = ["backend.name=ray", "backend.num_workers=1", f"backend.cpus_per_worker={cpus}",
+                f"backend.score_cpus_per_actor={cpus}", "backend.score_concurrency=1"]
+    load0 = os.getloadavg()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="stage-time-") as tmp:
+        for name, sets in (("local", []), ("ray", ray_sets)):
+            cfg = load_config(args.config, common + sets)
+            print(f"{name} backend: {args.stages} stages of {Path(args.config).name}", flush=True)
+            results[name] = run(cfg, Path(tmp) / name)
+    load1 = os.getloadavg()
+    (t_local, rec_local), (t_ray, rec_ray) = results["local"], results["ray"]
+    same = [r.selected for r in rec_local] == [r.selected for r in rec_ray]
+    lines = ["| stage | part | local s | Ray s | Ray / local |", "| --- | --- | --- | --- | --- |"]
+    for stage in range(args.stages):
+        for part in (*PARTS, "stage"):
+            a, b = t_local[stage].get(part, 0.0), t_ray[stage].get(part, 0.0)
+            if a < 0.005 and b < 0.005:
+                continue
+            ratio = f"{b / a:.2f}" if a >= 0.005 else "-"
+            label = f"**{part}**" if part == "stage" else part
+            lines.append(f"| {stage + 1} | {label} | {a:.2f} | {b:.2f} | {ratio} |")
+    table = "\n".join(lines)
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    now = datetime.datetime.now()
+    header = (f"# One TA-VAAL stage, part by part: local backend vs Ray backend (1 worker)\n\n"
+              f"- command: `{command}`\n- date: {now:%Y-%m-%d %H:%M}\n- machine: {machine()}\n"
+              f"- git revision: {git_rev()}\n- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f}\n"
+              f"- config: {os.path.relpath(args.config, ROOT)} with {', '.join(common)}; Ray: {', '.join(ray_sets)}; "
+              f"torch {torch.__version__}\n"
+              f"- same selections with both backends: {'yes' if same else 'NO'}\n"
+              f"- target (issue 6): Ray / local <= 1.3 for a stage of at least 30 s\n\n")
+    print("\n" + table)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"stage-time-{now:%Y-%m-%d}.md"
+    path.write_text(header + table + "\n")
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
