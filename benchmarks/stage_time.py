@@ -76,7 +76,7 @@ class TimedBackend:
 def run(cfg, out_dir: Path) -> tuple[dict, list]:
     """One experiment; returns ({stage: {part: seconds}}, records)."""
     times: dict = defaultdict(lambda: defaultdict(float))
-    backend = TimedBackend(build_backend(cfg.backend), times)
+    backend = TimedBackend(build_backend(cfg.backend, cfg.data), times)
     save = experiment.checkpoint.save_stage
 
     def timed_save(out, stage, *args, **kwargs):

@@ -93,7 +93,7 @@ def run_experiment(
         meta["tracking_run_id"] = run_id
     for record in records:  # idempotent: stages checkpointed but not yet tracked (killed in between) get sent
         tracker.log_stage(record.to_dict())
-    backend = backend or build_backend(cfg.backend)
+    backend = backend or build_backend(cfg.backend, cfg.data)
     backend.prepare(data, device)
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)
     check_compatible(cfg, data, spec)

@@ -8,7 +8,6 @@ import io
 import json
 import pickle
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from PIL import Image
 
 from conftest import run_cli, trained_stage
 from tavaal import checkpoint
-from tavaal.config import DataConfig, load_config
+from tavaal.config import BackendConfig, DataConfig, load_config
 from tavaal.data import build_dataset
 from tavaal.data.synthetic import synthetic_images
 from tavaal.run import main
@@ -253,27 +252,10 @@ def test_bad_own_data_input_exits_2(files, tmp_path, capsys, extra, needle):
 # ---------------------------------------------------------------- Ray Data
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray with 2 CPUs for this file (reused, and left running, if a session already started one)."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    tmp = tempfile.mkdtemp(prefix="od", dir="/tmp")  # short: Ray's unix socket paths must stay < 107 chars
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def test_parquet_pool_scores_through_ray_data_equal_the_local_loop(files, ray_cluster):
     from test_ray_data import Combined  # several scorers as one: one pipeline covers them all
 
+    from tavaal.backends.distributed import RayBackend
     from tavaal.backends.ray_parquet import score_parquet_with_ray_data
     from tavaal.core.scoring import score_pool
     from tavaal.strategies.scorers import TaskScorer
@@ -293,3 +275,12 @@ def test_parquet_pool_scores_through_ray_data_equal_the_local_loop(files, ray_cl
         assert np.ptp(got[name]) > 0  # not a constant output
     with pytest.raises(ValueError, match="leave none of the cluster's 2 CPUs"):  # would hang, not fail
         score_parquet_with_ray_data(scorer, data, cfg.data, idx, batch_size=37, concurrency=2)
+    # --backend ray takes this path for a Parquet pool (the files are read by Ray Data, not the driver)
+    backend = RayBackend(BackendConfig(name="ray"), cfg.data)
+    backend.prepare(data, torch.device("cpu"))
+    try:
+        got = backend.score(scorer, idx, 37)
+    finally:
+        backend.close()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 
@@ -32,23 +30,6 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 CFG = load_config("configs/smoke.yaml", ["train.epochs=1", "vae.iterations=3", "al.score_batch_size=37"])
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray with 2 CPUs for this file (reused, and left running, if a session already started one)."""
-    if ray.is_initialized():
-        yield
-        return
-    tmp = tempfile.mkdtemp(prefix="rd", dir="/tmp")  # short: Ray's unix socket paths must stay < 107 chars
-    # OMP passive waiting for every worker of the job (see tavaal/__init__.py): prestarted workers can host actors
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

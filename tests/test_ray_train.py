@@ -8,7 +8,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 from tavaal.backends import LocalBackend  # noqa: E402
-from tavaal.backends.distributed import RayBackend  # noqa: E402
+from tavaal.backends.distributed import WORKER_ENV, RayBackend, local_system_config  # noqa: E402
 from tavaal.backends.ray_train import FAULT_ENV  # noqa: E402
 from tavaal.config import BackendConfig, load_config  # noqa: E402
 from tavaal.core.pool import initial_pool  # noqa: E402
@@ -26,8 +26,8 @@ def ray_cluster(tmp_path_factory):
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=f"/tmp/tvray-{os.getpid()}",
-                 runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", FAULT_ENV: f"task:1:{fault_dir}"}},
-                 log_to_driver=False)
+                 runtime_env={"env_vars": WORKER_ENV | {FAULT_ENV: f"task:1:{fault_dir}"}},
+                 _system_config=local_system_config(2), log_to_driver=False)
     yield fault_dir
     if started:
         ray.shutdown()

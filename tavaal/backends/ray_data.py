@@ -162,7 +162,7 @@ def score_with_ray_data(
     ds = ray.data.from_arrow(_index_blocks(indices, batch_size, concurrency))
     ds.context.enable_progress_bars = False
     common = dict(batch_size=batch_size, batch_format="numpy", zero_copy_batch=True, num_cpus=cpus_per_actor,
-                  num_gpus=gpus_per_actor, **_passive_omp())  # OMP passive waiting as in tavaal/__init__.py
+                  num_gpus=gpus_per_actor, **passive_omp())  # OMP passive waiting as in tavaal/__init__.py
     if compute == "actors" or (compute == "auto" and use_gpu):
         # [2a] a fixed pool of actors, each building the models once
         ds = ds.map_batches(ScoreBatchesPerActor, fn_constructor_args=(scorer, data_ref, threads, use_gpu),
@@ -175,7 +175,7 @@ def score_with_ray_data(
     return _collect(ds, indices)
 
 
-def _passive_omp() -> dict:
+def passive_omp() -> dict:
     """``runtime_env`` setting OMP passive waiting in the actors, unless the job's own runtime env does
     already (then Ray can host the actors in the job's prestarted workers instead of fresh processes)."""
     if "OMP_WAIT_POLICY" in (ray.get_runtime_context().runtime_env.get("env_vars") or {}):

@@ -10,14 +10,13 @@ Ray touch points are numbered ``# [n]``.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import ray
 import torch
 
-from tavaal.backends.ray_data import keep_freed_memory_per_actor
+from tavaal.backends.ray_data import keep_freed_memory_per_actor, passive_omp
 from tavaal.config import DataConfig
 from tavaal.core.scoring import Scorer
 from tavaal.data.base import ALData, Split
@@ -118,16 +117,9 @@ def score_parquet_with_ray_data(
                                                    gpus_per_actor > 0),
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
-        **_passive_omp(),
+        **passive_omp(),
     )
     return _collect(ds, indices.size)
-
-
-def _passive_omp() -> dict:
-    """OMP passive waiting in the actors unless the job's runtime env sets it already (see ray_data.py)."""
-    if "OMP_WAIT_POLICY" in (ray.get_runtime_context().runtime_env.get("env_vars") or {}):
-        return {}
-    return {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}}
 
 
 def _collect(ds, n: int) -> dict[str, np.ndarray]:
