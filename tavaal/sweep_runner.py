@@ -26,6 +26,9 @@ def _base_and_space(args) -> tuple[dict, dict, str]:
     overrides = dict(preset["overrides"]) if not args.config else {}
     overrides |= dict(parse_override(o) for o in args.overrides)
     base = load_config(args.config or _preset_file(preset["config"]), overrides).to_dict()
+    if base["al"]["oracle"] == "manual":
+        raise ConfigError("al.oracle=manual stops a run until people label its batch: sweeps need the simulated "
+                          "oracle; run single experiments with python -m tavaal.run --oracle manual")
     space_path = args.space or _preset_file(preset["space"])
     space = read_space(space_path)
     check_space(space, base, space_path)

@@ -63,6 +63,7 @@ def test_default_point_is_the_paper_default():
     (["--space", "SPACE"], "unknown config key"),
     (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
     (["--resume", "no-such-sweep"], "no sweep 'no-such-sweep'"),
+    (["--set", "al.oracle=manual"], "sweeps need the simulated oracle"),
 ])
 def test_sweep_bad_input_exits_2_before_any_trial(tmp_path, extra, needle):
     extra = [write_space(tmp_path, "vae.nope: {choice: [1]}") if a == "SPACE" else a for a in extra]
