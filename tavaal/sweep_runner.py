@@ -87,6 +87,8 @@ def _sweep_dir(args) -> tuple[str, str, str]:
         if not is_file(join(path, STATE_FILE)):
             raise ConfigError(f"no sweep '{args.resume}' to resume (looked for {join(path, STATE_FILE)}); pass the "
                               "sweep name (with the --storage-path it was started with) or its directory")
+        if "://" not in path:
+            path = str(Path(path).resolve())  # Tune restores from an absolute path
         base, _, name = path.rstrip("/").rpartition("/")
         return name, base, path
     name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")

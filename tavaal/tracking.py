@@ -161,7 +161,8 @@ class MLflowTracker:
             return
         if not self.flush():
             self.warn(f"warning: stages {self.pending} are not in MLflow run {self.run_id} yet: when "
-                      f"{self.tracking_uri} answers again, run python -m tavaal.run --resume <run dir> to send them")
+                      f"{self.tracking_uri} answers again, run python -m tavaal.run --resume <run dir> --tracking-uri "
+                      f"{self.tracking_uri} to send them")
             return
         try:
             with tracking_errors(self.tracking_uri, "ending the run"):
