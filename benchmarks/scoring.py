@@ -141,6 +141,25 @@ def git_rev() -> str:
         return "unknown"
 
 
+def write_results(out: str | Path, stem: str, title: str, details: list[str], table: str,
+                  load0: tuple, load1: tuple) -> Path:
+    """Print ``table`` and write it to ``out/<stem>-<date>.md`` under a header that says how to rerun it:
+    command, date, machine, git revision, load average before / after, then one line per ``details`` item."""
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    now = datetime.datetime.now()
+    header = (f"# {title}\n\n"
+              f"- command: `{command}`\n- date: {now:%Y-%m-%d %H:%M}\n- machine: {machine()}\n"
+              f"- git revision: {git_rev()}\n- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f}\n"
+              + "".join(f"- {line}\n" for line in details) + "\n")
+    print("\n" + table)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}-{now:%Y-%m-%d}.md"
+    path.write_text(header + table + "\n")
+    print(f"\nwrote {path}")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidates", type=int, default=59_000,
@@ -202,22 +221,12 @@ def main() -> None:
             lines.append(f"| {name} | {path} | {workers} | {wall:.2f} | {len(cand) / wall:,.0f} | {ratio} | "
                          f"{rate:,.0f} | {startup:.1f} |")
     table = "\n".join(lines)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
-    now = datetime.datetime.now()
-    header = (f"# Pool scoring: local loop vs Ray Data\n\n"
-              f"- command: `{command}`\n- date: {now:%Y-%m-%d %H:%M}\n- machine: {machine()}\n"
-              f"- git revision: {git_rev()}\n- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f}\n"
-              f"- {len(cand):,} Fashion-MNIST candidates, batch {bs}, median of {args.rounds} rounds after a "
-              f"warm-up round; torch {torch.__version__}, ray {ray.__version__}\n"
-              f"- ratios: end to end (candidates / wall time of the whole call, start-up included); steady img/s: "
-              f"rows scored while all workers ran / that window (local: candidates / wall); first batch after: "
-              f"from the call to the first batch starting in a worker\n\n")
-    print("\n" + table)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"scoring-{now:%Y-%m-%d}.md"
-    path.write_text(header + table + "\n")
-    print(f"\nwrote {path}")
+    write_results(args.out, "scoring", "Pool scoring: local loop vs Ray Data", [
+        f"{len(cand):,} Fashion-MNIST candidates, batch {bs}, median of {args.rounds} rounds after a warm-up round; "
+        f"torch {torch.__version__}, ray {ray.__version__}",
+        "ratios: end to end (candidates / wall time of the whole call, start-up included); steady img/s: rows "
+        "scored while all workers ran / that window (local: candidates / wall); first batch after: from the call "
+        "to the first batch starting in a worker"], table, load0, load1)
 
 
 if __name__ == "__main__":

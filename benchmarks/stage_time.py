@@ -20,7 +20,6 @@ least 30 s), and writes the table to ``benchmarks/results/stage-time-<date>.md``
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from tavaal.backends import build_backend
 from tavaal.config import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring import git_rev, machine  # noqa: E402  (same header fields as the scoring benchmark)
+from scoring import write_results  # noqa: E402  (same header fields as the scoring benchmark)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("task + ranker training", "evaluation", "VAE + discriminator", "scoring", "selection", "checkpoint")
@@ -135,21 +134,11 @@ def main() -> None:
             label = f"**{part}**" if part == "stage" else part
             lines.append(f"| {stage + 1} | {label} | {a:.2f} | {b:.2f} | {ratio} |")
     table = "\n".join(lines)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
-    now = datetime.datetime.now()
-    header = (f"# One TA-VAAL stage, part by part: local backend vs Ray backend (1 worker)\n\n"
-              f"- command: `{command}`\n- date: {now:%Y-%m-%d %H:%M}\n- machine: {machine()}\n"
-              f"- git revision: {git_rev()}\n- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f}\n"
-              f"- config: {os.path.relpath(args.config, ROOT)} with {', '.join(common)}; Ray: {', '.join(ray_sets)}; "
-              f"torch {torch.__version__}\n"
-              f"- same selections with both backends: {'yes' if same else 'NO'}\n"
-              f"- target (issue 6): Ray / local <= 1.3 for a stage of at least 30 s\n\n")
-    print("\n" + table)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"stage-time-{now:%Y-%m-%d}.md"
-    path.write_text(header + table + "\n")
-    print(f"\nwrote {path}")
+    write_results(args.out, "stage-time", "One TA-VAAL stage, part by part: local backend vs Ray backend (1 worker)", [
+        f"config: {os.path.relpath(args.config, ROOT)} with {', '.join(common)}; Ray: {', '.join(ray_sets)}; "
+        f"torch {torch.__version__}",
+        f"same selections with both backends: {'yes' if same else 'NO'}",
+        "target (issue 6): Ray / local <= 1.3 for a stage of at least 30 s"], table, load0, load1)
 
 
 if __name__ == "__main__":

@@ -197,22 +197,33 @@ def _index_blocks(indices: np.ndarray, batch_size: int, concurrency: int) -> lis
 
 def _collect(ds: ray.data.Dataset, indices: np.ndarray) -> dict[str, np.ndarray]:
     """Stream the scored blocks (completion order) into arrays aligned with ``indices``."""
-    n = indices.size
+
+    def check(batch: dict[str, np.ndarray], pos: np.ndarray) -> None:
+        if not np.array_equal(batch.pop(_INDEX), indices[pos]):
+            raise RuntimeError("Ray Data returned rows whose index does not match their position")
+
+    out, seen = collect_by_position(ds, indices.size, _POSITION, check)
+    if not seen.all():
+        raise RuntimeError(f"Ray Data returned {int(seen.sum())} of {indices.size} scored rows")
+    return out
+
+
+def collect_by_position(ds: ray.data.Dataset, n: int, position: str, check=None) -> tuple[dict, np.ndarray]:
+    """Stream scored blocks into ``{name: [n, ...]}`` arrays, row by the ``position`` column; returns them and
+    the mask of rows seen. ``check(batch, pos)`` may inspect (and pop) columns of each block first."""
     out: dict[str, np.ndarray] = {}
     seen = np.zeros(n, dtype=bool)
     # [4] streaming: one scored block at a time reaches the driver, never the whole table at once
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        pos = batch.pop(_POSITION)
-        if not np.array_equal(batch.pop(_INDEX), indices[pos]):
-            raise RuntimeError("Ray Data returned rows whose index does not match their position")
+        pos = batch.pop(position)
+        if check is not None:
+            check(batch, pos)
         for name, col in batch.items():
             if name not in out:
                 out[name] = np.empty((n, *col.shape[1:]), dtype=col.dtype)
             out[name][pos] = col
         seen[pos] = True
-    if not seen.all():
-        raise RuntimeError(f"Ray Data returned {int(seen.sum())} of {n} scored rows")
-    return out
+    return out, seen
 
 
 def _check_indices(indices: np.ndarray, pool_size: int | None) -> np.ndarray:

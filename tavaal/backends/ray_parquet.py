@@ -16,7 +16,7 @@ import numpy as np
 import ray
 import torch
 
-from tavaal.backends.ray_data import keep_freed_memory_per_actor, passive_omp
+from tavaal.backends.ray_data import collect_by_position, keep_freed_memory_per_actor, passive_omp
 from tavaal.config import DataConfig
 from tavaal.core.scoring import Scorer
 from tavaal.data.base import ALData, Split
@@ -124,15 +124,7 @@ def score_parquet_with_ray_data(
 
 def _collect(ds, n: int) -> dict[str, np.ndarray]:
     """[4] stream the scored blocks into arrays aligned with the candidates' positions."""
-    out: dict[str, np.ndarray] = {}
-    seen = np.zeros(n, dtype=bool)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        pos = batch.pop(_POSITION)
-        for name, col in batch.items():
-            if name not in out:
-                out[name] = np.empty((n, *col.shape[1:]), dtype=col.dtype)
-            out[name][pos] = col
-        seen[pos] = True
+    out, seen = collect_by_position(ds, n, _POSITION)
     if not seen.all():
         raise RuntimeError(f"{n - int(seen.sum())} of {n} candidates were not found in the Parquet data (ids "
                            "changed since the run started?)")
