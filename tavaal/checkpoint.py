@@ -164,6 +164,19 @@ def load_latest(out_dir: str | Path, log: Callable[[str], None] | None = None) -
                           f"{damaged[0]}); start again with a new --out")
 
 
+def latest_config(out_dir: str | Path) -> dict[str, Any]:
+    """The resolved config of the newest stage that passes its manifest check, read without loading the
+    stage's weights (``load_latest`` does that, and raises the one-line error when no stage is good)."""
+    for stage in reversed(list_stages(out_dir)):
+        path = stage_dir(out_dir, stage)
+        try:
+            verify_stage(path)
+            return json.loads((path / "config.json").read_text())
+        except (CheckpointError, ValueError):
+            continue
+    return load_latest(out_dir).config
+
+
 def prune(out_dir: str | Path, keep: int) -> list[int]:
     """Delete all but the newest ``keep`` stage directories (``keep`` 0: delete none); returns the deleted stages."""
     stages = list_stages(out_dir)

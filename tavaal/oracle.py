@@ -105,7 +105,7 @@ def run_config(out_dir: str | Path) -> dict:
     saved = Path(out_dir) / REQUEST_DIR / "config.json"
     if not checkpoint.list_stages(out_dir) and saved.is_file():
         return json.loads(saved.read_text())
-    return checkpoint.load_latest(out_dir).config
+    return checkpoint.latest_config(out_dir)
 
 
 def has_initial_request(out_dir: str | Path) -> bool:

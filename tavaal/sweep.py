@@ -90,8 +90,7 @@ def al_trial(params: dict, base: dict, threads: int) -> None:
             "record": record.to_dict(),
         }
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(stage_path))
-        for old in ckpt.list_stages(out)[:-1]:  # Tune keeps its own copy; keep the newest locally
-            shutil.rmtree(ckpt.stage_dir(out, old), ignore_errors=True)
+        ckpt.prune(out, 1)  # Tune keeps its own copy; keep the newest locally
         _maybe_fail(record.stage)
 
     try:
