@@ -12,6 +12,7 @@ import torch
 
 from tavaal.config import DataConfig
 from tavaal.data import cifar, fashionmnist, imagefolder, parquet, svhn, synthetic, toy2d  # noqa: F401 (registration)
+from tavaal.data import caltech101, cityscapes, shapes  # noqa: F401 (registration)
 from tavaal.data.base import ALData, Split
 from tavaal.data.imbalance import make_imbalanced
 from tavaal.errors import ConfigError
