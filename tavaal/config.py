@@ -78,6 +78,7 @@ class VAEConfig:
     kl_reduction: str | None = None  # None: "mean" (tavaal, official TA-VAAL) or "sum" (vaal, official VAAL)
     first_iter_noise: bool = False  # official TA-VAAL quirk: U(0,1) instead of r at the very first iteration
     disc_hidden: int = 512  # discriminator MLP width (official: 512)
+    input_size: int | None = None  # images resized to input_size x input_size for the VAE (None: the data's size)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class BackendConfig:
 @dataclass(frozen=True)
 class Config:
     seed: int = 0  # fixes the initial set, candidates, inits, augmentation and selection
+    task: str = "classification"  # or "segmentation" (per-pixel labels: mIoU, mean pixel CE; README "Segmentation")
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     num_threads: int | None = None  # torch CPU threads (None: torch default)
     data: DataConfig = field(default_factory=DataConfig)
@@ -269,6 +271,12 @@ def validate(cfg: Config) -> None:
         if isinstance(value, float):
             _check(math.isfinite(value), key, "a finite number", value)
     _check(0 <= cfg.seed < 2**63, "seed", "an integer in [0, 2^63)", cfg.seed)
+    _check(cfg.task in ("classification", "segmentation"), "task", "classification or segmentation", cfg.task)
+    if cfg.task == "segmentation":  # both act on one class per row
+        _check(cfg.data.imbalance_ratio == 1, "data.imbalance_ratio", "1 for segmentation (pools are cut by image "
+               "class, which a mask does not have)", cfg.data.imbalance_ratio)
+        _check(cfg.al.oracle != "manual", "al.oracle", "simulated or auto for segmentation (the manual oracle takes "
+               "one class name per image)", cfg.al.oracle)
     dev = cfg.device
     _check(dev in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", dev) is not None, "device",
            "auto, cpu, cuda or cuda:N", dev)
@@ -320,6 +328,8 @@ def validate(cfg: Config) -> None:
     _check(v.adv_weight >= 0, "vae.adv_weight", ">= 0", v.adv_weight)
     _check(v.kl_reduction in (None, "mean", "sum"), "vae.kl_reduction", "mean, sum or null", v.kl_reduction)
     _check(1 <= v.disc_hidden <= MAX_WIDTH, "vae.disc_hidden", f"in [1, {MAX_WIDTH}]", v.disc_hidden)
+    _check(v.input_size is None or 16 <= v.input_size <= 4096, "vae.input_size", "in [16, 4096] or null (the data's "
+           "size)", v.input_size)
     a = cfg.al
     _check(a.initial >= 1, "al.initial", ">= 1", a.initial)
     _check(a.budget >= 1, "al.budget", ">= 1", a.budget)

@@ -39,10 +39,10 @@ class StageRecord:
 
     stage: int
     num_labeled: int  # labeled samples the stage trained on
-    accuracy: float  # test split, final-epoch model
-    balanced_accuracy: float
+    accuracy: float  # test split, final-epoch model (segmentation: pixel accuracy)
+    balanced_accuracy: float  # segmentation: mean class (pixel) accuracy
     per_class_accuracy: list[float]
-    label_counts: list[int]  # per class, of the labeled set trained on
+    label_counts: list[int]  # per class, of the labeled set trained on (segmentation: its pixels)
     label_entropy: float  # nats (paper Fig. 7a)
     label_entropy_norm: float  # divided by log C
     selected: list[int] = field(default_factory=list)  # indices labeled by this stage's query
@@ -50,6 +50,8 @@ class StageRecord:
     time_query: float = 0.0
     time_stage: float = 0.0
     info: dict = field(default_factory=dict)
+    miou: float | None = None  # segmentation: mean IoU over the classes present in prediction or target
+    per_class_iou: list[float] = field(default_factory=list)  # segmentation (nan: class absent from both)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,20 +127,30 @@ def run_experiment(
 def check_compatible(cfg: Config, data: ALData, spec: ModelSpec) -> None:
     """Build the stage's models once on the data's input shape: a model that cannot take the data is a
     ConfigError now, not a traceback after the first stage's training."""
+    if cfg.task != data.task:
+        raise ConfigError(f"config field 'task' is '{cfg.task}' but data '{cfg.data.name}' is a {data.task} data set; "
+                          f"set task: {data.task} (--set task={data.task})")
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated or initialized
             _build_stage_models(cfg, data, spec)
     except ValueError as e:
         raise ConfigError(f"{e}; choose model.name for data '{cfg.data.name}' (small_cnn or resnet18 for images, mlp "
-                          "for vectors; see python -m tavaal.run --list)") from None
+                          "for vectors, seg_small or deeplabv3_resnet50 for segmentation; see python -m tavaal.run "
+                          "--list)") from None
 
 
 def _build_stage_models(cfg: Config, data: ALData, spec: ModelSpec) -> None:
+    from tavaal.core.vae_training import vae_input_shape
     from tavaal.models import VAE
+    from tavaal.models.base import model_task
 
-    spec.build(with_ranker=build_strategy(cfg.al.strategy).ranker_loss is not None)
+    model, _ = spec.build(with_ranker=build_strategy(cfg.al.strategy).ranker_loss is not None)
+    if model_task(model) != data.task:
+        raise ValueError(f"model '{cfg.model.name}' solves {model_task(model)} but data '{cfg.data.name}' is a "
+                         f"{data.task} data set")
     if cfg.al.strategy in ("vaal", "tavaal"):
-        VAE(data.input_shape, cfg.vae.latent_dim, cfg.vae.base_channels, cond_dim=int(cfg.al.strategy == "tavaal"))
+        VAE(vae_input_shape(data.input_shape, cfg.vae.input_size), cfg.vae.latent_dim, cfg.vae.base_channels,
+            cond_dim=int(cfg.al.strategy == "tavaal"))
 
 
 def _quiet(msg: str) -> None:
@@ -217,7 +229,7 @@ def run_stage(
         balanced_accuracy=metrics["balanced_accuracy"], per_class_accuracy=metrics["per_class_accuracy"],
         label_counts=[int(c) for c in counts], label_entropy=h, label_entropy_norm=h_norm,
         selected=[int(i) for i in selected], time_train=t_train, time_query=now - t1, time_stage=now - t0,
-        info=info,
+        info=info, miou=metrics.get("miou"), per_class_iou=metrics.get("per_class_iou", []),
     )
     return record, pool, states
 
@@ -230,7 +242,8 @@ def check_selection(selected: np.ndarray, candidates: np.ndarray, budget: int, n
 
 
 def format_record(r: StageRecord, stages: int) -> str:
-    return (f"stage {r.stage + 1}/{stages}  labeled {r.num_labeled}  acc {r.accuracy:.4f}  "
+    quality = f"acc {r.accuracy:.4f}" if r.miou is None else f"miou {r.miou:.4f}  pixel_acc {r.accuracy:.4f}"
+    return (f"stage {r.stage + 1}/{stages}  labeled {r.num_labeled}  {quality}  "
             f"bal_acc {r.balanced_accuracy:.4f}  label_entropy {r.label_entropy:.3f} "
             f"({r.label_entropy_norm:.3f})  time {r.time_stage:.1f}s (train {r.time_train:.1f}s, "
             f"query {r.time_query:.1f}s)")

@@ -1,4 +1,4 @@
-"""Losses of TA-VAAL and its baselines; every function returns a scalar tensor.
+"""Losses of TA-VAAL and its baselines; every function returns a scalar tensor (``per_sample_task_loss``: ``[B]``).
 
 Pairing (LL4AL and TA-VAAL): a batch of B samples (B even) is split into pairs (i, B-1-i), i < B/2;
 with a shuffled loader these are random pairs. Targets (the per-sample task loss) are detached.
@@ -8,6 +8,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from tavaal.data.base import IGNORE_INDEX
+
+
+def per_sample_task_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """The task loss of each sample ``[B]``: the ranker's target and, averaged, the task model's loss.
+
+    Classification: cross-entropy of ``logits [B, C]`` against ``y [B]``. Segmentation (``logits [B, C, H, W]``,
+    ``y [B, H, W]``): the mean pixel cross-entropy over the image's pixels that are not ``IGNORE_INDEX`` (0 for
+    an image with none).
+    """
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, y, reduction="none")
+    ce = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="none")  # [B, H, W], 0 where ignored
+    valid = (y != IGNORE_INDEX).flatten(1).sum(1)
+    return ce.flatten(1).sum(1) / valid.clamp(min=1)
 
 
 def _pair_differences(pred: Tensor, target: Tensor, name: str) -> tuple[Tensor, Tensor]:

@@ -44,11 +44,11 @@ REQUEST_DIR, LABELS_DIR = "to_label", "labels"
 
 def resolve_oracle(cfg: Config, data: ALData) -> str:
     """``al.oracle`` made concrete ("auto": simulated when every pool label is known) and checked against the data."""
-    y = data.train_targets
-    unknown = np.flatnonzero(y < 0)
+    known = data.known_rows
+    unknown = np.flatnonzero(~known)
     mode = cfg.al.oracle if cfg.al.oracle != "auto" else ("manual" if unknown.size else "simulated")
     if mode == "simulated" and unknown.size:
-        raise ConfigError(f"{unknown.size} of {y.size} pool rows of {data.name} have no label (e.g. id "
+        raise ConfigError(f"{unknown.size} of {known.size} pool rows of {data.name} have no label (e.g. id "
                           f"'{row_ids(data, unknown[:1])[0]}'); the simulated oracle needs them all: run with "
                           "--oracle manual to have people label them")
     if mode == "manual" and not unknown.size:
@@ -59,7 +59,7 @@ def resolve_oracle(cfg: Config, data: ALData) -> str:
 
 def initial_state(cfg: Config, data: ALData, mode: str) -> PoolState:
     """Stage-0 labels: the rows labeled in the data (manual, if any), else ``al.initial`` random rows."""
-    known = np.flatnonzero(data.train_targets >= 0)
+    known = np.flatnonzero(data.known_rows)
     if mode == "manual" and known.size:  # the labeling plan is checked with the rows at hand, not al.initial
         check_pool_size(dataclasses.replace(cfg, al=dataclasses.replace(cfg.al, initial=known.size)), len(data.train))
         return PoolState.empty(len(data.train)).label(known, 0)
@@ -69,7 +69,7 @@ def initial_state(cfg: Config, data: ALData, mode: str) -> PoolState:
 
 def pending(pool: PoolState, data: ALData) -> np.ndarray:
     """Positions that are labeled in the AL state but whose label nobody has given yet (ascending)."""
-    return np.flatnonzero((pool.labeled_at >= 0) & (data.train_targets < 0))
+    return np.flatnonzero((pool.labeled_at >= 0) & ~data.known_rows)
 
 
 def row_ids(data: ALData, positions: np.ndarray) -> list[str]:

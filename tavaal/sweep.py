@@ -37,9 +37,11 @@ STATE_FILE = "tavaal_sweep.json"
 
 
 def objective_metrics(records: list[dict]) -> dict[str, float]:
-    """Area under accuracy-vs-labels (trapezoid, divided by the label range: in [0, 1]) and last accuracy."""
+    """Area under accuracy-vs-labels (trapezoid, divided by the label range: in [0, 1]) and last accuracy.
+
+    Segmentation runs are judged by mIoU instead of (pixel) accuracy."""
     xs = [r["num_labeled"] for r in records]
-    ys = [r["accuracy"] for r in records]
+    ys = [r["accuracy"] if r.get("miou") is None else r["miou"] for r in records]
     if len(xs) < 2 or xs[-1] == xs[0]:
         auc = ys[-1]
     else:
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=["none", "asha"], default="none",
                    help="asha: stop weak trials early along the stage axis")
     p.add_argument("--objective", choices=OBJECTIVES, default="auc",
-                   help="auc: area under accuracy-vs-labels, normalized; final_accuracy: last stage")
+                   help="auc: area under accuracy (segmentation: mIoU) vs labels, normalized; final_accuracy: last stage")
     p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else %(default)s)")

@@ -5,6 +5,8 @@ run), so one driver can hold a tracker per Tune trial. Per stage, with ``step = 
 
   test/accuracy, test/balanced_accuracy, test/accuracy_class_{c}, labels/count, labels/entropy,
   labels/entropy_norm, labels/class_{c}, time/stage, time/train, time/query, info/{key}
+  and for segmentation also test/miou, test/pixel_accuracy (= test/accuracy), test/iou_class_{c}
+  (labels/* then count the labeled set's pixels per class)
 
 plus the artifact ``selected/stage-NNNN.parquet`` (columns ``stage``, ``index``). ``config.json`` and
 ``config.yaml`` are logged when the run is created, ``accuracy.png`` when it ends. mlflow is imported
@@ -290,6 +292,9 @@ def stage_metrics(rec: dict[str, Any]) -> dict[str, float]:
          "time/query": rec.get("time_query", 0.0)}
     m |= {f"labels/class_{c}": n for c, n in enumerate(rec.get("label_counts", []))}
     m |= {f"test/accuracy_class_{c}": a for c, a in enumerate(rec.get("per_class_accuracy", []))}
+    if rec.get("miou") is not None:  # segmentation
+        m |= {"test/miou": rec["miou"], "test/pixel_accuracy": rec["accuracy"]}
+        m |= {f"test/iou_class_{c}": v for c, v in enumerate(rec.get("per_class_iou", []))}
     for key, v in flatten(rec.get("info") or {}):
         if isinstance(v, numbers.Real) and not isinstance(v, bool):
             m["info/" + re.sub(r"[^\w\-. /]", "_", key)] = v

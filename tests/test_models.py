@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from tavaal.errors import ConfigError
-from tavaal.losses import discriminator_loss, ranking_loss, vae_adversarial_loss, vae_loss
+from tavaal.losses import discriminator_loss, per_sample_task_loss, ranking_loss, vae_adversarial_loss, vae_loss
 from tavaal.models import VAE, Discriminator, LossNet, TaskOutput, build_task_model
+from tavaal.models.base import model_task
 from tavaal.registry import MODELS
 
 # input shapes each registered model must handle; a newly registered model must be added here
@@ -17,6 +18,8 @@ MODEL_SHAPES = {
     "resnet18": [(3, 32, 32), (1, 28, 28)],
     "small_cnn": [(1, 28, 28), (3, 32, 32), (1, 16, 16)],
     "mlp": [(2,)],
+    "seg_small": [(3, 32, 32), (3, 20, 36)],
+    "deeplabv3_resnet50": [(3, 32, 64)],
 }
 CASES = [
     pytest.param(name, shape, id=f"{name}-{'x'.join(map(str, shape))}")
@@ -58,7 +61,8 @@ def test_task_model_shapes_and_feature_channels(name, shape):
     model = build_task_model(name, shape, num_classes=7)
     out = model(torch.randn(B, *shape))
     assert isinstance(out, TaskOutput)
-    assert out.logits.shape == (B, 7)
+    per_pixel = model_task(model) == "segmentation"
+    assert out.logits.shape == ((B, 7) + tuple(shape[1:]) if per_pixel else (B, 7))
     assert out.embedding.shape == (B, model.embedding_dim)
     assert len(out.features) == len(model.feature_channels) == 4
     assert [f.shape[1] for f in out.features] == list(model.feature_channels)
@@ -70,7 +74,11 @@ def test_ce_plus_ranking_loss_reaches_every_parameter(name, shape):
     model = build_task_model(name, shape, num_classes=5)
     ranker = LossNet(model.feature_channels)
     out = model(torch.randn(B, *shape))
-    ce = F.cross_entropy(out.logits, torch.tensor([0, 1, 2, 3]), reduction="none")
+    y = torch.tensor([0, 1, 2, 3])
+    if model_task(model) == "segmentation":
+        y = torch.randint(0, 5, (B, *shape[1:]))
+        y[0, :2] = 255  # ignored pixels
+    ce = per_sample_task_loss(out.logits, y)
     pred = ranker(out.features)
     assert pred.shape == (B,)
     (ce.mean() + ranking_loss(pred, ce)).backward()

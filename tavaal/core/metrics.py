@@ -1,4 +1,5 @@
-"""Per-stage metrics: test accuracy (overall, balanced, per class) and the labeled set's class entropy."""
+"""Per-stage metrics: test accuracy (overall, balanced, per class), segmentation IoU, and the labeled set's
+class entropy (of its samples' classes, or for segmentation of its pixels' classes)."""
 from __future__ import annotations
 
 import math
@@ -7,8 +8,11 @@ import numpy as np
 
 
 def label_counts(targets: np.ndarray, labeled: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-class counts ``[C]`` of the labeled samples (``targets`` is the pool's label array)."""
-    return np.bincount(np.asarray(targets)[labeled], minlength=num_classes)
+    """Per-class counts ``[C]`` of the labeled samples' labels (``targets``: the pool's labels ``[N]``, or its
+    segmentation masks ``[N, H, W]``, whose pixels are counted; values outside 0..C-1, e.g. ignore, are not)."""
+    t = np.asarray(targets)[labeled].ravel()
+    t = t[(t >= 0) & (t < num_classes)]
+    return np.bincount(t.astype(np.int64), minlength=num_classes)
 
 
 def label_entropy(counts: np.ndarray) -> tuple[float, float]:
@@ -40,3 +44,40 @@ def classification_metrics(pred: np.ndarray, target: np.ndarray, num_classes: in
         "balanced_accuracy": float(np.mean(present)) if present else float("nan"),
         "per_class_accuracy": per_class,
     }
+
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """``[C, C]`` int64 counts, rows = target class, columns = predicted class, over every pixel (or sample)
+    whose target is in 0..C-1 (ignore pixels, e.g. 255, do not count)."""
+    pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
+    keep = (target >= 0) & (target < num_classes)
+    flat = target[keep].astype(np.int64) * num_classes + pred[keep].astype(np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def segmentation_metrics(confusion: np.ndarray) -> dict:
+    """mIoU, pixel accuracy, mean class accuracy and per-class IoU / accuracy from a confusion matrix.
+
+    IoU_c = TP / (TP + FP + FN). A class absent from both prediction and target has no IoU (nan) and is left out
+    of the mean, as in the Cityscapes benchmark scripts; one absent from the target but predicted has IoU 0.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(cm)
+    gt, pr = cm.sum(1), cm.sum(0)
+    union = gt + pr - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        acc = np.where(gt > 0, tp / gt, np.nan)
+    total = cm.sum()
+    return {
+        "miou": _nanmean(iou),
+        "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
+        "mean_class_accuracy": _nanmean(acc),
+        "per_class_iou": [float(v) for v in iou],
+        "per_class_accuracy": [float(v) for v in acc],
+    }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    present = values[~np.isnan(values)]
+    return float(present.mean()) if present.size else float("nan")

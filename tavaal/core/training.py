@@ -11,15 +11,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tavaal.config import TrainConfig
 from tavaal.core.batches import iter_batches
-from tavaal.core.metrics import classification_metrics
+from tavaal.core.metrics import classification_metrics, confusion_matrix, segmentation_metrics
 from tavaal.core.precision import autocast
 from tavaal.core.seeding import derive_seed, torch_generator
 from tavaal.data.base import ALData
-from tavaal.losses import margin_loss, ranking_loss
+from tavaal.losses import margin_loss, per_sample_task_loss, ranking_loss
 from tavaal.models import LossNet, build_task_model
 
 
@@ -85,9 +84,12 @@ def task_loss(
     ranker_loss: str | None,
     epoch: int,
 ) -> tuple[torch.Tensor, dict]:
-    """L = mean CE + η · L_rank (eq. 2); the per-sample CE is the ranker's (detached) target."""
+    """L = mean CE + η · L_rank (eq. 2); the per-sample CE is the ranker's (detached) target.
+
+    Segmentation: a sample's CE is its image's mean pixel CE (ignore pixels left out), L averages the images.
+    """
     out = model(x)
-    ce = F.cross_entropy(out.logits.float(), y, reduction="none")
+    ce = per_sample_task_loss(out.logits.float(), y)
     loss = ce.mean()
     stats = {"ce": float(loss.detach())}
     if ranker is not None:
@@ -180,12 +182,25 @@ def cpu_state(module: torch.nn.Module) -> dict:
 def evaluate(
     model: torch.nn.Module, data: ALData, device: torch.device, batch_size: int = 512, precision: str = "fp32"
 ) -> dict:
-    """Test-split accuracy, balanced accuracy and per-class accuracy (eval mode, no augmentation)."""
+    """Test-split accuracy, balanced accuracy and per-class accuracy (eval mode, no augmentation).
+
+    Segmentation: pixel accuracy as ``accuracy``, mean class (pixel) accuracy as ``balanced_accuracy``, plus
+    ``miou`` and ``per_class_iou``, from one confusion matrix over every test pixel that is not ignored.
+    """
     model.eval()
     preds = []
+    cm = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)
     test_idx = np.arange(len(data.test))
-    for x, _, _ in iter_batches(data, "test", test_idx, batch_size):
+    for x, y, _ in iter_batches(data, "test", test_idx, batch_size):
         with autocast(device, precision):
-            preds.append(model(x.to(device)).logits.argmax(1).cpu())
+            pred = model(x.to(device)).logits.argmax(1).cpu()
+        if data.is_segmentation:  # accumulated per batch: a split's pixels need not fit in memory twice
+            cm += confusion_matrix(pred.numpy(), y.numpy(), data.num_classes)
+        else:
+            preds.append(pred)
+    if data.is_segmentation:
+        m = segmentation_metrics(cm)
+        return {"accuracy": m["pixel_accuracy"], "balanced_accuracy": m["mean_class_accuracy"],
+                "per_class_accuracy": m["per_class_accuracy"], "miou": m["miou"], "per_class_iou": m["per_class_iou"]}
     pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
     return classification_metrics(pred, data.test.y.numpy(), data.num_classes)

@@ -3,6 +3,9 @@
 The task model and ranker are frozen and the inputs are not augmented, so the ranker's prediction r̂ of
 every sample is a fixed number for the stage: the caller computes it once (``rhat``, absolute-index
 aligned) and it is looked up here instead of re-running the task model every iteration (exact).
+
+With ``vae.input_size`` set, images are resized (bilinear, antialiased) to that square before the VAE sees
+them, in training and in scoring alike (segmentation images are often too large for the published VAE).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tavaal.config import VAEConfig
 from tavaal.core.batches import endless_batches
@@ -22,11 +26,25 @@ from tavaal.losses import discriminator_loss, vae_adversarial_loss, vae_loss
 from tavaal.models import VAE, Discriminator
 
 
+def vae_input_shape(data_shape: tuple[int, ...], size: int | None) -> tuple[int, ...]:
+    """The VAE's input shape: ``(C, size, size)`` for images when ``size`` is set, else the data's shape."""
+    if size is None or len(data_shape) != 3:
+        return tuple(data_shape)
+    return (data_shape[0], size, size)
+
+
+def fit_to_vae(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Resize an image batch ``[B, C, H, W]`` to ``[B, C, size, size]`` (no-op when ``size`` is None or met)."""
+    if size is None or x.dim() != 4 or tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
 @dataclass(frozen=True)
 class VAEJob:
     """One stage of VAE + discriminator training (``conditional``: TA-VAAL's r̂ as an extra input)."""
 
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # the VAE's (``vae_input_shape``): images arrive resized to it
     vae: VAEConfig  # with vae_steps and kl_reduction resolved (not None)
     labeled: np.ndarray
     unlabeled: np.ndarray  # the stage's candidate subset
@@ -121,7 +139,7 @@ class VAETraining:
         noise = self.noise if self.iteration == 0 else None
         for _ in range(v.vae_steps):
             (xl, il), (xu, iu) = next(self.lab), next(self.unl)
-            xl, xu = xl.to(dev), xu.to(dev)
+            xl, xu = fit_to_vae(xl.to(dev), v.input_size), fit_to_vae(xu.to(dev), v.input_size)
             rl, ru = _r(job, il, dev, noise), _r(job, iu, dev, noise)
             with autocast(dev, job.precision):
                 loss_v = _vae_step_loss(self.vae, self.disc, xl, xu, rl, ru, v)

@@ -11,10 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+IGNORE_INDEX = 255  # segmentation masks: pixels that count in no loss or metric (Cityscapes' void, crop padding)
+TASKS = ("classification", "segmentation")
+
 
 @dataclass(frozen=True)
 class Split:
-    """One split: ``x`` uint8 ``[N, C, H, W]`` (images) or float32 ``[N, D]`` (vectors); ``y`` int64 ``[N]``.
+    """One split: ``x`` uint8 ``[N, C, H, W]`` (images) or float32 ``[N, D]`` (vectors); ``y`` int64 ``[N]``, or
+    for segmentation uint8 masks ``[N, H, W]`` (class per pixel, ``IGNORE_INDEX`` = ignore).
 
     ``x`` may also be a lazy image source (``synthetic.LazyImages``: ``shape``, ``dim()``, ``x[idx]`` renders
     a uint8 batch, ``x.subset(idx)`` a lazy view) for pools too big to hold in memory. ``y`` is -1 where the
@@ -47,7 +51,11 @@ class ALData:
     crop_pad: int = 0  # training augmentation: random crop of the original size after zero padding
     flip: bool = False  # training augmentation: random horizontal flip
     class_names: tuple[str, ...] = ()
-    task: str = "classification"
+    task: str = "classification"  # or "segmentation": y holds masks, logits are [B, C, H, W]
+
+    @property
+    def is_segmentation(self) -> bool:
+        return self.task == "segmentation"
 
     @property
     def is_image(self) -> bool:
@@ -61,6 +69,13 @@ class ALData:
     def train_targets(self) -> np.ndarray:
         return self.train.y.numpy()
 
+    @property
+    def known_rows(self) -> np.ndarray:
+        """bool ``[N]``: pool rows whose label is known (a segmentation mask is always known)."""
+        if self.is_segmentation:
+            return np.ones(len(self.train), dtype=bool)
+        return self.train_targets >= 0
+
     def split(self, name: str) -> Split:
         if name not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {name!r}")
@@ -73,15 +88,16 @@ class ALData:
         augment: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(x float32 [B, ...], y int64 [B])`` for absolute indices ``idx`` of ``split``."""
+        """Return ``(x float32 [B, ...], y int64 [B] or [B, H, W])`` for absolute indices ``idx`` of ``split``."""
         s = self.split(split)
         idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-        x, y = s.x[idx], s.y[idx]
+        x, y = s.x[idx], s.y[idx].long()
         if not self.is_image:
             return x.float(), y
         x = x.float().div_(255.0)
         if augment:
-            x = augment_batch(x, self.crop_pad, self.flip, generator)
+            x, masks = augment_batch(x, self.crop_pad, self.flip, generator, y if self.is_segmentation else None)
+            y = y if masks is None else masks
         if self.mean:
             mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
             std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
@@ -90,11 +106,13 @@ class ALData:
 
 
 def augment_batch(
-    x: torch.Tensor, crop_pad: int, flip: bool, generator: torch.Generator | None
-) -> torch.Tensor:
+    x: torch.Tensor, crop_pad: int, flip: bool, generator: torch.Generator | None, masks: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Random crop (zero padding ``crop_pad``, as torchvision's RandomCrop) and horizontal flip, per sample.
 
     x: float ``[B, C, H, W]`` in [0, 1] (before normalization, so zero padding is black as in torchvision).
+    masks: segmentation targets ``[B, H, W]``, moved with their images (padding = ``IGNORE_INDEX``); when given,
+    ``None`` stays ``None``. Returns ``(x, masks)``; the random draws do not depend on ``masks``.
     """
     b, _, h, w = x.shape
     if crop_pad > 0:
@@ -106,7 +124,12 @@ def augment_batch(
         bi = torch.arange(b).view(b, 1, 1, 1)
         ci = torch.arange(x.shape[1]).view(1, -1, 1, 1)
         x = padded[bi, ci, rows, cols]
+        if masks is not None:
+            padded_m = torch.nn.functional.pad(masks, (crop_pad,) * 4, value=IGNORE_INDEX)
+            masks = padded_m[bi[:, 0], rows[:, 0], cols[:, 0]]
     if flip:
         mask = torch.rand(b, generator=generator) < 0.5
         x = torch.where(mask.view(b, 1, 1, 1), x.flip(3), x)
-    return x
+        if masks is not None:
+            masks = torch.where(mask.view(b, 1, 1), masks.flip(2), masks)
+    return x, masks

@@ -5,14 +5,15 @@ import numpy as np
 import torch
 
 from tavaal.core.training import ModelSpec, TaskResult
-from tavaal.core.vae_training import VAEJob, VAEResult
+from tavaal.core.vae_training import VAEJob, VAEResult, fit_to_vae
 
 
 class TaskScorer:
     """Runs the frozen task model (eval mode) and returns one output per sample.
 
-    kind: "entropy" (softmax entropy ``[B]``), "rhat" (ranker's predicted loss ``[B]``),
-    "embedding" (``[B, D]``), "logits" (``[B, C]``).
+    kind: "entropy" (softmax entropy ``[B]``; segmentation: the mean over the image's pixels), "rhat" (ranker's
+    predicted loss ``[B]``), "embedding" (``[B, D]``; segmentation: the pooled deepest encoder feature),
+    "logits" (``[B, C]``, classification only).
     """
 
     def __init__(self, spec: ModelSpec, task: TaskResult, kind: str) -> None:
@@ -36,7 +37,8 @@ class TaskScorer:
         out = self._model(x)
         if self.kind == "entropy":
             logp = torch.log_softmax(out.logits.float(), dim=1)
-            return {"entropy": -(logp.exp() * logp).sum(1)}
+            entropy = -(logp.exp() * logp).sum(1)  # [B] or [B, H, W]
+            return {"entropy": entropy.flatten(1).mean(1) if entropy.dim() > 1 else entropy}
         if self.kind == "rhat":
             return {"rhat": self._ranker(out.features).float()}
         if self.kind == "embedding":
@@ -69,7 +71,7 @@ class DiscriminatorScorer:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        mu, _ = self._vae.encode(x)
+        mu, _ = self._vae.encode(fit_to_vae(x, self.job.vae.input_size))
         r = None
         if self.job.conditional:
             r = torch.from_numpy(self.job.rhat[np.asarray(idx)]).float().to(mu.device)

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 
 from tavaal.core.selection import select_top_k
-from tavaal.core.vae_training import VAEJob, vae_iterations
+from tavaal.core.vae_training import VAEJob, vae_input_shape, vae_iterations
 from tavaal.registry import STRATEGIES
 from tavaal.strategies.base import QueryContext, QueryResult, Strategy
 from tavaal.strategies.scorers import DiscriminatorScorer
@@ -20,8 +20,8 @@ def adversarial_query(ctx: QueryContext, conditional: bool, vae_steps: int, kl: 
     v = ctx.cfg.vae
     v = dataclasses.replace(v, vae_steps=v.vae_steps or vae_steps, kl_reduction=v.kl_reduction or kl)
     job = VAEJob(
-        input_shape=ctx.data.input_shape, vae=v, labeled=ctx.labeled, unlabeled=ctx.candidates,
-        iterations=vae_iterations(v, ctx.labeled.size, ctx.candidates.size), seed=ctx.seed,
+        input_shape=vae_input_shape(ctx.data.input_shape, v.input_size), vae=v, labeled=ctx.labeled,
+        unlabeled=ctx.candidates, iterations=vae_iterations(v, ctx.labeled.size, ctx.candidates.size), seed=ctx.seed,
         conditional=conditional, precision=ctx.cfg.train.precision, rhat=rhat,
     )
     ctx.log(f"  VAE/discriminator: {job.iterations} iterations")
