@@ -1,6 +1,8 @@
-"""Active-learning curves of every strategy on Fashion-MNIST, balanced and imbalanced x10, mean ± std over seeds.
+"""Active-learning curves of every strategy on Fashion-MNIST, balanced and imbalanced x10, and on synthetic shapes
+segmentation, mean ± std over seeds.
 
     python benchmarks/curves.py                                  # CPU protocol: 7 strategies x 3 seeds x 2 settings
+    python benchmarks/curves.py --settings shapes                # segmentation: 5 strategies x 3 seeds, mIoU
     python benchmarks/curves.py --resume                         # after a kill: finished experiments are skipped
     python benchmarks/curves.py --report-only                    # rebuild the markdown and PNGs from raw/*.json
     python benchmarks/curves.py --paper --seeds 5 --jobs 4       # the paper's protocol: GPUs only (see below)
@@ -9,6 +11,11 @@ Strategies: random, entropy, coreset, lloss, lloss_rank, vaal, tavaal. Settings:
 training images as the pool) and ``imbalanced`` (``data.imbalance_ratio=10``, the even classes keep 600 of
 their 6,000 images, as the paper builds imbalanced CIFAR-10; the test split stays balanced). Seed k gives every
 strategy the same pool and the same initial labels, so seeds pair up for "seeds ahead of random".
+``shapes`` (not in the default ``--settings``) is segmentation on its own preset, configs/shapes_seg_cpu.yaml, with
+none of the Fashion-MNIST overrides below; its default strategies are random, entropy, lloss, vaal, tavaal (one
+of each family; add coreset or lloss_rank with --strategies, which applies to every setting). Its quality metric
+is the test mIoU (pixel accuracy is ~80% for predicting background everywhere), in every table, summary line and
+figure, and its label entropy is that of the labeled set's pixel classes.
 
 CPU protocol (default; configs/fashionmnist_tavaal_cpu.yaml with CPU_PROTOCOL below), chosen by timing
 experiments on the 2-core AMD EPYC machine this was written on (2026-11-25, other engineers' jobs running):
@@ -30,15 +37,25 @@ Measured (seconds, 1 torch thread, two experiments at a time, load average ~2.5 
   More VAE iterations (--set vae.iterations=300, the preset's) cost ~2.5x the time.
   A run's numbers depend on its thread count (float reduction order): compare runs made with the same --jobs.
 
+shapes protocol (the preset, unchanged; values and reasons from its comments): 2,000 synthetic 32x32 images of
+discs, squares, triangles and rings on textures (5 pixel classes, ~80% background, triangles and rings rare), 500
+test images; the seg_small U-Net; 100 initial labels + 100 per stage, 4 stages (100..400 labeled images, 5-20% of
+the pool); 30 epochs (random at 200 labels: mIoU 0.54 after 20 epochs, 0.62 after 40), lr x 0.1 at epoch 24 and
+ranker features detached after 18 (80% and 60% of the epochs, as the paper's 160 and 120 of 200); 1,000
+candidates per stage (10x the budget); VAE latent 16, base_channels 16, 150 iterations, batch 32.
+Measured: see "Minutes per experiment" in benchmarks/results/curves-shapes-2026-12-01.md.
+
 --paper: configs/cifar10_tavaal.yaml on ``--data`` (ResNet-18, 1,000 initial + 1,000 per stage, 10 stages,
 200 epochs, 10,000 candidates, the published VAE with the official iteration formula): about 1 GPU-hour per
 stage, i.e. 2 x 7 x 10 stages x seeds GPU-hours; needs GPUs (one experiment per GPU: ``--jobs`` defaults to the
-GPU count, each worker sees one GPU). ``--data synthetic`` runs configs/smoke.yaml's tiny images (tests).
+GPU count, each worker sees one GPU); not for shapes (a CPU preset). ``--data synthetic`` runs configs/smoke.yaml's
+tiny images, and shapes at 96 images of 16x16, 2 stages of 16 labels (SHAPES_SMOKE), for tests.
 
-Writes ``<out>/<name>.md`` (per setting: accuracy per stage, AUC and last-stage label entropy per strategy,
+Writes ``<out>/<name>.md`` (per setting: accuracy or mIoU per stage, AUC and last-stage label entropy per strategy,
 improvement over random with seeds ahead, a summary line per comparison) and ``<out>/<name>/<setting>.png``
-(accuracy ± std, improvement over random, label entropy vs labels); each experiment's records go to
-``<out>/<name>/raw/<setting>-<strategy>-seed<k>.json`` as soon as it finishes.
+(accuracy or mIoU ± std, improvement over random, label entropy vs labels); each experiment's records (with a
+summary of the data it saw) go to ``<out>/<name>/raw/<setting>-<strategy>-seed<k>.json`` as soon as it finishes;
+``<out>/<name>/run.json`` holds each setting's preset and overrides, which ``--resume`` must match.
 """
 from __future__ import annotations
 
@@ -50,20 +67,44 @@ import multiprocessing
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 
 import numpy as np
 
-from tavaal.config import load_config
+from tavaal.config import Config, load_config
 from tavaal.errors import TavaalError
 from tavaal.report import plot_table, summarize
 from tavaal.sweep import objective_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("random", "entropy", "coreset", "lloss", "lloss_rank", "vaal", "tavaal")
-SETTINGS = {"balanced": [], "imbalanced": ["data.imbalance_ratio=10"]}  # minority: the even classes (paper)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One curve setting: the protocol's preset (``--paper`` / ``--data``) with ``overrides``, or its own preset."""
+
+    overrides: tuple[str, ...] = ()  # on top of the preset (and, without a preset of its own, the protocol's)
+    preset: str | None = None  # None: the protocol's preset and overrides, with data.name=--data
+    smoke: tuple[str, ...] = ()  # with its own preset, under --data synthetic (tests): a tiny version of it
+    strategies: tuple[str, ...] = STRATEGIES  # when --strategies is not given
+
+
+# shapes at 96 images of 16x16, 16 + 16 labels, 1 epoch, 4 VAE iterations: ~2 s per experiment
+SHAPES_SMOKE = ("data.num_train=96", "data.num_test=32", "data.image_size=16", "train.epochs=1", "vae.iterations=4",
+                "al.initial=16", "al.budget=16", "al.stages=2", "al.subset_size=48", "train.batch_size=16",
+                "vae.batch_size=16")
+SETTINGS = {
+    "balanced": Setting(),
+    "imbalanced": Setting(("data.imbalance_ratio=10",)),  # minority: the even classes (paper)
+    "shapes": Setting(preset="configs/shapes_seg_cpu.yaml", smoke=SHAPES_SMOKE,
+                      strategies=("random", "entropy", "lloss", "vaal", "tavaal")),
+}
+DEFAULT_SETTINGS = ("balanced", "imbalanced")
+SYNTHETIC_DATA = ("shapes_seg", "synthetic", "toy2d")  # generated in memory: "synthetic" in the description
 RIVALS = ("random", "vaal", "lloss", "lloss_rank")  # tavaal's summary lines
 CPU_PROTOCOL = ["al.initial=100", "al.budget=100", "al.stages=6", "al.subset_size=1000", "train.epochs=10",
                 "train.milestones=[8]", "train.ranker_stop_grad_epoch=6", "vae.iterations=100"]
@@ -83,14 +124,28 @@ def run_one(base: str, overrides: list[str], path: str) -> dict:
     from tavaal.experiment import run_experiment
 
     cfg = load_config(ROOT / base, overrides)
+    data = data_summary(cfg)
     t = time.perf_counter()
     records = run_experiment(cfg, out_dir=None, log=lambda msg: None)
-    result = {"config": cfg.to_dict(), "overrides": overrides, "minutes": (time.perf_counter() - t) / 60,
-              "records": [r.to_dict() for r in records]}
+    result = {"config": cfg.to_dict(), "overrides": overrides, "data": data,
+              "minutes": (time.perf_counter() - t) / 60, "records": [r.to_dict() for r in records]}
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, path)
     return result
+
+
+def data_summary(cfg: Config) -> dict:
+    """The pool and test split the experiment sees (for the report's description line): sizes, input shape and
+    each class's share of the pool's labels (segmentation: of its pixels)."""
+    from tavaal.core.metrics import label_counts
+    from tavaal.data import build_dataset
+
+    data = build_dataset(cfg.data, cfg.seed)
+    counts = label_counts(data.train_targets, np.arange(len(data.train)), data.num_classes)
+    return {"name": data.name, "task": data.task, "pool": len(data.train), "test": len(data.test),
+            "input_shape": list(data.input_shape), "class_names": list(data.class_names),
+            "class_share": (counts / max(1, counts.sum())).tolist()}
 
 
 def _init_worker(gpus) -> None:
@@ -99,45 +154,51 @@ def _init_worker(gpus) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
 
 
-def plan(args, protocol: tuple[str, list[str]], threads: int) -> list[tuple[str, str, int, list[str]]]:
-    """(setting, strategy, seed, overrides) for every experiment, seed by seed so a partial run is useful."""
-    base_sets = [*protocol[1], f"num_threads={threads}"] if threads else list(protocol[1])
-    return [(setting, strategy, seed,
-             [*base_sets, *SETTINGS[setting], f"al.strategy={strategy}", f"seed={seed}", *args.set])
-            for seed in range(args.seeds) for setting in args.settings for strategy in args.strategies]
+def plan(args, configs: dict[str, tuple[str, list[str]]], threads: int) -> list[tuple[str, str, int, str, list[str]]]:
+    """(setting, strategy, seed, preset, overrides) for every experiment, seed by seed so a partial run is useful;
+    ``configs``: setting -> (preset, overrides) from ``setting_configs``."""
+    per_run = [f"num_threads={threads}"] if threads else []
+    return [(setting, strategy, seed, base,
+             [*sets, *per_run, f"al.strategy={strategy}", f"seed={seed}", *args.set])
+            for seed in range(args.seeds) for setting, (base, sets) in configs.items()
+            for strategy in args.strategies or SETTINGS[setting].strategies]
 
 
 def raw_path(run_dir: Path, setting: str, strategy: str, seed: int) -> Path:
     return run_dir / "raw" / f"{setting}-{strategy}-seed{seed}.json"
 
 
-def eta_minutes(done: dict[str, list[float]], remaining: list[str], jobs: int) -> float:
-    """Remaining experiments x their strategy's mean minutes so far (else the overall mean), over ``jobs``."""
+def eta_minutes(done: dict, remaining: list, jobs: int) -> float:
+    """Remaining experiments x their kind's (strategy, or (preset, strategy)) mean minutes so far (else the overall
+    mean), over ``jobs``."""
     every = [m for ms in done.values() for m in ms]
     mean = float(np.mean(every)) if every else 0.0
     return sum(float(np.mean(done[s])) if done.get(s) else mean for s in remaining) / max(1, jobs)
 
 
-def run_all(todo: list, base: str, run_dir: Path, jobs: int, gpus: int) -> int:
+def run_all(todo: list, run_dir: Path, jobs: int, gpus: int) -> int:
     """Run ``todo`` with ``jobs`` worker processes (in this process for 1 job); returns the number that failed."""
-    done: dict[str, list[float]] = {}
+    done: dict[tuple[str, str], list[float]] = {}  # (preset, strategy): experiments of one preset cost alike
     failed, t0 = 0, time.perf_counter()
-    left = [strategy for _, strategy, _, _ in todo]
+    left = [(base, strategy) for _, strategy, _, base, _ in todo]
+    preset = {(setting, strategy, seed): base for setting, strategy, seed, base, _ in todo}
 
     def report(i: int, setting: str, strategy: str, seed: int, result: dict | None, err: str = "") -> None:
-        left.remove(strategy)
+        key = (preset[setting, strategy, seed], strategy)
+        left.remove(key)
         elapsed = (time.perf_counter() - t0) / 60
         if result is None:
             print(f"[{i}/{len(todo)}] {setting} {strategy} seed {seed}: FAILED {err}", flush=True)
             return
         last = result["records"][-1]
-        done.setdefault(strategy, []).append(result["minutes"])
-        print(f"[{i}/{len(todo)}] {setting} {strategy} seed {seed}: acc {last['accuracy'] * 100:.2f}% at "
+        done.setdefault(key, []).append(result["minutes"])
+        metric = "acc" if last.get("miou") is None else "mIoU"
+        print(f"[{i}/{len(todo)}] {setting} {strategy} seed {seed}: {metric} {quality(last) * 100:.2f}% at "
               f"{last['num_labeled']} labels, {result['minutes']:.1f} min; elapsed {elapsed:.1f} min, "
               f"ETA {eta_minutes(done, left, jobs):.0f} min", flush=True)
 
     if jobs == 1:
-        for i, (setting, strategy, seed, sets) in enumerate(todo, 1):
+        for i, (setting, strategy, seed, base, sets) in enumerate(todo, 1):
             try:
                 report(i, setting, strategy, seed, run_one(base, sets, str(raw_path(run_dir, setting, strategy, seed))))
             except Exception as e:  # noqa: BLE001 - as in the pool below
@@ -152,7 +213,7 @@ def run_all(todo: list, base: str, run_dir: Path, jobs: int, gpus: int) -> int:
             queue.put(k % gpus)
     with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
         futures = {pool.submit(run_one, base, sets, str(raw_path(run_dir, setting, strategy, seed))):
-                   (setting, strategy, seed) for setting, strategy, seed, sets in todo}
+                   (setting, strategy, seed) for setting, strategy, seed, base, sets in todo}
         try:
             for i, fut in enumerate(cf.as_completed(futures), 1):
                 try:
@@ -190,31 +251,63 @@ def paired(runs: dict, a: str, b: str, metric) -> tuple[float, int, int]:
     return (float(np.mean(diffs)) if diffs else float("nan")), sum(d > 0 for d in diffs), len(seeds)
 
 
+def quality(record: dict) -> float:
+    """A stage's quality metric: mIoU for segmentation records, test accuracy otherwise."""
+    return record["accuracy"] if record.get("miou") is None else record["miou"]
+
+
+def metric_name(runs: dict) -> str:
+    """"mIoU" or "accuracy": what ``quality`` measures in a setting (``runs``: strategy -> seed -> JSON)."""
+    first = next(iter(next(iter(runs.values())).values()))
+    return "accuracy" if first["records"][0].get("miou") is None else "mIoU"
+
+
 def auc(records: list[dict]) -> float:
-    return objective_metrics(records)["auc"]
+    return objective_metrics(records)["auc"]  # of quality(record): mIoU where records carry it
 
 
 def at_stage(stage: int):
-    return lambda records: records[stage]["accuracy"]
+    return lambda records: quality(records[stage])
 
 
 def mean_std(values) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
-def setting_section(setting: str, runs: dict, name: str) -> list[str]:
-    """Tables and summary lines of one setting (``runs``: strategy -> seed -> experiment JSON)."""
-    names = ordered(runs)
-    table = summarize({s: _cells(runs[s]) for s in names})
-    labels = [r["labels"] for r in table[names[0]]]
-    data = next(iter(runs[names[0]].values()))["config"]["data"]
+def describe(runs: dict) -> str:
+    """A setting's description line, from its first experiment's config and data summary."""
+    first = next(iter(next(iter(runs.values())).values()))
+    data = first["config"]["data"]
+    if metric_name(runs) == "mIoU":
+        d = first["data"]
+        share = max(range(len(d["class_share"])), key=d["class_share"].__getitem__)
+        return (f"{d['name']}: {d['pool']:,} {'synthetic ' * (d['name'] in SYNTHETIC_DATA)}pool images "
+                f"({d['input_shape'][1]}x{d['input_shape'][2]}, {len(d['class_share'])} pixel classes, "
+                f"~{d['class_share'][share]:.0%} {d['class_names'][share]}), test split of {d['test']:,}; label "
+                "entropy: of the labeled set's pixel classes.")
     what = ("the whole training split as the pool" if data["imbalance_ratio"] <= 1 else
             f"imbalance ratio {data['imbalance_ratio']:g}: minority classes ({data['minority_classes']}) keep "
             f"1/{data['imbalance_ratio']:g} of their training images; test split balanced")
+    return f"{data['name']}, {what}."
+
+
+def setting_section(setting: str, runs: dict, name: str, config: dict | None = None) -> list[str]:
+    """Tables and summary lines of one setting (``runs``: strategy -> seed -> experiment JSON; ``config``: its
+    preset and overrides from run.json)."""
+    names = ordered(runs)
+    table = summarize({s: _cells(runs[s]) for s in names})
+    labels = [r["labels"] for r in table[names[0]]]
+    metric = metric_name(runs)
+    pt = "pt" if metric == "accuracy" else f"pt {metric}"
     head = "| labels | " + " | ".join(names) + " |"
     rule = "| --- |" + " --- |" * len(names)
-    lines = [f"## {setting}", "", f"{data['name']}, {what}.", "", "Test accuracy (%), mean ± std over seeds:", "",
-             head, rule]
+    lines = [f"## {setting}", "", describe(runs), ""]
+    if config is not None:
+        lines += [f"Preset: `{config['base']}` with {', '.join(config['overrides']) or 'no overrides'} (+ al.strategy, "
+                  "seed, num_threads).", ""]
+    lines += ["Minutes per experiment (mean): " + ", ".join(
+        f"{s} {np.mean([e['minutes'] for e in runs[s].values()]):.1f}" for s in names) + ".", "",
+              f"Test {metric} (%), mean ± std over seeds:", "", head, rule]
     for i, n in enumerate(labels):
         lines.append(f"| {n} | " + " | ".join(f"{table[s][i]['mean'] * 100:.2f} ± {table[s][i]['std'] * 100:.2f}"
                                                if i < len(table[s]) else "—" for s in names) + " |")
@@ -226,7 +319,7 @@ def setting_section(setting: str, runs: dict, name: str) -> list[str]:
     lines.append("| seeds | " + " | ".join(str(len(runs[s])) for s in names) + " |")
     others = [s for s in names if s != "random"]
     if "random" in runs and others:
-        lines += ["", "Improvement over random (pt, mean over paired seeds; seeds ahead / seeds):", "",
+        lines += ["", f"Improvement over random ({pt}, mean over paired seeds; seeds ahead / seeds):", "",
                   "| labels | " + " | ".join(others) + " |", "| --- |" + " --- |" * len(others)]
         for i, n in enumerate(labels):
             lines.append(f"| {n} | " + " | ".join(_diff(runs, s, "random", at_stage(i)) for s in others) + " |")
@@ -235,25 +328,26 @@ def setting_section(setting: str, runs: dict, name: str) -> list[str]:
     for rival in (r for r in RIVALS if r in runs and "tavaal" in runs):
         d, ahead, n = paired(runs, "tavaal", rival, auc)
         f, f_ahead, _ = paired(runs, "tavaal", rival, at_stage(len(labels) - 1))
-        lines.append(f"- tavaal vs {rival}: {d * 100:+.1f} pt AUC ({ahead}/{n} seeds ahead), {f * 100:+.1f} pt at "
-                     f"{labels[-1]} labels ({f_ahead}/{n} seeds ahead)")
+        lines.append(f"- tavaal vs {rival}: {d * 100:+.1f} {pt} AUC ({ahead}/{n} seeds ahead), {f * 100:+.1f} {pt} "
+                     f"at {labels[-1]} labels ({f_ahead}/{n} seeds ahead)")
     ent = {s: [e["records"][-1]["label_entropy_norm"] for e in runs[s].values()] for s in ("tavaal", "random")
            if s in runs}
     if len(ent) == 2:
-        lines.append(f"- label entropy (norm) of the labeled set at {labels[-1]} labels (paper Fig. 7a): tavaal "
-                     f"{np.mean(ent['tavaal']):.3f} ± {np.std(ent['tavaal']):.3f}, random "
-                     f"{np.mean(ent['random']):.3f} ± {np.std(ent['random']):.3f}")
+        lines.append(f"- label entropy (norm) of the labeled set{' (pixels)' * (metric == 'mIoU')} at {labels[-1]} "
+                     f"labels (paper Fig. 7a): tavaal {np.mean(ent['tavaal']):.3f} ± {np.std(ent['tavaal']):.3f}, "
+                     f"random {np.mean(ent['random']):.3f} ± {np.std(ent['random']):.3f}")
     lines += ["", f"![{setting}]({name}/{setting}.png)", ""]
     return lines
 
 
 def _cells(by_seed: dict) -> dict:
-    """labels -> {"accuracy", "entropy", "entropy_norm": [per seed]}, the shape ``tavaal.report.summarize`` takes."""
+    """labels -> {"accuracy" (the quality metric), "entropy", "entropy_norm": [per seed]}, the shape
+    ``tavaal.report.summarize`` takes."""
     cells: dict = {}
     for k in sorted(by_seed):
         for r in by_seed[k]["records"]:
             cell = cells.setdefault(r["num_labeled"], {"accuracy": [], "entropy": [], "entropy_norm": []})
-            cell["accuracy"].append(r["accuracy"])
+            cell["accuracy"].append(quality(r))
             cell["entropy"].append(r["label_entropy"])
             cell["entropy_norm"].append(r["label_entropy_norm"])
     return cells
@@ -265,15 +359,16 @@ def _diff(runs: dict, a: str, b: str, metric) -> str:
 
 
 def write_figure(setting: str, runs: dict, path: Path) -> None:
-    """Accuracy ± std, accuracy - random, label entropy (norm) vs labels: one PNG per setting."""
+    """Quality ± std, quality - random, label entropy (norm) vs labels: one PNG per setting."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     table = summarize({s: _cells(runs[s]) for s in ordered(runs)})
+    metric = metric_name(runs)
     fig = Figure(figsize=(15, 4.2), dpi=100)
     FigureCanvasAgg(fig)
-    panels = (("mean", 100, "test accuracy (%)"), ("vs_random", 100, "accuracy - random (pt)"),
-              ("entropy_norm", 1, "label entropy / log C"))
+    panels = (("mean", 100, f"test {metric} (%)"), ("vs_random", 100, f"{metric} - random (pt)"),
+              ("entropy_norm", 1, "pixel-label entropy / log C" if metric == "mIoU" else "label entropy / log C"))
     for i, (key, scale, ylabel) in enumerate(panels):
         ax = fig.add_subplot(1, 3, i + 1)
         plot_table(ax, table, key, scale)
@@ -293,14 +388,15 @@ def write_report(out: Path, name: str) -> Path:
     raw = load_raw(run_dir)
     if not raw:
         raise SystemExit(f"error: no finished experiments in {run_dir / 'raw'}")
+    metrics = sorted({metric_name(runs) for runs in raw.values()})
     lines = [f"# Active-learning curves: {', '.join(ordered({s for r in raw.values() for s in r}))}", "",
-             f"- protocol: {meta['protocol']}: `{meta['base']}` with {', '.join(meta['overrides']) or 'no overrides'}"
-             " (+ the setting's overrides, al.strategy, seed)",
-             "- std over seeds with ddof 0 (as `tavaal.report`); AUC: trapezoid of accuracy over labels divided by "
-             "the label range (`tavaal.sweep.objective_metrics`), in %",
-             "- minutes per experiment (mean): " + ", ".join(
-                 f"{s} {np.mean([e['minutes'] for r in raw.values() for e in r.get(s, {}).values()]):.1f}"
-                 for s in ordered({s for r in raw.values() for s in r}))]
+             f"- protocol: {meta['protocol']}: " + (
+                 f"`{meta['base']}` with {', '.join(meta['overrides']) or 'no overrides'} (+ the setting's "
+                 "overrides, al.strategy, seed)" if "settings" not in meta else
+                 "each setting's preset and overrides under its heading"),
+             "- std over seeds with ddof 0 (as `tavaal.report`); AUC: trapezoid of "
+             f"{'accuracy (segmentation settings: mIoU)' if len(metrics) > 1 else metrics[0]} over labels "
+             "divided by the label range (`tavaal.sweep.objective_metrics`), in %"]
     for inv in meta["invocations"]:
         lines.append(f"- run: `{inv['command']}` on {inv['date']}, git {inv['git']}, {inv['machine']}; "
                      f"{inv['jobs']} jobs x {inv['threads'] or 'default'} threads, {inv['ran']} experiments "
@@ -308,7 +404,7 @@ def write_report(out: Path, name: str) -> Path:
                      f"{inv['load'][0]:.2f} / {inv['load'][1]:.2f}")
     lines.append("")
     for setting in [s for s in SETTINGS if s in raw] + sorted(set(raw) - set(SETTINGS)):
-        lines += setting_section(setting, raw[setting], name)
+        lines += setting_section(setting, raw[setting], name, meta.get("settings", {}).get(setting))
         write_figure(setting, raw[setting], run_dir / f"{setting}.png")
     path = out / f"{name}.md"
     path.write_text("\n".join(lines))
@@ -320,17 +416,20 @@ def write_report(out: Path, name: str) -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES, metavar="NAME",
-                    help="default: all seven")
+    ap.add_argument("--strategies", nargs="+", default=None, choices=STRATEGIES, metavar="NAME",
+                    help="for every setting (default: each setting's: all seven; shapes: "
+                         f"{' '.join(SETTINGS['shapes'].strategies)})")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per strategy and setting (default: 3)")
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="default: both")
+    ap.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(SETTINGS),
+                    help=f"default: {' '.join(DEFAULT_SETTINGS)}")
     ap.add_argument("--jobs", type=int, default=None,
                     help="experiments in parallel, each with num_threads = cores // jobs (default: one per core, "
                          "1 thread each; --paper: one per GPU); 1 runs them in this process")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     ap.add_argument("--paper", action="store_true", help="the paper's protocol (configs/cifar10_tavaal.yaml): GPUs")
     ap.add_argument("--data", default="fashionmnist",
-                    help="data set (default: %(default)s; synthetic: the smoke preset's tiny images, for tests)")
+                    help="data set of the balanced and imbalanced settings (default: %(default)s; synthetic: the "
+                         "smoke preset's tiny images, and every setting with its own preset in a tiny version: tests)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"), help="default: benchmarks/results")
     ap.add_argument("--name", default=f"curves-{datetime.date.today():%Y-%m-%d}",
                     help="run name: <out>/<name>.md and <out>/<name>/ (default: curves-<today>)")
@@ -339,6 +438,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.seeds < 1 or (args.jobs is not None and args.jobs < 1):
         ap.error("--seeds and --jobs must be >= 1")
+    if args.paper and any(SETTINGS[s].preset for s in args.settings):
+        ap.error("--paper: settings with a preset of their own (shapes: a CPU preset) have no paper protocol")
     return args
 
 
@@ -348,6 +449,28 @@ def protocol_of(args) -> tuple[str, str, list[str]]:
     base, sets = PROTOCOLS[name]
     extra = PAPER_DATA.get(args.data, []) if args.paper else []
     return name, base, [*sets, f"data.name={args.data}", *extra, *args.set]
+
+
+def setting_configs(args) -> dict[str, tuple[str, list[str]]]:
+    """setting -> (preset, overrides) of its experiments, less num_threads, al.strategy and seed (``plan``)."""
+    protocol, base, sets = protocol_of(args)
+    configs = {}
+    for name in args.settings:
+        s = SETTINGS[name]
+        if s.preset is None:
+            configs[name] = (base, [*sets, *s.overrides])
+        else:  # its own base: none of the protocol's overrides, nor data.name
+            configs[name] = (s.preset, [*(s.smoke if protocol == "smoke" else s.overrides), *args.set])
+    return configs
+
+
+def recorded_settings(meta: dict) -> dict[str, dict]:
+    """setting -> {"base", "overrides"} from a run.json; one written before settings had presets of their own
+    holds the protocol's preset and overrides, which its settings extended with their own."""
+    if "settings" in meta:
+        return meta["settings"]
+    return {name: {"base": meta["base"], "overrides": [*meta["overrides"], *s.overrides]}
+            for name, s in SETTINGS.items() if s.preset is None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,20 +484,24 @@ def main(argv: list[str] | None = None) -> int:
     from scoring import git_rev, machine  # same header fields as the other benchmarks; here, not at the top: the
     # worker processes re-import this module and need none of scoring.py's imports (ray)
 
-    protocol, base, sets = protocol_of(args)
+    protocol = protocol_of(args)[0]
+    configs = setting_configs(args)
     meta_path = run_dir / "run.json"
-    meta = {"protocol": protocol, "base": base, "overrides": sets, "invocations": []}
+    meta = {"protocol": protocol, "settings": {s: {"base": b, "overrides": o} for s, (b, o) in configs.items()},
+            "invocations": []}
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         if not args.resume:
             print(f"error: {run_dir} holds a run; pass --resume to continue it or --name for a new one",
                   file=sys.stderr)
             return 2
-        if (old["base"], old["overrides"]) != (base, sets):
-            print(f"error: {run_dir} was run with {old['base']} + {old['overrides']}; resume it with the same "
-                  "protocol and --set values", file=sys.stderr)
-            return 2
-        meta = old
+        before = recorded_settings(old)
+        for s, (b, o) in configs.items():
+            if s in before and (before[s]["base"], before[s]["overrides"]) != (b, o):
+                print(f"error: {run_dir} ran {s} with {before[s]['base']} + {before[s]['overrides']}; resume it "
+                      "with the same protocol and --set values", file=sys.stderr)
+                return 2
+        meta = {**old, "settings": {**before, **meta["settings"]}}  # a setting new to the run joins it
     gpus = 0
     if args.paper:
         import torch
@@ -383,9 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count() or 1
     jobs = args.jobs or (max(1, gpus) if args.paper else cpus)
     threads = max(1, cpus // jobs)
-    todo = plan(args, (base, sets), threads)
+    todo = plan(args, configs, threads)
     try:  # every config checked before the first experiment starts
-        for _, _, _, overrides in todo:
+        for _, _, _, base, overrides in todo:
             load_config(ROOT / base, overrides)
     except TavaalError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -403,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["invocations"].append(inv)
     meta_path.write_text(json.dumps(meta, indent=1))
     t0 = time.perf_counter()
-    failed = run_all(todo, base, run_dir, min(jobs, max(1, len(todo))), gpus) if todo else 0
+    failed = run_all(todo, run_dir, min(jobs, max(1, len(todo))), gpus) if todo else 0
     inv["minutes"], inv["load"][1] = (time.perf_counter() - t0) / 60, os.getloadavg()[0]
     meta_path.write_text(json.dumps(meta, indent=1))
     print(f"wrote {write_report(out, args.name)}")

@@ -1,6 +1,8 @@
-"""The benchmark scripts (benchmarks/ is not a package): curves.py on a tiny synthetic protocol, its report maths on
-hand-made records, and stage_time.py's local vs Ray table on the smoke preset."""
+"""The benchmark scripts (benchmarks/ is not a package): curves.py on a tiny synthetic protocol and on tiny shapes
+(segmentation: mIoU), its settings' presets, its report maths on hand-made records, and stage_time.py's local vs Ray
+table on the smoke preset."""
 import json
+import math
 import re
 import struct
 import subprocess
@@ -17,6 +19,9 @@ import curves  # noqa: E402
 TINY = ["--data", "synthetic", "--strategies", "random", "tavaal", "--seeds", "2", "--set", "train.epochs=1",
         "--set", "vae.iterations=4", "--set", "al.stages=2", "--name", "curves-test"]
 CELL = r"(\d+\.\d\d) ± (\d+\.\d\d)"
+# the shapes setting's tiny version (16 + 16 labels of 96 images, 16x16), 2 strategies, 1 seed: ~2 s per experiment
+SHAPES = ["--data", "synthetic", "--settings", "shapes", "--strategies", "random", "tavaal", "--seeds", "1",
+          "--jobs", "1", "--name", "curves-shapes"]
 
 
 def run_script(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -79,6 +84,63 @@ def test_curves_runs_resumes_and_rebuilds_its_report(tmp_path, capsys):
     assert curves.main([*TINY, *out]) == 2 and "--resume" in capsys.readouterr().err
     assert curves.main([*TINY, "--set", "train.lr=0.2", "--resume", *out]) == 2
     assert "resume it with the same protocol" in capsys.readouterr().err
+
+
+def test_curves_shapes_setting_reports_miou(tmp_path, capsys):
+    out = ["--out", str(tmp_path)]
+    proc = run_script("curves.py", *SHAPES, *out)
+    assert proc.stdout.count("] ") == 2 and "mIoU" in proc.stdout
+    run_dir = tmp_path / "curves-shapes"
+    # its own preset, tiny: none of the Fashion-MNIST protocol's overrides, no data.name
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["settings"] == {"shapes": {"base": "configs/shapes_seg_cpu.yaml",
+                                           "overrides": list(curves.SHAPES_SMOKE)}}
+    miou = {}
+    for strategy in ("random", "tavaal"):
+        exp = json.loads((run_dir / "raw" / f"shapes-{strategy}-seed0.json").read_text())
+        assert exp["config"]["task"] == "segmentation" and exp["config"]["data"]["name"] == "shapes_seg"
+        assert [r["num_labeled"] for r in exp["records"]] == [16, 32]
+        miou[strategy] = [r["miou"] for r in exp["records"]]
+        assert all(math.isfinite(m) and 0 <= m <= 1 for m in miou[strategy]), miou
+        assert any(r["miou"] != r["accuracy"] for r in exp["records"])  # pixel accuracy is not what gets reported
+    part = section((tmp_path / "curves-shapes.md").read_text(), "shapes")
+    assert re.search(r"shapes_seg: 96 synthetic pool images \(16x16, 5 pixel classes, ~[789]\d% background\), test "
+                     r"split of 32; label entropy: of the labeled set's pixel classes", part), part
+    table = part.split("Test mIoU (%), mean ± std over seeds:", 1)[1].split("Improvement", 1)[0]
+    rows = [line for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
+    # one seed: std 0, mean = the record's mIoU; AUC of two stages = their mean
+    assert rows == [f"| {n} | {miou['random'][i] * 100:.2f} ± 0.00 | {miou['tavaal'][i] * 100:.2f} ± 0.00 |"
+                    for i, n in enumerate((16, 32))]
+    assert f"| **AUC** | {sum(miou['random']) * 50:.2f} ± 0.00 | {sum(miou['tavaal']) * 50:.2f} ± 0.00 |" in table
+    gain = (sum(miou["tavaal"]) - sum(miou["random"])) * 50
+    assert (f"- tavaal vs random: {gain:+.1f} pt mIoU AUC ({int(gain > 0)}/1 seeds ahead), "
+            f"{(miou['tavaal'][1] - miou['random'][1]) * 100:+.1f} pt mIoU at 32 labels") in part
+    assert "accuracy" not in part.split("Preset:", 1)[1]
+    assert png_size(run_dir / "shapes.png") == (1500, 420)
+    assert curves.main([*SHAPES, "--set", "train.lr=0.2", "--resume", *out]) == 2
+    assert "resume it with the same protocol" in capsys.readouterr().err
+
+
+def test_curves_settings_carry_their_presets_and_default_strategies():
+    args = curves.parse_args(["--settings", "balanced", "shapes", "--seeds", "1"])
+    todo = curves.plan(args, curves.setting_configs(args), threads=1)
+    fmnist = [t for t in todo if t[0] == "balanced"]
+    assert [t[1] for t in fmnist] == list(curves.STRATEGIES)
+    assert all(base == "configs/fashionmnist_tavaal_cpu.yaml" and sets[:len(curves.CPU_PROTOCOL)] == curves.CPU_PROTOCOL
+               and "data.name=fashionmnist" in sets for _, _, _, base, sets in fmnist)
+    assert [t[1:] for t in todo if t[0] == "shapes"] == [
+        (k, 0, "configs/shapes_seg_cpu.yaml", ["num_threads=1", f"al.strategy={k}", "seed=0"])
+        for k in ("random", "entropy", "lloss", "vaal", "tavaal")]
+    assert curves.parse_args([]).settings == ["balanced", "imbalanced"]  # the Fashion-MNIST command as before
+    chosen = curves.parse_args(["--settings", "imbalanced", "shapes", "--strategies", "vaal", "random"])
+    assert [t[:3] for t in curves.plan(chosen, curves.setting_configs(chosen), 0)] == [  # seed by seed
+        (s, k, n) for n in range(3) for s in ("imbalanced", "shapes") for k in ("vaal", "random")]
+    with pytest.raises(SystemExit):
+        curves.parse_args(["--paper", "--settings", "shapes"])
+    # a run.json written before settings had presets of their own resumes with the same command
+    legacy = json.loads((ROOT / "benchmarks/results/curves-2026-11-25/run.json").read_text())
+    assert {s: (c["base"], c["overrides"]) for s, c in curves.recorded_settings(legacy).items()} == \
+        curves.setting_configs(curves.parse_args([]))
 
 
 def fake_run(tmp_path: Path, accs: dict[str, list[list[float]]], entropy: dict[str, float]) -> Path:
