@@ -5,7 +5,8 @@
 Groups the finished runs by strategy (param ``al.strategy``; seeds are averaged), and writes:
 ``accuracy.png`` (test accuracy vs labels, mean ± std over seeds: the paper's Fig. 3/4),
 ``improvement.png`` (accuracy minus random's at each label count), ``entropy.png`` (the labeled set's
-class entropy per stage, Fig. 7a) and ``report.md`` (the same numbers as tables).
+class entropy per stage, Fig. 7a) and ``report.md`` (the same numbers as tables). Segmentation runs (those
+that logged ``test/miou``) are plotted and tabulated by mIoU instead of (pixel) accuracy.
 """
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ def collect(tracking_uri: str, experiment: str) -> dict[str, dict[int, dict[str,
         if strategy is None:  # a sweep's parent run
             continue
         hist = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-                for key in ("labels/count", "test/accuracy", "labels/entropy", "labels/entropy_norm")}
+                for key in ("labels/count", "test/accuracy", "test/miou", "labels/entropy", "labels/entropy_norm")}
+        quality = hist["test/miou"] or hist["test/accuracy"]  # segmentation runs: mIoU
         for step, count in hist["labels/count"].items():
-            if step in hist["test/accuracy"]:
+            if step in quality:
                 cell = out[strategy][int(count)]
-                cell["accuracy"].append(hist["test/accuracy"][step])
+                cell["accuracy"].append(quality[step])
                 cell["entropy"].append(hist["labels/entropy"].get(step, np.nan))
                 cell["entropy_norm"].append(hist["labels/entropy_norm"].get(step, np.nan))
     if not out:

@@ -72,15 +72,18 @@ class Combined:
         return {f"{key}/{name}": v for key, s in self.scorers.items() for name, v in s(x, idx).items()}
 
 
-def _disc_scorer(stage, conditional: bool) -> DiscriminatorScorer:
+def _disc_scorer(stage, conditional: bool, vae_cfg=CFG.vae) -> DiscriminatorScorer:
+    from tavaal.core.vae_training import vae_input_shape
+
     data, pool, cand, spec, local, tasks = stage
     rhat = None
     if conditional:  # as the tavaal strategy does: r̂ of every labeled and candidate sample, once
         both = np.union1d(pool.labeled_indices(), cand)
         rhat = np.full(len(data.train), np.nan, dtype=np.float32)
         rhat[both] = local.score(TaskScorer(spec, tasks["rank"], "rhat"), both, 64)["rhat"]
-    v = dataclasses.replace(CFG.vae, vae_steps=1, kl_reduction="mean")
-    job = VAEJob(data.input_shape, v, pool.labeled_indices(), cand, 3, 0, conditional, rhat=rhat)
+    v = dataclasses.replace(vae_cfg, vae_steps=1, kl_reduction="mean")
+    job = VAEJob(vae_input_shape(data.input_shape, v.input_size), v, pool.labeled_indices(), cand, 3, 0, conditional,
+                 rhat=rhat)
     return DiscriminatorScorer(job, local.train_vae(job))
 
 
@@ -103,6 +106,24 @@ def test_every_scorer_kind_equals_the_local_loop(ray_cluster, stage, compute):
     assert set(got) == names
     assert got["embedding/embedding"].shape == (idx.size, 128)  # [B, D] outputs survive the round trip
     assert np.ptp(got["entropy/entropy"]) > 0 and np.ptp(got["tavaal/logit"]) > 0  # not constant outputs
+
+
+def test_segmentation_scores_equal_the_local_loop(ray_cluster):
+    """Per-image scores of a segmentation model (mean pixel entropy, r̂, pooled embedding) and TA-VAAL's
+    discriminator on images resized for the VAE (vae.input_size) come out of Ray Data as from the local loop."""
+    from test_segmentation import TINY_SEG
+
+    cfg = load_config("configs/shapes_seg_cpu.yaml", TINY_SEG + ["vae.input_size=32"])
+    seg = trained_stage(cfg, 48)
+    data, pool, cand, spec, local, tasks = seg
+    scorers = {kind: TaskScorer(spec, tasks["rank"], kind) for kind in ("entropy", "rhat", "embedding")}
+    scorers["tavaal"] = _disc_scorer(seg, True, cfg.vae)
+    idx = np.concatenate([cand, pool.labeled_indices()[:5]])
+    got = score_with_ray_data(Combined(scorers), ray.put(data), idx, batch_size=13, concurrency=2, compute="tasks")
+    for key, scorer in scorers.items():
+        for name, w in score_pool(scorer, data, idx, 13, CPU).items():
+            np.testing.assert_allclose(got[f"{key}/{name}"], w, rtol=0, atol=1e-5, err_msg=f"{key}/{name}")
+    assert got["entropy/entropy"].shape == (idx.size,) and np.ptp(got["entropy/entropy"]) > 0
 
 
 class RayDataBackend:
