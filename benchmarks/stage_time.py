@@ -2,14 +2,18 @@
 
     python benchmarks/stage_time.py                               # Fashion-MNIST CPU preset, 3 stages each
     python benchmarks/stage_time.py --set train.epochs=30 --stages 2
+    python benchmarks/stage_time.py --ray-modes kept              # only the kept worker group
 
 Runs the same experiment (``--config``, default ``configs/fashionmnist_tavaal_cpu.yaml`` with ``--stages``
-stages) once with ``--backend local`` and once with ``--backend ray`` (a local Ray started by the run, 1
-training worker and 1 scoring worker, each with all of this machine's CPUs and torch threads, as the local
-backend uses them). Each stage's time is split into parts, timed around the backend's calls:
-  task + ranker training   ``backend.train_task`` (Ray: one TorchTrainer job)
+stages) with ``--backend local`` and with ``--backend ray`` in each of ``--ray-modes``: ``jobs`` (a
+``TorchTrainer.fit()`` per training job) and ``kept`` (``backend.keep_workers``: one worker group for the
+experiment). Ray: a local Ray started by the run, 1 training worker and 1 scoring worker of 1 logical CPU each
+(so that the kept worker and a scorer fit on the machine together) running as many torch threads as this
+machine has cores, as the local backend does. Each stage's time is split into parts, timed around the backend's
+calls:
+  task + ranker training   ``backend.train_task`` (Ray: a TorchTrainer job, or a job on the kept group)
   evaluation               test-split accuracy (in the driver for both backends)
-  VAE + discriminator      ``backend.train_vae`` (Ray: one TorchTrainer job)
+  VAE + discriminator      ``backend.train_vae`` (the same)
   scoring                  ``backend.score`` (r̂ of labeled + candidates, then the discriminator; Ray: Ray Data)
   selection                the rest of the query (r̂ normalization, sorting, top-b)
   checkpoint               ``checkpoint.save_stage``
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scoring import write_results  # noqa: E402  (same header fields as the scoring benchmark)
 
 ROOT = Path(__file__).resolve().parents[1]
+RAY_MODES = {"jobs": [], "kept": ["backend.keep_workers=true"]}
 PARTS = ("task + ranker training", "evaluation", "VAE + discriminator", "scoring", "selection", "checkpoint")
 
 
@@ -108,36 +113,42 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs/fashionmnist_tavaal_cpu.yaml"))
     ap.add_argument("--stages", type=int, default=3, help="AL stages per backend (all but the last query)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--ray-modes", nargs="+", choices=list(RAY_MODES), default=list(RAY_MODES),
+                    help="jobs: a TorchTrainer.fit() per training job; kept: backend.keep_workers (default: both)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = ap.parse_args()
     cpus = os.cpu_count() or 1
     common = [f"al.stages={args.stages}", *args.set]
-    ray_sets = ["backend.name=ray", "backend.num_workers=1", f"backend.cpus_per_worker={cpus}",
-                f"backend.score_cpus_per_actor={cpus}", "backend.score_concurrency=1"]
+    ray_sets = ["backend.name=ray", "backend.num_workers=1", "backend.cpus_per_worker=1",
+                "backend.score_cpus_per_actor=1", f"backend.threads_per_worker={cpus}", "backend.score_concurrency=1"]
+    modes = [("local", [])] + [(f"Ray, {m}", ray_sets + RAY_MODES[m]) for m in args.ray_modes]
     load0 = os.getloadavg()
     results = {}
     with tempfile.TemporaryDirectory(prefix="stage-time-") as tmp:
-        for name, sets in (("local", []), ("ray", ray_sets)):
+        for k, (name, sets) in enumerate(modes):
             cfg = load_config(args.config, common + sets)
-            print(f"{name} backend: {args.stages} stages of {Path(args.config).name}", flush=True)
-            results[name] = run(cfg, Path(tmp) / name)
+            print(f"{name}: {args.stages} stages of {Path(args.config).name}", flush=True)
+            results[name] = run(cfg, Path(tmp) / str(k))
     load1 = os.getloadavg()
-    (t_local, rec_local), (t_ray, rec_ray) = results["local"], results["ray"]
-    same = [r.selected for r in rec_local] == [r.selected for r in rec_ray]
-    lines = ["| stage | part | local s | Ray s | Ray / local |", "| --- | --- | --- | --- | --- |"]
+    t_local, rec_local = results["local"]
+    ray_names = [name for name, _ in modes[1:]]
+    same = all([r.selected for r in rec_local] == [r.selected for r in results[n][1]] for n in ray_names)
+    lines = ["| stage | part | local s | " + " | ".join(f"{n} s | {n} / local" for n in ray_names) + " |",
+             "| --- | --- | --- |" + " --- | --- |" * len(ray_names)]
     for stage in range(args.stages):
         for part in (*PARTS, "stage"):
-            a, b = t_local[stage].get(part, 0.0), t_ray[stage].get(part, 0.0)
-            if a < 0.005 and b < 0.005:
+            a = t_local[stage].get(part, 0.0)
+            bs = [results[n][0][stage].get(part, 0.0) for n in ray_names]
+            if a < 0.005 and all(b < 0.005 for b in bs):
                 continue
-            ratio = f"{b / a:.2f}" if a >= 0.005 else "-"
+            cells = [f"{b:.2f} | {b / a:.2f}" if a >= 0.005 else f"{b:.2f} | -" for b in bs]
             label = f"**{part}**" if part == "stage" else part
-            lines.append(f"| {stage + 1} | {label} | {a:.2f} | {b:.2f} | {ratio} |")
+            lines.append(f"| {stage + 1} | {label} | {a:.2f} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     write_results(args.out, "stage-time", "One TA-VAAL stage, part by part: local backend vs Ray backend (1 worker)", [
-        f"config: {os.path.relpath(args.config, ROOT)} with {', '.join(common)}; Ray: {', '.join(ray_sets)}; "
-        f"torch {torch.__version__}",
-        f"same selections with both backends: {'yes' if same else 'NO'}",
+        f"config: {os.path.relpath(args.config, ROOT)} with {', '.join(common)}; Ray: {', '.join(ray_sets)} "
+        f"(kept: + {', '.join(RAY_MODES['kept'])}); torch {torch.__version__}",
+        f"same selections with every backend: {'yes' if same else 'NO'}",
         "target (issue 6): Ray / local <= 1.3 for a stage of at least 30 s"], table, load0, load1)
 
 

@@ -103,6 +103,9 @@ class BackendConfig:
     gpus_per_worker: float = 0.0  # GPUs per training worker (> 0 trains on GPU with nccl)
     threads_per_worker: int | None = None  # torch threads in each worker/actor; None: max(1, int(cpus))
     max_failures: int = 2  # worker failures one training job survives, resuming from its last epoch checkpoint
+    # (with keep_workers: the whole experiment's worker group)
+    keep_workers: bool = False  # one Ray Train worker group for all of an experiment's training jobs (saves Ray
+    # Train's start-up, ~13 s a job on 2 cores); its workers hold their CPUs/GPUs throughout, so scoring needs its own
     storage_path: str | None = None  # Ray Train checkpoint storage (local dir or s3://, gs://); None: a temp dir
     score_concurrency: int = 1  # Ray Data workers scoring the pool at once (each sets the stage's models up once)
     score_cpus_per_actor: float = 1.0  # CPUs per scoring worker

@@ -110,3 +110,50 @@ def test_two_stage_experiment_on_ray_labels_like_local(ray_cluster, tmp_path):
     assert [r.num_labeled for r in on_ray] == [r.num_labeled for r in local] == [40, 80]
     assert len(set(on_ray[0].selected)) == 40
     assert ray.is_initialized()  # the backend did not shut down a Ray it did not start
+
+
+def test_kept_worker_group_runs_a_whole_experiment_like_local(ray_cluster, tmp_path):
+    """backend.keep_workers: one Ray Train run for every job of a 3-stage TA-VAAL experiment, the same picks as
+    the local backend on the same thread count."""
+    sets = ["train.epochs=1", "vae.iterations=4", "al.stages=3", "num_threads=1", "backend.name=ray",
+            "backend.keep_workers=true", f"backend.storage_path={tmp_path / 'train'}"]
+    cfg = load_config("configs/smoke.yaml", sets)
+    on_ray = run_experiment(cfg, out_dir=tmp_path / "ray", log=lambda m: None)
+    local = run_experiment(dataclasses.replace(cfg, backend=BackendConfig()), out_dir=tmp_path / "local",
+                           log=lambda m: None)
+    assert [r.selected for r in on_ray] == [r.selected for r in local]
+    assert [r.accuracy for r in on_ray] == [r.accuracy for r in local]
+    runs = [p.name for p in (tmp_path / "train").iterdir()]
+    assert len(runs) == 1 and runs[0].startswith("session-"), runs  # 3 task + 2 VAE jobs, one Train run
+
+
+def test_kept_worker_group_survives_a_worker_killed_mid_job(ray_cluster, stage):
+    from tavaal.core.vae_training import VAEJob
+
+    data, labeled, spec = stage
+    (ray_cluster / "fired").unlink(missing_ok=True)  # the fault fires once per "fired" file
+    (ray_cluster / "armed").write_text("")
+    backend = _ray_backend(data, num_workers=2, max_failures=1, keep_workers=True)
+    try:
+        result = backend.train_task(TaskJob(spec, CFG.train, labeled, None, seed=5))
+        v = dataclasses.replace(CFG.vae, vae_steps=1, kl_reduction="mean")
+        vae = backend.train_vae(VAEJob(data.input_shape, v, labeled[:64], labeled[64:], 6, 0, False))
+    finally:
+        backend.close()
+        (ray_cluster / "armed").unlink()
+    assert (ray_cluster / "fired").exists()  # a worker of the kept group really died at epoch 1
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]  # epoch 0 from the checkpoint, 1-2 after restart
+    assert _accuracy(spec, result, data) > 0.6
+    assert [h["iteration"] for h in vae.history][-1] == 6  # the restarted group took the next job too
+
+
+def test_keep_workers_refuses_a_ray_too_small_to_score_beside_them():
+    from tavaal.backends.distributed import check_room_to_score
+    from tavaal.errors import ConfigError
+
+    check_room_to_score(BackendConfig(num_workers=1, keep_workers=True), {"CPU": 2.0})
+    with pytest.raises(ConfigError, match="keep_workers: 2 training workers x 1 CPU"):
+        check_room_to_score(BackendConfig(num_workers=2, keep_workers=True), {"CPU": 2.0})
+    with pytest.raises(ConfigError, match="GPU"):
+        check_room_to_score(BackendConfig(gpus_per_worker=1, score_gpus_per_actor=1, keep_workers=True),
+                            {"CPU": 8.0, "GPU": 1.0})

@@ -18,6 +18,7 @@ from tavaal.core.scoring import Scorer
 from tavaal.core.training import TaskJob, TaskResult
 from tavaal.core.vae_training import VAEJob, VAEResult
 from tavaal.data.base import ALData
+from tavaal.errors import ConfigError
 
 # OMP passive waiting: see tavaal/__init__.py. Ray Train's controller polls its workers every 2 s by default, so
 # every job ended ~5 s after its last report (measured, trivial TorchTrainer on 2 cores: 5.0 s -> 1.0 s at 0.1 s;
@@ -50,6 +51,21 @@ def ensure_ray(address: str | None) -> bool:
     return True
 
 
+def check_room_to_score(cfg: BackendConfig, total: dict) -> None:
+    """With ``keep_workers`` the training workers hold their resources while the pool is scored: on a Ray that
+    cannot hold both, the first scoring would wait forever. A one-line ConfigError instead."""
+    for res, per_worker, per_scorer in (("CPU", cfg.cpus_per_worker, cfg.score_cpus_per_actor),
+                                        ("GPU", cfg.gpus_per_worker, cfg.score_gpus_per_actor)):
+        need = cfg.num_workers * per_worker + per_scorer
+        if per_worker + per_scorer > 0 and need > total.get(res, 0.0) + 1e-9:
+            raise ConfigError(
+                f"backend.keep_workers: {cfg.num_workers} training workers x {per_worker:g} {res} stay reserved "
+                f"while the pool is scored ({per_scorer:g} {res} per scoring worker), {need:g} in all, but this Ray "
+                f"has {total.get(res, 0.0):g}; lower backend.cpus_per_worker/gpus_per_worker or "
+                f"score_cpus_per_actor/score_gpus_per_actor (threads_per_worker sets the threads), or turn "
+                "keep_workers off")
+
+
 class RayBackend:
     name = "ray"
 
@@ -59,11 +75,18 @@ class RayBackend:
         self.data_ref: Any = None
         self._owns_ray = False
         self._tmp_storage: str | None = None
+        self._session: Any = None  # ray_train.TrainSession with backend.keep_workers, made at the first job
 
     def prepare(self, data: ALData, device: torch.device) -> None:
         import ray
 
         self._owns_ray = ensure_ray(self.cfg.address)
+        if self.cfg.keep_workers and self._owns_ray:
+            try:
+                check_room_to_score(self.cfg, ray.cluster_resources())
+            except ConfigError:
+                self.close()
+                raise
         self.data = data
         self.data_ref = ray.put(data)  # [1] once per experiment, not once per stage or worker
         self.pool_size = len(data.train)
@@ -77,7 +100,10 @@ class RayBackend:
     def train_task(self, job: TaskJob, on_epoch_end: Callable[[dict], None] | None = None) -> TaskResult:
         from tavaal.backends.ray_train import train_task_on_ray
 
-        result = train_task_on_ray(job, self._ref(), self.cfg, self.storage_path)
+        if self.cfg.keep_workers:
+            result = self._kept().train_task(job)
+        else:
+            result = train_task_on_ray(job, self._ref(), self.cfg, self.storage_path)
         for stats in result.history if on_epoch_end else ():
             on_epoch_end(stats)
         return result
@@ -85,7 +111,10 @@ class RayBackend:
     def train_vae(self, job: VAEJob, on_progress: Callable[[dict], None] | None = None) -> VAEResult:
         from tavaal.backends.ray_train import train_vae_on_ray
 
-        result = train_vae_on_ray(job, self._ref(), self.cfg, self.storage_path)
+        if self.cfg.keep_workers:
+            result = self._kept().train_vae(job)
+        else:
+            result = train_vae_on_ray(job, self._ref(), self.cfg, self.storage_path)
         for rec in result.history if on_progress else ():
             on_progress(rec)
         return result
@@ -106,9 +135,19 @@ class RayBackend:
                                    gpus_per_actor=c.score_gpus_per_actor, threads_per_actor=c.threads_per_worker,
                                    pool_size=self.pool_size, compute=c.score_compute)  # out-of-range indices fail on the driver, clearly
 
+    def _kept(self) -> Any:
+        from tavaal.backends.ray_train import TrainSession
+
+        if self._session is None:
+            self._session = TrainSession(self._ref(), self.cfg, self.storage_path)
+        return self._session
+
     def close(self) -> None:
         import ray
 
+        if self._session is not None:
+            self._session.close()
+            self._session = None
         self.data_ref = self.data = None
         if self._tmp_storage:
             shutil.rmtree(self._tmp_storage, ignore_errors=True)

@@ -11,11 +11,15 @@ The per-worker functions call the same core code as the local backend (``train_e
   [3] report + checkpoint: rank 0 checkpoints after every epoch (every ``checkpoint_every`` VAE
       iterations); after a worker failure, Ray restarts the group (``FailureConfig``) and every worker
       resumes from ``ray.train.get_checkpoint()``, losing at most the work since that checkpoint.
+
+Each job is one ``TorchTrainer.fit()``, or (``backend.keep_workers``) all jobs of an experiment run on one kept
+worker group, ``TrainSession``, which saves Ray Train's start-up per job.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -80,14 +84,12 @@ def _restore() -> dict | None:
         return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
 
 
-def train_task_per_worker(config: dict) -> None:
-    """One Ray Train worker of a task-training job (task model + optional ranker), epoch by epoch."""
+def run_task_steps(job: TaskJob, data: Any, rank: int, world: int, device: torch.device, state: dict | None,
+                   report: Callable[[dict, Callable[[], dict]], None]) -> dict:
+    """Train (or, from a checkpoint ``state``, continue) one task job on this worker; returns the result dict."""
     import ray.train.torch
 
-    job: TaskJob = config["job"]
-    data, rank, world, device = _setup_worker(config)
     model, ranker = job.spec.build(job.ranker_loss is not None, seed=derive_seed(job.seed, "init"))
-    state = _restore()
     if state is not None:
         model.load_state_dict(state["model"])
         if ranker is not None:
@@ -99,17 +101,24 @@ def train_task_per_worker(config: dict) -> None:
     if state is not None:
         optim.load_state_dict(state["optim"])
         history, start = list(state["history"]), int(state["epoch"]) + 1
+
+    def result() -> dict:
+        return {"model": cpu_state(_unwrap(model)),
+                "ranker": cpu_state(_unwrap(ranker)) if ranker is not None else None, "history": history}
+
     for epoch in range(start, job.train.epochs):
         stats = train_epoch(model, ranker, optim, data, job, epoch, device, shard=(rank, world))
         history.append(stats)
         _maybe_fail("task", epoch)
+        report(stats, lambda: result() | {"optim": optim.state_dict(), "epoch": epoch})
+    return result()
 
-        def payload() -> dict:
-            return {"model": cpu_state(_unwrap(model)),
-                    "ranker": cpu_state(_unwrap(ranker)) if ranker is not None else None,
-                    "optim": optim.state_dict(), "epoch": epoch, "history": history}
 
-        _report(stats, rank, payload)
+def train_task_per_worker(config: dict) -> None:
+    """One Ray Train worker of a task-training job (task model + optional ranker), epoch by epoch."""
+    data, rank, world, device = _setup_worker(config)
+    run_task_steps(config["job"], data, rank, world, device, _restore(),
+                   lambda metrics, payload: _report(metrics, rank, payload))
 
 
 def _allreduce_mean(module: torch.nn.Module, world: int) -> None:
@@ -127,37 +136,44 @@ def _allreduce_mean(module: torch.nn.Module, world: int) -> None:
         offset += g.numel()
 
 
-def train_vae_per_worker(config: dict) -> None:
-    """One Ray Train worker of a VAE/discriminator job, checkpointing every ``checkpoint_every`` iterations."""
-    job: VAEJob = config["job"]
-    data, rank, world, device = _setup_worker(config)
+def run_vae_steps(job: VAEJob, data: Any, rank: int, world: int, device: torch.device, state: dict | None,
+                  report: Callable[[dict, Callable[[], dict]], None], every: int) -> dict:
+    """Run (or continue) one VAE/discriminator job, checkpointing every ``every`` iterations; returns the result."""
     trainer = VAETraining(job, device, shard=(rank, world)).bind(data)
-    state = _restore()
     history: list[dict] = []
     if state is not None:
         trainer.load_state_dict(state["training"], data)
         history = list(state["history"])
-    every = config["checkpoint_every"]
+
+    def result() -> dict:
+        return {"history": history, "vae": cpu_state(trainer.vae), "disc": cpu_state(trainer.disc)}
+
     while trainer.iteration < job.iterations:
         rec = trainer.step(sync_grads=lambda m: _allreduce_mean(m, world))
         _maybe_fail("vae", trainer.iteration)
         if trainer.iteration % every == 0 or trainer.iteration == job.iterations:
             history.append(rec)
-            _report(rec, rank, lambda: {"training": trainer.state_dict(), "history": history,
-                                        "vae": cpu_state(trainer.vae), "disc": cpu_state(trainer.disc)})
+            report(rec, lambda: result() | {"training": trainer.state_dict()})
+    return result()
 
 
-def fit_on_ray(
-    per_worker: Callable[[dict], None], config: dict, bcfg: BackendConfig, storage_path: str, name: str
-) -> dict:
-    """Run one ``TorchTrainer`` job and return the payload of its last checkpoint."""
+def train_vae_per_worker(config: dict) -> None:
+    """One Ray Train worker of a VAE/discriminator job, checkpointing every ``checkpoint_every`` iterations."""
+    data, rank, world, device = _setup_worker(config)
+    run_vae_steps(config["job"], data, rank, world, device, _restore(),
+                  lambda metrics, payload: _report(metrics, rank, payload), config["checkpoint_every"])
+
+
+def make_trainer(per_worker: Callable[[dict], None], config: dict, bcfg: BackendConfig, storage_path: str,
+                 name: str) -> Any:
+    """A ``TorchTrainer`` over ``bcfg.num_workers`` workers running ``per_worker(config)``."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     threads = bcfg.threads_per_worker or max(1, int(bcfg.cpus_per_worker))
     use_gpu = bcfg.gpus_per_worker > 0
     resources = {"CPU": bcfg.cpus_per_worker} | ({"GPU": bcfg.gpus_per_worker} if use_gpu else {})
-    trainer = TorchTrainer(
+    return TorchTrainer(
         per_worker,
         train_loop_config=config | {"threads": threads},
         scaling_config=ray.train.ScalingConfig(num_workers=bcfg.num_workers, use_gpu=use_gpu,
@@ -168,7 +184,13 @@ def fit_on_ray(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
-    result = trainer.fit()
+
+
+def fit_on_ray(
+    per_worker: Callable[[dict], None], config: dict, bcfg: BackendConfig, storage_path: str, name: str
+) -> dict:
+    """Run one ``TorchTrainer`` job and return the payload of its last checkpoint."""
+    result = make_trainer(per_worker, config, bcfg, storage_path, name).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train job {name} finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -180,9 +202,101 @@ def train_task_on_ray(job: TaskJob, data_ref: Any, bcfg: BackendConfig, storage_
     return TaskResult(state["model"], state["ranker"], list(state["history"]))
 
 
+def vae_checkpoint_every(job: VAEJob) -> int:
+    return max(1, job.iterations // 10)
+
+
 def train_vae_on_ray(job: VAEJob, data_ref: Any, bcfg: BackendConfig, storage_path: str,
                      checkpoint_every: int | None = None) -> VAEResult:
-    every = checkpoint_every or max(1, job.iterations // 10)
+    every = checkpoint_every or vae_checkpoint_every(job)
     state = fit_on_ray(train_vae_per_worker, {"job": job, "data_ref": data_ref, "checkpoint_every": every},
                        bcfg, storage_path, "vae")
     return VAEResult(state["vae"], state["disc"], list(state["history"]))
+
+
+# ---------------------------------------------------------------- one worker group for a whole experiment
+
+
+def serve_per_worker(config: dict) -> None:
+    """A worker of a kept group: runs the jobs the driver posts on the board, in order, until it posts None.
+
+    Each checkpoint carries the job's number, so a group restarted after a failure (``FailureConfig``) takes up
+    the job in progress from its last checkpoint, or redoes nothing of a job already finished there.
+    """
+    import ray
+
+    data, rank, world, device = _setup_worker(config)
+    board = config["board"]
+    state = _restore()
+    i = state["job"] if state is not None else 0
+    while (posted := ray.get(board.job.remote(i))) is not None:
+        kind, job = posted
+        own = state["state"] if state is not None and state["job"] == i else None
+
+        def report(metrics: dict, payload: Callable[[], dict], i: int = i) -> None:
+            _report(metrics | {"job": i}, rank, lambda: {"job": i, "state": payload()})
+
+        if kind == "task":
+            result = run_task_steps(job, data, rank, world, device, own, report)
+        else:
+            result = run_vae_steps(job, data, rank, world, device, own, report, vae_checkpoint_every(job))
+        if rank == 0:
+            ray.get(board.finish.remote(i, result))
+        state, i = None, i + 1
+
+
+class TrainSession:
+    """One Ray Train worker group kept for many jobs (``backend.keep_workers``).
+
+    A ``TorchTrainer`` job pays Ray Train's start-up (controller and worker processes, torch imports, the
+    process group: ~13 s on 2 cores) each time; a stage has one or two. Here ``fit()`` runs once, in a thread of
+    the driver, and its workers take the jobs from a ``JobBoard`` actor. The workers keep their CPUs/GPUs until
+    ``close()``, and ``backend.max_failures`` counts worker failures over the whole session.
+    """
+
+    def __init__(self, data_ref: Any, bcfg: BackendConfig, storage_path: str) -> None:
+        import ray
+
+        from tavaal.backends.job_board import JobBoard
+
+        self.board = ray.remote(num_cpus=0)(JobBoard).remote()
+        self._next, self._error = 0, None
+        trainer = make_trainer(serve_per_worker, {"data_ref": data_ref, "board": self.board}, bcfg, storage_path,
+                               "session")
+        self._thread = threading.Thread(target=self._fit, args=(trainer,), name="tavaal-train-session", daemon=True)
+        self._thread.start()
+
+    def _fit(self, trainer: Any) -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting driver by run()
+            self._error = e
+
+    def run(self, kind: str, job: TaskJob | VAEJob) -> dict:
+        """Post ``job`` ("task" or "vae") and wait for rank 0's result dict."""
+        import ray
+
+        i, self._next = self._next, self._next + 1
+        ray.get(self.board.post.remote(i, (kind, job)))
+        ref = self.board.result.remote(i)
+        while not ray.wait([ref], timeout=0.5)[0]:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the kept Ray Train worker group stopped before job {i} ({kind}) finished: "
+                                   f"{self._error!r}")
+        return ray.get(ref)
+
+    def train_task(self, job: TaskJob) -> TaskResult:
+        r = self.run("task", job)
+        return TaskResult(r["model"], r["ranker"], list(r["history"]))
+
+    def train_vae(self, job: VAEJob) -> VAEResult:
+        r = self.run("vae", job)
+        return VAEResult(r["vae"], r["disc"], list(r["history"]))
+
+    def close(self, timeout: float = 60.0) -> None:
+        import ray
+
+        if self._thread.is_alive():
+            ray.get(self.board.post.remote(self._next, None))
+            self._thread.join(timeout)
+        ray.kill(self.board)
