@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 IGNORE_INDEX = 255  # segmentation masks: pixels that count in no loss or metric (Cityscapes' void, crop padding)
-TASKS = ("classification", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,8 @@ def augment_batch(
     """Random crop (zero padding ``crop_pad``, as torchvision's RandomCrop) and horizontal flip, per sample.
 
     x: float ``[B, C, H, W]`` in [0, 1] (before normalization, so zero padding is black as in torchvision).
-    masks: segmentation targets ``[B, H, W]``, moved with their images (padding = ``IGNORE_INDEX``); when given,
-    ``None`` stays ``None``. Returns ``(x, masks)``; the random draws do not depend on ``masks``.
+    masks: segmentation targets ``[B, H, W]`` or None; they get the same crop (padding = ``IGNORE_INDEX``) and
+    flip as their images. Returns ``(x, masks)``; the random draws do not depend on ``masks``.
     """
     b, _, h, w = x.shape
     if crop_pad > 0:

@@ -22,15 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tavaal.models.base import TaskOutput, check_image_shape
+from tavaal.models.small_cnn import conv_block
 from tavaal.registry import MODELS
-
-
-def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
 
 
 class SmallSegNet(nn.Module):
@@ -45,9 +38,11 @@ class SmallSegNet(nn.Module):
         in_channels, _, _ = check_image_shape("seg_small", input_shape, min_size=8)
         w1, w2, w3, w4 = self.feature_channels
         self.encoder = nn.ModuleList(
-            [_block(in_channels, w1, 1), _block(w1, w2, 2), _block(w2, w3, 2), _block(w3, w4, 2)]
+            [conv_block(in_channels, w1, 1), conv_block(w1, w2, 2), conv_block(w2, w3, 2), conv_block(w3, w4, 2)]
         )
-        self.decoder = nn.ModuleList([_block(w4 + w3, w3, 1), _block(w3 + w2, w2, 1), _block(w2 + w1, w1, 1)])
+        self.decoder = nn.ModuleList(
+            [conv_block(w4 + w3, w3, 1), conv_block(w3 + w2, w2, 1), conv_block(w2 + w1, w1, 1)]
+        )
         self.classifier = nn.Conv2d(w1, num_classes, 1)
 
     def forward(self, x: Tensor) -> TaskOutput:

@@ -16,7 +16,8 @@ from tavaal.models.base import TaskOutput, check_image_shape
 from tavaal.registry import MODELS
 
 
-def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+def conv_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    """Conv3x3 (no bias) - BN - ReLU: the block of the small CNN and of the small segmentation net."""
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(c_out),
@@ -35,7 +36,7 @@ class SmallCNN(nn.Module):
         in_channels, _, _ = check_image_shape("small_cnn", input_shape)
         w1, w2, w3, w4 = self.feature_channels
         self.blocks = nn.ModuleList(
-            [_block(in_channels, w1, 2), _block(w1, w2, 2), _block(w2, w3, 2), _block(w3, w4, 2)]
+            [conv_block(in_channels, w1, 2), conv_block(w1, w2, 2), conv_block(w2, w3, 2), conv_block(w3, w4, 2)]
         )
         self.linear = nn.Linear(self.embedding_dim, num_classes)
 
