@@ -43,7 +43,10 @@ test images; the seg_small U-Net; 100 initial labels + 100 per stage, 4 stages (
 the pool); 30 epochs (random at 200 labels: mIoU 0.54 after 20 epochs, 0.62 after 40), lr x 0.1 at epoch 24 and
 ranker features detached after 18 (80% and 60% of the epochs, as the paper's 160 and 120 of 200); 1,000
 candidates per stage (10x the budget); VAE latent 16, base_channels 16, 150 iterations, batch 32.
-Measured: see "Minutes per experiment" in benchmarks/results/curves-shapes-2026-12-01.md.
+Measured (2026-12-01, 2-core Intel Xeon, 2 jobs x 1 thread, another engineer's jobs running: load average 2-4.8),
+minutes per experiment, mean of 3 seeds (the fastest seed's, at load ~2): random 2.1 (1.5), entropy 2.5 (1.7),
+lloss 2.8 (1.8), vaal 4.1 (2.9), tavaal 3.4 (2.2); stages grow with the labeled set (30 epochs on 100..400 images).
+  -> 15 experiments in 22.8 min; ~15 min on an otherwise idle machine (10.1 experiment-minutes per seed x 3 / 2).
 
 --paper: configs/cifar10_tavaal.yaml on ``--data`` (ResNet-18, 1,000 initial + 1,000 per stage, 10 stages,
 200 epochs, 10,000 candidates, the published VAE with the official iteration formula): about 1 GPU-hour per
