@@ -63,15 +63,21 @@ def _setup_worker(config: dict) -> tuple[Any, int, int, torch.device]:
 
 
 def _report(metrics: dict, rank: int, payload: Callable[[], dict] | None) -> None:
-    """[3] every worker reports; rank 0 attaches a checkpoint of ``payload()``."""
+    """[3] every worker reports; rank 0 attaches a checkpoint of ``payload()``.
+
+    The upload runs in Ray Train's background thread (``CheckpointUploadMode.ASYNC``, which also deletes the
+    local copy afterwards): a synchronous report waits for the controller to take the previous one off its
+    queue of one, i.e. up to a health-check interval per epoch (measured: 0.41 s a report at the 0.5 s interval,
+    0.011 s async). A worker killed meanwhile loses at most that one not yet uploaded checkpoint too.
+    """
     import ray.train
 
-    with tempfile.TemporaryDirectory() as d:
-        checkpoint = None
-        if rank == 0 and payload is not None:
-            torch.save(payload(), Path(d) / "state.pt")
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report(metrics, checkpoint=checkpoint)
+    checkpoint = None
+    if rank == 0 and payload is not None:
+        d = tempfile.mkdtemp(prefix="tavaal-ckpt-")
+        torch.save(payload(), Path(d) / "state.pt")
+        checkpoint = ray.train.Checkpoint.from_directory(d)
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
 
 def _restore() -> dict | None:
