@@ -38,8 +38,10 @@ class MLflowSweepCallback(tune.Callback):
         record = result.get("record")
         if record is not None:
             self._tracker(trial).log_stage(record)
+            quality = (f"acc {record['accuracy']:.4f}" if record.get("miou") is None  # segmentation: mIoU
+                       else f"miou {record['miou']:.4f}")
             print(f"trial {trial.trial_id}  stage {record['stage'] + 1}/{self.base['al']['stages']}  labeled "
-                  f"{record['num_labeled']}  acc {record['accuracy']:.4f}  auc {result.get('auc', 0):.4f}  "
+                  f"{record['num_labeled']}  {quality}  auc {result.get('auc', 0):.4f}  "
                   f"time {record['time_stage']:.1f}s", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
