@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=["none", "asha"], default="none",
                    help="asha: stop weak trials early along the stage axis")
     p.add_argument("--objective", choices=OBJECTIVES, default="auc",
-                   help="auc: area under accuracy (segmentation: mIoU) vs labels, normalized; final_accuracy: last stage")
+                   help="auc: area under accuracy (segmentation: mIoU) vs labels, normalized; final_accuracy: "
+                        "last stage")
     p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else %(default)s)")

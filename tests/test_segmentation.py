@@ -194,9 +194,11 @@ def test_three_stage_segmentation_run_killed_and_resumed_selects_the_same(tmp_pa
         assert sum(r["label_counts"]) == r["num_labeled"] * 16 * 16  # pixels of the labeled images (no ignore)
 
 
-@pytest.mark.parametrize("preset,task,model", [("configs/shapes_seg_cpu.yaml", "segmentation", "seg_small"),
-                                                ("configs/cityscapes_tavaal.yaml", "segmentation", "deeplabv3_resnet50"),
-                                                ("configs/caltech101_tavaal.yaml", "classification", "resnet18")])
+@pytest.mark.parametrize("preset,task,model", [
+    ("configs/shapes_seg_cpu.yaml", "segmentation", "seg_small"),
+    ("configs/cityscapes_tavaal.yaml", "segmentation", "deeplabv3_resnet50"),
+    ("configs/caltech101_tavaal.yaml", "classification", "resnet18"),
+])
 def test_presets_validate(preset, task, model):
     cfg = load_config(preset)
     assert (cfg.task, cfg.model.name) == (task, model)

@@ -203,9 +203,17 @@ def fit_on_ray(
         return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
 
 
+def _task_result(d: dict) -> TaskResult:
+    return TaskResult(d["model"], d["ranker"], list(d["history"]))
+
+
+def _vae_result(d: dict) -> VAEResult:
+    return VAEResult(d["vae"], d["disc"], list(d["history"]))
+
+
 def train_task_on_ray(job: TaskJob, data_ref: Any, bcfg: BackendConfig, storage_path: str) -> TaskResult:
-    state = fit_on_ray(train_task_per_worker, {"job": job, "data_ref": data_ref}, bcfg, storage_path, "task")
-    return TaskResult(state["model"], state["ranker"], list(state["history"]))
+    return _task_result(fit_on_ray(train_task_per_worker, {"job": job, "data_ref": data_ref}, bcfg, storage_path,
+                                   "task"))
 
 
 def vae_checkpoint_every(job: VAEJob) -> int:
@@ -215,9 +223,8 @@ def vae_checkpoint_every(job: VAEJob) -> int:
 def train_vae_on_ray(job: VAEJob, data_ref: Any, bcfg: BackendConfig, storage_path: str,
                      checkpoint_every: int | None = None) -> VAEResult:
     every = checkpoint_every or vae_checkpoint_every(job)
-    state = fit_on_ray(train_vae_per_worker, {"job": job, "data_ref": data_ref, "checkpoint_every": every},
-                       bcfg, storage_path, "vae")
-    return VAEResult(state["vae"], state["disc"], list(state["history"]))
+    return _vae_result(fit_on_ray(train_vae_per_worker, {"job": job, "data_ref": data_ref, "checkpoint_every": every},
+                                  bcfg, storage_path, "vae"))
 
 
 # ---------------------------------------------------------------- one worker group for a whole experiment
@@ -292,12 +299,10 @@ class TrainSession:
         return ray.get(ref)
 
     def train_task(self, job: TaskJob) -> TaskResult:
-        r = self.run("task", job)
-        return TaskResult(r["model"], r["ranker"], list(r["history"]))
+        return _task_result(self.run("task", job))
 
     def train_vae(self, job: VAEJob) -> VAEResult:
-        r = self.run("vae", job)
-        return VAEResult(r["vae"], r["disc"], list(r["history"]))
+        return _vae_result(self.run("vae", job))
 
     def close(self, timeout: float = 60.0) -> None:
         import ray
