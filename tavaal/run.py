@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, help="Ray Train workers per stage (backend.num_workers)")
     p.add_argument("--cpus-per-worker", type=float, help="CPUs per Ray Train worker (backend.cpus_per_worker)")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per Ray Train worker (backend.gpus_per_worker)")
+    p.add_argument("--keep-workers", action="store_const", const=True,
+                   help="one Ray Train worker group for the whole experiment (backend.keep_workers=true)")
     p.add_argument("--tracking-uri", help="track the run in MLflow at this URI (e.g. sqlite:///mlflow.db, "
                                           "http://127.0.0.1:5000); default: no tracking")
     p.add_argument("--experiment", default="tavaal", help="MLflow experiment name (default: %(default)s)")
@@ -69,7 +71,7 @@ def resolve_config(args: argparse.Namespace):
                       ("oracle", "al.oracle"), ("device", "device"), ("backend", "backend.name"),
                       ("address", "backend.address"),
                       ("num_workers", "backend.num_workers"), ("cpus_per_worker", "backend.cpus_per_worker"),
-                      ("gpus_per_worker", "backend.gpus_per_worker")):
+                      ("gpus_per_worker", "backend.gpus_per_worker"), ("keep_workers", "backend.keep_workers")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.resume and not args.config:

@@ -157,3 +157,13 @@ def test_keep_workers_refuses_a_ray_too_small_to_score_beside_them():
     with pytest.raises(ConfigError, match="GPU"):
         check_room_to_score(BackendConfig(gpus_per_worker=1, score_gpus_per_actor=1, keep_workers=True),
                             {"CPU": 8.0, "GPU": 1.0})
+
+
+def test_backend_shortcut_flags_set_the_backend_fields():
+    from tavaal.run import build_parser, resolve_config
+
+    args = build_parser().parse_args(["--config", "configs/smoke.yaml", "--backend", "ray", "--num-workers", "2",
+                                      "--cpus-per-worker", "0.5", "--keep-workers"])
+    b = resolve_config(args).backend
+    assert (b.name, b.num_workers, b.cpus_per_worker, b.keep_workers) == ("ray", 2, 0.5, True)
+    assert resolve_config(build_parser().parse_args(["--config", "configs/smoke.yaml"])).backend.keep_workers is False
