@@ -21,12 +21,11 @@ import torch
 from PIL import Image
 
 from tavaal.config import DataConfig
-from tavaal.data.base import ALData, Split
+from tavaal.data.base import IGNORE_INDEX, ALData, Split
 from tavaal.errors import ConfigError, DataError
 from tavaal.registry import DATASETS
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IGNORE = 255  # the segmentation contract's ignore index (the shared IGNORE_INDEX is defined with the task code)
 IMAGE_SUFFIX, MASK_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
 MAX_BYTES = 32 * 2**30  # images + masks of one split held in memory (4 bytes a pixel)
 HINT = ("download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from cityscapes-dataset.com (it needs "
@@ -40,7 +39,7 @@ TRAIN_CLASSES = (
     (27, 14, "truck"), (28, 15, "bus"), (31, 16, "train"), (32, 17, "motorcycle"), (33, 18, "bicycle"),
 )
 CLASS_NAMES = tuple(name for _, _, name in TRAIN_CLASSES)
-LABEL_TO_TRAIN = np.full(256, IGNORE, dtype=np.uint8)  # any uint8 labelId -> trainId (255: ignore)
+LABEL_TO_TRAIN = np.full(256, IGNORE_INDEX, dtype=np.uint8)  # any uint8 labelId -> trainId (255: ignore)
 for _label, _train, _ in TRAIN_CLASSES:
     LABEL_TO_TRAIN[_label] = _train
 
@@ -101,7 +100,7 @@ def _train_ids(mask: Image.Image) -> np.ndarray:
     """uint8 ``[H, W]`` trainIds (255: ignore) of a labelIds image (8-bit, or 16/32-bit with any value)."""
     ids = np.asarray(mask)
     if ids.dtype != np.uint8:  # a 16/32-bit PNG: values outside 0..255 (and -1) are unknown -> ignore
-        ids = np.where((ids >= 0) & (ids < 256), ids, IGNORE).astype(np.uint8)
+        ids = np.where((ids >= 0) & (ids < 256), ids, IGNORE_INDEX).astype(np.uint8)
     return LABEL_TO_TRAIN[ids]
 
 
