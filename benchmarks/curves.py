@@ -78,6 +78,7 @@ import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 import numpy as np
 
 from tavaal.config import Config, load_config
+from tavaal.core.metrics import stage_quality
 from tavaal.errors import TavaalError
 from tavaal.report import plot_table, summarize
 from tavaal.sweep import objective_metrics
@@ -254,9 +255,7 @@ def paired(runs: dict, a: str, b: str, metric) -> tuple[float, int, int]:
     return (float(np.mean(diffs)) if diffs else float("nan")), sum(d > 0 for d in diffs), len(seeds)
 
 
-def quality(record: dict) -> float:
-    """A stage's quality metric: mIoU for segmentation records, test accuracy otherwise."""
-    return record["accuracy"] if record.get("miou") is None else record["miou"]
+quality = stage_quality  # a stage's quality metric: mIoU for segmentation records, test accuracy otherwise
 
 
 def metric_name(runs: dict) -> str:

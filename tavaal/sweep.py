@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from tavaal.core.metrics import stage_quality
 from tavaal.errors import TavaalError
 
 PRESETS = {
@@ -41,7 +42,7 @@ def objective_metrics(records: list[dict]) -> dict[str, float]:
 
     Segmentation runs are judged by mIoU instead of (pixel) accuracy."""
     xs = [r["num_labeled"] for r in records]
-    ys = [r["accuracy"] if r.get("miou") is None else r["miou"] for r in records]
+    ys = [stage_quality(r) for r in records]
     if len(xs) < 2 or xs[-1] == xs[0]:
         auc = ys[-1]
     else:

@@ -46,6 +46,11 @@ def classification_metrics(pred: np.ndarray, target: np.ndarray, num_classes: in
     }
 
 
+def stage_quality(record: dict) -> float:
+    """A stage record's quality metric (a StageRecord dict): mIoU for segmentation, test accuracy otherwise."""
+    return record["accuracy"] if record.get("miou") is None else record["miou"]
+
+
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
     """``[C, C]`` int64 counts, rows = target class, columns = predicted class, over every pixel (or sample)
     whose target is in 0..C-1 (ignore pixels, e.g. 255, do not count)."""
