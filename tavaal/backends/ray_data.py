@@ -29,7 +29,11 @@ from tavaal.data.base import ALData
 
 _POSITION, _INDEX = "position", "index"  # pipeline columns next to the scorer's outputs
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
-_BLOCKS_PER_ACTOR = 4  # input blocks per actor at least: enough to balance the pool and keep it streaming
+# Input blocks (one Ray Data task each): as few as the workers, so that a worker rarely waits for its next
+# task, and each at most this many batches, to bound what a retried task redoes. A worker that finishes a task
+# waits for Ray Data to see it finish and send the next one: on 2 busy cores 0.2-0.4 s each time, which cost
+# 2 tasks ~30% of their time at 4 blocks each (benchmarks/results/scoring-2026-12-01.md)
+_MAX_BATCHES_PER_BLOCK = 64
 
 
 class ScoreBatchesPerActor:
@@ -161,6 +165,10 @@ def score_with_ray_data(
     # exactly one batch of the local loop; images are made in the workers from the shared data set
     ds = ray.data.from_arrow(_index_blocks(indices, batch_size, concurrency))
     ds.context.enable_progress_bars = False
+    # Ray Data's per-operator reservation reads the resources it may use from its autoscaling coordinator,
+    # which answers only at the next refresh, a second later: until then it runs one task. This pipeline has a
+    # single operator over in-memory index blocks, so there is nothing to divide between operators
+    ds.context.op_resource_reservation_enabled = False
     common = dict(batch_size=batch_size, batch_format="numpy", zero_copy_batch=True, num_cpus=cpus_per_actor,
                   num_gpus=gpus_per_actor, **passive_omp())  # OMP passive waiting as in tavaal/__init__.py
     if compute == "actors" or (compute == "auto" and use_gpu):
@@ -184,10 +192,13 @@ def passive_omp() -> dict:
 
 
 def _index_blocks(indices: np.ndarray, batch_size: int, concurrency: int) -> list[pa.Table]:
-    """Arrow tables of ``(position, index)``, each a whole number of batches (the last may be short)."""
+    """Arrow tables of ``(position, index)``, each a whole number of batches (the last may be short): a
+    multiple of ``concurrency`` blocks, as few as ``_MAX_BATCHES_PER_BLOCK`` allows, so the workers get
+    equal shares."""
     n = indices.size
     batches = -(-n // batch_size)
-    per_block = batch_size * max(1, -(-batches // (_BLOCKS_PER_ACTOR * concurrency)))
+    blocks = concurrency * -(-batches // (concurrency * _MAX_BATCHES_PER_BLOCK))
+    per_block = batch_size * max(1, -(-batches // blocks))
     return [
         pa.table({_POSITION: np.arange(start, min(start + per_block, n), dtype=np.int64),
                   _INDEX: indices[start:start + per_block]})
