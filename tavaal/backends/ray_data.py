@@ -29,10 +29,11 @@ from tavaal.data.base import ALData
 
 _POSITION, _INDEX = "position", "index"  # pipeline columns next to the scorer's outputs
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
-# Input blocks (one Ray Data task each): as few as the workers, so that a worker rarely waits for its next
-# task, and each at most this many batches, to bound what a retried task redoes. A worker that finishes a task
-# waits for Ray Data to see it finish and send the next one: on 2 busy cores 0.2-0.4 s each time, which cost
-# 2 tasks ~30% of their time at 4 blocks each (benchmarks/results/scoring-2026-12-01.md)
+# Input blocks (one Ray Data task each): tasks get as few as there are workers, because a task worker that
+# finishes waits for Ray Data to see it and send the next one (on 2 busy cores 0.2-0.4 s each time: at 4 blocks
+# per worker, 2 tasks lost ~30% of their time; benchmarks/results/scoring-2026-12-01.md). Actors get several,
+# queued at each actor (no wait), so one that starts late takes fewer. Each block is at most this many batches,
+# to bound what a retried task redoes.
 _MAX_BATCHES_PER_BLOCK = 64
 
 
@@ -163,7 +164,8 @@ def score_with_ray_data(
     use_gpu = gpus_per_actor > 0
     # [1] input: only (position, index) pairs, in blocks of whole batches, so every batch a worker sees is
     # exactly one batch of the local loop; images are made in the workers from the shared data set
-    ds = ray.data.from_arrow(_index_blocks(indices, batch_size, concurrency))
+    actors = compute == "actors" or (compute == "auto" and use_gpu)
+    ds = ray.data.from_arrow(_index_blocks(indices, batch_size, concurrency, 4 if actors else 1))
     ds.context.enable_progress_bars = False
     # Ray Data's per-operator reservation reads the resources it may use from its autoscaling coordinator,
     # which answers only at the next refresh, a second later: until then it runs one task. This pipeline has a
@@ -171,7 +173,7 @@ def score_with_ray_data(
     ds.context.op_resource_reservation_enabled = False
     common = dict(batch_size=batch_size, batch_format="numpy", zero_copy_batch=True, num_cpus=cpus_per_actor,
                   num_gpus=gpus_per_actor, **passive_omp())  # OMP passive waiting as in tavaal/__init__.py
-    if compute == "actors" or (compute == "auto" and use_gpu):
+    if actors:
         # [2a] a fixed pool of actors, each building the models once
         ds = ds.map_batches(ScoreBatchesPerActor, fn_constructor_args=(scorer, data_ref, threads, use_gpu),
                             compute=ray.data.ActorPoolStrategy(size=concurrency), **common)
@@ -191,13 +193,13 @@ def passive_omp() -> dict:
     return {"runtime_env": {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}}
 
 
-def _index_blocks(indices: np.ndarray, batch_size: int, concurrency: int) -> list[pa.Table]:
-    """Arrow tables of ``(position, index)``, each a whole number of batches (the last may be short): a
-    multiple of ``concurrency`` blocks, as few as ``_MAX_BATCHES_PER_BLOCK`` allows, so the workers get
-    equal shares."""
+def _index_blocks(indices: np.ndarray, batch_size: int, concurrency: int, per_worker: int) -> list[pa.Table]:
+    """Arrow tables of ``(position, index)``, each a whole number of batches (the last may be short): at
+    least ``per_worker`` blocks per worker, more when a block would exceed ``_MAX_BATCHES_PER_BLOCK``, and
+    a multiple of ``concurrency`` of them, so the workers get equal shares."""
     n = indices.size
     batches = -(-n // batch_size)
-    blocks = concurrency * -(-batches // (concurrency * _MAX_BATCHES_PER_BLOCK))
+    blocks = concurrency * max(per_worker, -(-batches // (concurrency * _MAX_BATCHES_PER_BLOCK)))
     per_block = batch_size * max(1, -(-batches // blocks))
     return [
         pa.table({_POSITION: np.arange(start, min(start + per_block, n), dtype=np.int64),
