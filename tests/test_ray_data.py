@@ -247,3 +247,22 @@ def test_bad_or_empty_indices(ray_cluster, stage):
     # fails with Ray's error carrying the same message (nothing is returned half-filled)
     with pytest.raises(Exception, match=f"pool index {n + 5} is out of range"):
         score_with_ray_data(scorer, ray.put(data), np.array([0, 1, n + 5]), 37)
+
+
+@pytest.mark.parametrize("n, batch, workers, per_worker, blocks", [
+    (59_000, 512, 1, 1, 2),  # 116 batches: 2 blocks of at most 64
+    (59_000, 512, 2, 1, 2),  # tasks: one block per worker
+    (59_000, 512, 2, 4, 8),  # actors: 4 each, queued at the actor
+    (1_000_000, 512, 2, 1, 32),  # 1,954 batches: a multiple of 2 blocks of at most 64 batches
+    (100, 256, 2, 4, 1),  # fewer batches than workers: one block
+])
+def test_index_blocks_are_whole_batches_in_equal_shares(n, batch, workers, per_worker, blocks):
+    from tavaal.backends.ray_data import _MAX_BATCHES_PER_BLOCK, _index_blocks
+
+    indices = np.random.default_rng(0).permutation(2 * n)[:n]
+    tables = _index_blocks(indices, batch, workers, per_worker)
+    assert len(tables) == blocks
+    rows = [t.num_rows for t in tables]
+    assert all(r % batch == 0 and r <= _MAX_BATCHES_PER_BLOCK * batch for r in rows[:-1])  # whole batches
+    assert np.array_equal(np.concatenate([t["position"].to_numpy() for t in tables]), np.arange(n))
+    assert np.array_equal(np.concatenate([t["index"].to_numpy() for t in tables]), indices)
