@@ -34,7 +34,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (mallo
 # per worker, 2 tasks lost ~30% of their time; benchmarks/results/scoring-2026-12-01.md). Actors get several,
 # queued at each actor (no wait), so one that starts late takes fewer. Each block is at most this many batches,
 # to bound what a retried task redoes.
-_MAX_BATCHES_PER_BLOCK = 64
+_TASK_BLOCKS_PER_WORKER, _ACTOR_BLOCKS_PER_WORKER, _MAX_BATCHES_PER_BLOCK = 1, 4, 64
 
 
 class ScoreBatchesPerActor:
@@ -165,7 +165,8 @@ def score_with_ray_data(
     # [1] input: only (position, index) pairs, in blocks of whole batches, so every batch a worker sees is
     # exactly one batch of the local loop; images are made in the workers from the shared data set
     actors = compute == "actors" or (compute == "auto" and use_gpu)
-    ds = ray.data.from_arrow(_index_blocks(indices, batch_size, concurrency, 4 if actors else 1))
+    ds = ray.data.from_arrow(_index_blocks(indices, batch_size, concurrency,
+                                          _ACTOR_BLOCKS_PER_WORKER if actors else _TASK_BLOCKS_PER_WORKER))
     ds.context.enable_progress_bars = False
     # Ray Data's per-operator reservation reads the resources it may use from its autoscaling coordinator,
     # which answers only at the next refresh, a second later: until then it runs one task. This pipeline has a
