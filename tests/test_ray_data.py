@@ -54,6 +54,9 @@ def test_tasks_set_the_scorer_up_once_per_process_and_call(ray_cluster, stage):
     ref = ray.put(data)
     for _ in range(2):  # a second call (a new stage's scorer) sets up again, once per process
         got = score_with_ray_data(CountsSetups(), ref, np.arange(300), batch_size=10, concurrency=2, compute="tasks")
+        # both workers start at once, one block each (Ray Data's operator reservation would hold the second
+        # task back for a second, and the first worker would score both)
+        assert sorted(np.unique(got["pid"], return_counts=True)[1]) == [150, 150]
         for pid in np.unique(got["pid"]):
             assert np.unique(got["setups"][got["pid"] == pid]).size == 1  # 30 batches, one setup per process
 
