@@ -15,7 +15,7 @@ import torch
 
 from conftest import trained_stage
 from tavaal.backends import LocalBackend
-from tavaal.backends.ray_data import score_with_ray_data
+from tavaal.backends.ray_data import _MAX_BATCHES_PER_BLOCK, _index_blocks, score_with_ray_data
 from tavaal.config import DataConfig, load_config
 from tavaal.core.scoring import score_pool
 from tavaal.core.training import ModelSpec, TaskResult
@@ -260,8 +260,6 @@ def test_bad_or_empty_indices(ray_cluster, stage):
     (100, 256, 2, 4, 1),  # fewer batches than workers: one block
 ])
 def test_index_blocks_are_whole_batches_in_equal_shares(n, batch, workers, per_worker, blocks):
-    from tavaal.backends.ray_data import _MAX_BATCHES_PER_BLOCK, _index_blocks
-
     indices = np.random.default_rng(0).permutation(2 * n)[:n]
     tables = _index_blocks(indices, batch, workers, per_worker)
     assert len(tables) == blocks

@@ -195,9 +195,10 @@ def passive_omp() -> dict:
 
 
 def _index_blocks(indices: np.ndarray, batch_size: int, concurrency: int, per_worker: int) -> list[pa.Table]:
-    """Arrow tables of ``(position, index)``, each a whole number of batches (the last may be short): at
-    least ``per_worker`` blocks per worker, more when a block would exceed ``_MAX_BATCHES_PER_BLOCK``, and
-    a multiple of ``concurrency`` of them, so the workers get equal shares."""
+    """Arrow tables of ``(position, index)``, each a whole number of batches (the last may be short):
+    ``per_worker`` blocks per worker, or more when a block would exceed ``_MAX_BATCHES_PER_BLOCK``, always
+    planned as a multiple of ``concurrency`` so the workers get equal shares (rounding to whole batches can
+    leave fewer blocks when the batches are few)."""
     n = indices.size
     batches = -(-n // batch_size)
     blocks = concurrency * max(per_worker, -(-batches // (concurrency * _MAX_BATCHES_PER_BLOCK)))
