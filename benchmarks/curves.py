@@ -197,7 +197,7 @@ def run_all(todo: list, run_dir: Path, jobs: int, gpus: int) -> int:
         last = result["records"][-1]
         done.setdefault(key, []).append(result["minutes"])
         metric = "acc" if last.get("miou") is None else "mIoU"
-        print(f"[{i}/{len(todo)}] {setting} {strategy} seed {seed}: {metric} {quality(last) * 100:.2f}% at "
+        print(f"[{i}/{len(todo)}] {setting} {strategy} seed {seed}: {metric} {stage_quality(last) * 100:.2f}% at "
               f"{last['num_labeled']} labels, {result['minutes']:.1f} min; elapsed {elapsed:.1f} min, "
               f"ETA {eta_minutes(done, left, jobs):.0f} min", flush=True)
 
@@ -255,21 +255,18 @@ def paired(runs: dict, a: str, b: str, metric) -> tuple[float, int, int]:
     return (float(np.mean(diffs)) if diffs else float("nan")), sum(d > 0 for d in diffs), len(seeds)
 
 
-quality = stage_quality  # a stage's quality metric: mIoU for segmentation records, test accuracy otherwise
-
-
 def metric_name(runs: dict) -> str:
-    """"mIoU" or "accuracy": what ``quality`` measures in a setting (``runs``: strategy -> seed -> JSON)."""
+    """"mIoU" or "accuracy": what ``stage_quality`` measures in a setting (``runs``: strategy -> seed -> JSON)."""
     first = next(iter(next(iter(runs.values())).values()))
     return "accuracy" if first["records"][0].get("miou") is None else "mIoU"
 
 
 def auc(records: list[dict]) -> float:
-    return objective_metrics(records)["auc"]  # of quality(record): mIoU where records carry it
+    return objective_metrics(records)["auc"]  # of stage_quality(record): mIoU where records carry it
 
 
 def at_stage(stage: int):
-    return lambda records: quality(records[stage])
+    return lambda records: stage_quality(records[stage])
 
 
 def mean_std(values) -> str:
@@ -349,7 +346,7 @@ def _cells(by_seed: dict) -> dict:
     for k in sorted(by_seed):
         for r in by_seed[k]["records"]:
             cell = cells.setdefault(r["num_labeled"], {"accuracy": [], "entropy": [], "entropy_norm": []})
-            cell["accuracy"].append(quality(r))
+            cell["accuracy"].append(stage_quality(r))
             cell["entropy"].append(r["label_entropy"])
             cell["entropy_norm"].append(r["label_entropy_norm"])
     return cells

@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
 from tavaal.core.metrics import stage_quality
 from tavaal.errors import TavaalError
 
