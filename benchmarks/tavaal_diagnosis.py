@@ -1,85 +1,116 @@
-"""Why does TA-VAAL pick what it picks? One stage's r̂ and discriminator scores, side by side with VAAL's.
+"""Why does TA-VAAL pick what it picks? The adversarial game's health at every query stage, VAAL beside it.
 
-    python benchmarks/tavaal_diagnosis.py                          # curves.py's CPU protocol, imbalanced x10
-    python benchmarks/tavaal_diagnosis.py --iterations 600 --only tavaal
-    python benchmarks/tavaal_diagnosis.py --set data.imbalance_ratio=1
+    python benchmarks/tavaal_diagnosis.py                                # curves.py's CPU protocol, imbalanced x10
+    python benchmarks/tavaal_diagnosis.py --seed 3 --bn batch            # one seed, batch-statistics scoring only
+    python benchmarks/tavaal_diagnosis.py --set vae.vae_steps=2 --set vae.kl_reduction=sum --strategies tavaal
+    python benchmarks/tavaal_diagnosis.py --config configs/smoke.yaml --protocol none   # seconds (tests)
 
-Trains stage 0 of the protocol once (task model + ranker, seed 0), draws its candidates, computes r̂ for the
-labeled set and the candidates, then trains the VAE/discriminator of ``tavaal`` (conditioned on r̂) and of
-``vaal`` for ``--iterations`` and prints, for each: the last discriminator loss (2 ln 2 = 1.386 is chance),
-the mean logit of labeled vs candidates, Spearman's rank correlation of the candidates' logits with r̂, how
-many of the 100 picks (lowest logit) are also among the 100 highest r̂, and the share of minority-class
-images (the even classes) among the picks, among the 100 highest r̂ and among all candidates. Everything runs
-through the same core code as an experiment (``LocalBackend``, the strategies' scorers).
+Runs whole experiments (``tavaal.experiment.run_experiment``, the local backend, the experiment's own stage
+seeds) for each strategy and each ``--bn`` mode (``vae.score_bn``: ``running`` eval-mode statistics, ``batch``
+each scored batch normalized by its own, as the official code scores), every ``--set`` applied to every run
+after the protocol's overrides. Per query stage it prints what the stage record holds (``tavaal.core.health``):
+the task model's accuracy on its own labeled set (is it fit?), the discriminator loss over the last tenth of the
+iterations (2 ln 2 = 1.386 is chance), the discriminator's AUROC of labeled vs candidates (0.5: chance), for
+TA-VAAL the AUROC of r̂ (candidates above labeled) and Spearman's correlation of the query score with r̂, and the
+share of the picks from the minority classes (imbalanced pools) or the picks' class entropy; and the schedule
+each run resolved (VAE steps, KL reduction, iterations, BN mode), so a ``--set`` shows where it landed.
+``--out FILE`` also writes the tables as markdown.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import datetime
+import sys
 from pathlib import Path
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 
 import numpy as np
-import torch
-from scipy.stats import spearmanr
 
-from tavaal.backends import LocalBackend
 from tavaal.config import load_config
-from tavaal.core.pool import draw_candidates, initial_pool
-from tavaal.core.seeding import derive_seed, numpy_rng
-from tavaal.core.training import ModelSpec, TaskJob
-from tavaal.core.vae_training import VAEJob
-from tavaal.strategies.scorers import DiscriminatorScorer, TaskScorer
+from tavaal.core.health import CHANCE_DISC_LOSS
+from tavaal.core.metrics import label_entropy, stage_quality
+from tavaal.errors import TavaalError
 
 ROOT = Path(__file__).resolve().parents[1]
-# curves.py's CPU protocol on the imbalanced setting
-PROTOCOL = ["al.initial=100", "al.budget=100", "al.stages=6", "al.subset_size=1000", "train.epochs=10",
-            "train.milestones=[8]", "train.ranker_stop_grad_epoch=6", "vae.iterations=100", "data.imbalance_ratio=10"]
-MINORITY = [0, 2, 4, 6, 8]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from curves import CPU_PROTOCOL  # noqa: E402  (the protocol the curves are measured on)
+
+PROTOCOLS = {"cpu": [*CPU_PROTOCOL, "data.imbalance_ratio=10"], "none": []}
+HEAD = ("| stage | labels | quality | train acc | disc loss (last 10%) | disc AUROC | r̂ AUROC | spearman(score, r̂) "
+        "| picks: minority share / class entropy |")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=100, help="VAE/discriminator iterations (curves.py: 100)")
-    ap.add_argument("--only", choices=["tavaal", "vaal"], help="train only this strategy's VAE/discriminator")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    args = ap.parse_args()
-    cfg = load_config(ROOT / "configs/fashionmnist_tavaal_cpu.yaml", PROTOCOL + args.set)
-    backend = LocalBackend()
-    from tavaal.data import build_dataset
+def diagnose(config: str, overrides: list[str], log=print) -> tuple[list[str], list[dict]]:
+    """One experiment: (its markdown lines, its stage records)."""
+    from tavaal.experiment import run_experiment
 
-    data = build_dataset(cfg.data, cfg.seed)
-    backend.prepare(data, torch.device("cpu"))
-    pool = initial_pool(len(data.train), cfg.al.initial, numpy_rng(cfg.seed, "initial"))
-    spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)
-    labeled = pool.labeled_indices()
-    task = backend.train_task(TaskJob(spec, cfg.train, labeled, "rank", derive_seed(cfg.seed, "stage", 0)))
-    cand = draw_candidates(pool, cfg.al.subset_size, numpy_rng(cfg.seed, "candidates", 0))
-    both = np.union1d(labeled, cand)
-    rhat = np.full(len(data.train), np.nan, dtype=np.float32)
-    rhat[both] = backend.score(TaskScorer(spec, task, "rhat"), both, 512)["rhat"]
-    y = data.train_targets
-    top_r = cand[np.argsort(-rhat[cand], kind="stable")[:100]]
-    print(f"r-hat: labeled {rhat[labeled].mean():.3f} ± {rhat[labeled].std():.3f}, candidates "
-          f"{rhat[cand].mean():.3f} ± {rhat[cand].std():.3f}; minority share: candidates "
-          f"{np.isin(y[cand], MINORITY).mean():.2f}, 100 highest r-hat {np.isin(y[top_r], MINORITY).mean():.2f}")
-    for name in [args.only] if args.only else ["tavaal", "vaal"]:
-        conditional = name == "tavaal"
-        v = dataclasses.replace(cfg.vae, vae_steps=1 if conditional else 2, kl_reduction="mean" if conditional else "sum")
-        job = VAEJob(data.input_shape, v, labeled, cand, args.iterations, 0, conditional,
-                     rhat=rhat if conditional else None)
-        result = backend.train_vae(job)
-        logit = backend.score(DiscriminatorScorer(job, result), both, 512)["logit"]
-        by_index = dict(zip(both.tolist(), logit.tolist()))
-        lc = np.array([by_index[i] for i in cand])
-        ll = np.array([by_index[i] for i in labeled])
-        picks = cand[np.argsort(lc, kind="stable")[:100]]
-        print(f"{name} ({args.iterations} iterations): disc loss {result.history[-1]['disc_loss']:.3f}; logit "
-              f"labeled {ll.mean():.2f} ± {ll.std():.2f}, candidates {lc.mean():.2f} ± {lc.std():.2f}; "
-              f"spearman(logit, r-hat) {spearmanr(lc, rhat[cand])[0]:.2f}; picks among the 100 highest r-hat "
-              f"{int(np.isin(picks, top_r).sum())}; minority share of picks {np.isin(y[picks], MINORITY).mean():.2f}")
+    cfg = load_config(ROOT / config, overrides)
+    records = [r.to_dict() for r in run_experiment(cfg, out_dir=None, log=lambda msg: None)]
+    minority = set(cfg.data.minority_classes) if cfg.data.imbalance_ratio > 1 else None
+    info = next((r["info"] for r in records if r.get("health")), {})
+    lines = [f"### {cfg.al.strategy}, score_bn {cfg.vae.score_bn}, seed {cfg.seed}", "",
+             f"Schedule as run: vae_steps {info.get('vae_steps')}, kl_reduction {info.get('kl_reduction')}, "
+             f"{info.get('vae_iterations')} iterations, score_bn {info.get('score_bn')}; task epochs "
+             f"{cfg.train.epochs}.", "", HEAD, "| --- |" + " --- |" * 8]
+    for r in records:
+        h = r.get("health") or {}
+        picks = np.asarray(h.get("pick_counts", []), dtype=np.int64)
+        if picks.size and minority is not None:
+            share = f"{picks[sorted(minority)].sum() / max(1, picks.sum()):.2f}"
+        else:
+            share = f"{label_entropy(picks)[1]:.3f}" if picks.size else "—"
+        cells = [str(r["stage"]), str(r["num_labeled"]), f"{stage_quality(r) * 100:.2f}",
+                 _pct(r.get("train_accuracy")), _num(h.get("disc_loss_tail")), _num(h.get("disc_auroc")),
+                 _num(h.get("rhat_auroc")), _num(h.get("score_rhat_spearman")), share]
+        lines.append("| " + " | ".join(cells) + " |")
+    log("\n".join(lines))
+    return lines, records
+
+
+def _num(v) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{v * 100:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/fashionmnist_tavaal_cpu.yaml", help="preset (default: %(default)s)")
+    ap.add_argument("--protocol", choices=list(PROTOCOLS), default="cpu",
+                    help="overrides before --set: cpu (curves.py's CPU protocol, imbalanced x10) or none")
+    ap.add_argument("--strategies", nargs="+", default=["tavaal", "vaal"], choices=["tavaal", "vaal"])
+    ap.add_argument("--bn", nargs="+", default=["running", "batch"], choices=["running", "batch"],
+                    help="vae.score_bn modes to run (default: both)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every run, applied last")
+    ap.add_argument("--out", help="also write the tables to this markdown file")
+    args = ap.parse_args(argv)
+    runs = [(s, bn, [*PROTOCOLS[args.protocol], f"al.strategy={s}", f"vae.score_bn={bn}", f"seed={args.seed}",
+                     *args.set]) for s in args.strategies for bn in args.bn]
+    try:  # every config checked before the first experiment starts
+        for *_, overrides in runs:
+            load_config(ROOT / args.config, overrides)
+    except TavaalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    command = "python benchmarks/tavaal_diagnosis.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = ["# TA-VAAL diagnosis: the adversarial game per query stage", "",
+             f"- command: `{command.strip()}`", f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
+             f"- preset `{args.config}` with {', '.join(PROTOCOLS[args.protocol] + args.set) or 'no overrides'}",
+             f"- chance level of the discriminator loss: 2 ln 2 = {CHANCE_DISC_LOSS:.3f}; of an AUROC: 0.5", ""]
+    print("\n".join(lines), flush=True)
+    for _, _, overrides in runs:
+        lines += diagnose(args.config, overrides)[0] + [""]
+        print(flush=True)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines))
+        print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

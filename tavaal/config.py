@@ -79,6 +79,9 @@ class VAEConfig:
     first_iter_noise: bool = False  # official TA-VAAL quirk: U(0,1) instead of r at the very first iteration
     disc_hidden: int = 512  # discriminator MLP width (official: 512)
     input_size: int | None = None  # images resized to input_size x input_size for the VAE (None: the data's size)
+    score_bn: str = "running"  # VAE BatchNorm when scoring candidates: "running" (eval mode, running statistics) or
+    # "batch" (each batch of vae.batch_size normalized by its own statistics, as in training; the official TA-VAAL
+    # and VAAL code score this way, leaving the VAE in train mode)
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,7 @@ def validate(cfg: Config) -> None:
     _check(v.beta >= 0, "vae.beta", ">= 0", v.beta)
     _check(v.adv_weight >= 0, "vae.adv_weight", ">= 0", v.adv_weight)
     _check(v.kl_reduction in (None, "mean", "sum"), "vae.kl_reduction", "mean, sum or null", v.kl_reduction)
+    _check(v.score_bn in ("running", "batch"), "vae.score_bn", "running or batch", v.score_bn)
     _check(1 <= v.disc_hidden <= MAX_WIDTH, "vae.disc_hidden", f"in [1, {MAX_WIDTH}]", v.disc_hidden)
     _check(v.input_size is None or 16 <= v.input_size <= 4096, "vae.input_size", "in [16, 4096] or null (the data's "
            "size)", v.input_size)

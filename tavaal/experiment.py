@@ -52,6 +52,9 @@ class StageRecord:
     info: dict = field(default_factory=dict)
     miou: float | None = None  # segmentation: mean IoU over the classes present in prediction or target
     per_class_iou: list[float] = field(default_factory=list)  # segmentation (nan: class absent from both)
+    health: dict = field(default_factory=dict)  # vaal/tavaal: the adversarial game's health (core/health.py)
+    train_accuracy: float | None = None  # the final model on its own labeled set, unaugmented (segmentation: pixel
+    # accuracy): how well the task model fits what it was trained on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -209,8 +212,9 @@ def run_stage(
     model, _ = spec.build(with_ranker=False)
     model.load_state_dict(task.model_state)
     metrics = evaluate(model.to(device), data, device, cfg.al.score_batch_size, cfg.train.precision)
+    fit = evaluate(model, data, device, cfg.al.score_batch_size, cfg.train.precision, "train", labeled)
     states = {"model": task.model_state} | ({"ranker": task.ranker_state} if task.ranker_state else {})
-    selected, info, t1 = np.empty(0, dtype=np.int64), {}, time.perf_counter()
+    selected, info, health, t1 = np.empty(0, dtype=np.int64), {}, {}, time.perf_counter()
     if stage < cfg.al.stages - 1:
         candidates = draw_candidates(pool, cfg.al.subset_size, numpy_rng(cfg.seed, "candidates", stage))
         budget = min(cfg.al.budget, candidates.size)
@@ -220,7 +224,7 @@ def run_stage(
         check_selection(selected, candidates, budget, strategy.name)
         pool = pool.label(selected, stage + 1)
         states |= result.states
-        info = result.info
+        info, health = result.info, result.health
     counts = label_counts(data.train_targets, labeled, data.num_classes)
     h, h_norm = label_entropy(counts)
     now = time.perf_counter()
@@ -229,7 +233,8 @@ def run_stage(
         balanced_accuracy=metrics["balanced_accuracy"], per_class_accuracy=metrics["per_class_accuracy"],
         label_counts=[int(c) for c in counts], label_entropy=h, label_entropy_norm=h_norm,
         selected=[int(i) for i in selected], time_train=t_train, time_query=now - t1, time_stage=now - t0,
-        info=info, miou=metrics.get("miou"), per_class_iou=metrics.get("per_class_iou", []),
+        info=info, miou=metrics.get("miou"), per_class_iou=metrics.get("per_class_iou", []), health=health,
+        train_accuracy=fit["accuracy"],
     )
     return record, pool, states
 

@@ -295,6 +295,11 @@ def stage_metrics(rec: dict[str, Any]) -> dict[str, float]:
     if rec.get("miou") is not None:  # segmentation
         m |= {"test/miou": rec["miou"], "test/pixel_accuracy": rec["accuracy"]}
         m |= {f"test/iou_class_{c}": v for c, v in enumerate(rec.get("per_class_iou", []))}
+    if rec.get("train_accuracy") is not None:
+        m["train/accuracy"] = rec["train_accuracy"]
+    health = dict(rec.get("health") or {})  # vaal/tavaal: game/disc_loss_tail, game/disc_auroc, ...
+    m |= {f"game/picks_class_{c}": n for c, n in enumerate(health.pop("pick_counts", []))}
+    m |= {f"game/{k}": v for k, v in health.items() if v is not None}
     for key, v in flatten(rec.get("info") or {}):
         if isinstance(v, numbers.Real) and not isinstance(v, bool):
             m["info/" + re.sub(r"[^\w\-. /]", "_", key)] = v

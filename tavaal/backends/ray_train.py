@@ -152,7 +152,8 @@ def run_vae_steps(job: VAEJob, data: Any, rank: int, world: int, device: torch.d
         history = list(state["history"])
 
     def result() -> dict:
-        return {"history": history, "vae": cpu_state(trainer.vae), "disc": cpu_state(trainer.disc)}
+        return {"history": history, "vae": cpu_state(trainer.vae), "disc": cpu_state(trainer.disc),
+                "disc_loss_tail": trainer.disc_loss_tail()}
 
     while trainer.iteration < job.iterations:
         rec = trainer.step(sync_grads=lambda m: _allreduce_mean(m, world))
@@ -208,7 +209,7 @@ def _task_result(d: dict) -> TaskResult:
 
 
 def _vae_result(d: dict) -> VAEResult:
-    return VAEResult(d["vae"], d["disc"], list(d["history"]))
+    return VAEResult(d["vae"], d["disc"], list(d["history"]), d.get("disc_loss_tail"))
 
 
 def train_task_on_ray(job: TaskJob, data_ref: Any, bcfg: BackendConfig, storage_path: str) -> TaskResult:

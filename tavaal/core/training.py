@@ -180,18 +180,20 @@ def cpu_state(module: torch.nn.Module) -> dict:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, data: ALData, device: torch.device, batch_size: int = 512, precision: str = "fp32"
+    model: torch.nn.Module, data: ALData, device: torch.device, batch_size: int = 512, precision: str = "fp32",
+    split: str = "test", indices: np.ndarray | None = None,
 ) -> dict:
-    """Test-split accuracy, balanced accuracy and per-class accuracy (eval mode, no augmentation).
+    """Accuracy, balanced accuracy and per-class accuracy on ``split`` (its ``indices``; default the whole test
+    split), in eval mode without augmentation.
 
     Segmentation: pixel accuracy as ``accuracy``, mean class (pixel) accuracy as ``balanced_accuracy``, plus
-    ``miou`` and ``per_class_iou``, from one confusion matrix over every test pixel that is not ignored.
+    ``miou`` and ``per_class_iou``, from one confusion matrix over every pixel that is not ignored.
     """
     model.eval()
     preds = []
     cm = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)
-    test_idx = np.arange(len(data.test))
-    for x, y, _ in iter_batches(data, "test", test_idx, batch_size):
+    idx = np.arange(len(getattr(data, split))) if indices is None else np.asarray(indices, dtype=np.int64)
+    for x, y, _ in iter_batches(data, split, idx, batch_size):
         with autocast(device, precision):
             pred = model(x.to(device)).logits.argmax(1).cpu()
         if data.is_segmentation:  # accumulated per batch: a split's pixels need not fit in memory twice
@@ -203,4 +205,4 @@ def evaluate(
         return {"accuracy": m["pixel_accuracy"], "balanced_accuracy": m["mean_class_accuracy"],
                 "per_class_accuracy": m["per_class_accuracy"], "miou": m["miou"], "per_class_iou": m["per_class_iou"]}
     pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
-    return classification_metrics(pred, data.test.y.numpy(), data.num_classes)
+    return classification_metrics(pred, getattr(data, split).y.numpy()[idx], data.num_classes)

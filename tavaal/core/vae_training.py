@@ -9,6 +9,7 @@ them, in training and in scoring alike (segmentation images are often too large 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -73,6 +74,7 @@ class VAEResult:
     vae_state: dict
     disc_state: dict
     history: list[dict] = field(default_factory=list)
+    disc_loss_tail: float | None = None  # discriminator loss averaged over the last tenth of the iterations
 
 
 def vae_iterations(v: VAEConfig, num_labeled: int, num_candidates: int) -> int:
@@ -107,6 +109,9 @@ class VAETraining:
         self.opt_v = torch.optim.Adam(self.vae.parameters(), lr=v.lr)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=v.disc_lr)
         self.iteration = 0
+        # the discriminator loss of the last tenth of the iterations (the game's health: chance is 2 ln 2)
+        self._tail_from = job.iterations - max(1, math.ceil(job.iterations / 10))
+        self._tail = [0.0, 0]  # sum, count
         rank, world = shard
         self._bs = max(1, v.batch_size // world)
         self._gen_keys: tuple = () if world == 1 else (rank, 0)
@@ -120,7 +125,7 @@ class VAETraining:
 
     def state_dict(self) -> dict:
         return {"vae": self.vae.state_dict(), "disc": self.disc.state_dict(), "opt_v": self.opt_v.state_dict(),
-                "opt_d": self.opt_d.state_dict(), "iteration": self.iteration}
+                "opt_d": self.opt_d.state_dict(), "iteration": self.iteration, "disc_tail": list(self._tail)}
 
     def load_state_dict(self, d: dict, data: ALData) -> None:
         self.vae.load_state_dict(d["vae"])
@@ -128,6 +133,7 @@ class VAETraining:
         self.opt_v.load_state_dict(d["opt_v"])
         self.opt_d.load_state_dict(d["opt_d"])
         self.iteration = int(d["iteration"])
+        self._tail = list(d.get("disc_tail", [0.0, 0]))
         # a resumed job re-seeds its batch streams at the resume iteration: its later batches differ from
         # an uninterrupted job's, and the job is still a valid draw of the same procedure
         self._gen_keys = (self.shard[0], self.iteration)
@@ -158,10 +164,17 @@ class VAETraining:
             sync_grads(self.disc)
         self.opt_d.step()
         self.iteration += 1
-        return {"iteration": self.iteration, "vae_loss": float(loss_v.detach()), "disc_loss": float(loss_d.detach())}
+        disc_loss = float(loss_d.detach())
+        if self.iteration > self._tail_from:
+            self._tail = [self._tail[0] + disc_loss, self._tail[1] + 1]
+        return {"iteration": self.iteration, "vae_loss": float(loss_v.detach()), "disc_loss": disc_loss}
+
+    def disc_loss_tail(self) -> float | None:
+        """The discriminator loss averaged over the last tenth of the job's iterations (None before them)."""
+        return self._tail[0] / self._tail[1] if self._tail[1] else None
 
     def result(self, history: list[dict]) -> VAEResult:
-        return VAEResult(cpu_state(self.vae), cpu_state(self.disc), history)
+        return VAEResult(cpu_state(self.vae), cpu_state(self.disc), history, self.disc_loss_tail())
 
 
 def train_vae(

@@ -37,6 +37,7 @@ class QueryResult:
     scores: np.ndarray | None = None  # [M] aligned with candidates; higher = query first
     states: dict[str, dict] = field(default_factory=dict)  # extra weights to checkpoint (e.g. vae, disc)
     info: dict = field(default_factory=dict)  # scalars for the stage record (e.g. final VAE loss)
+    health: dict = field(default_factory=dict)  # adversarial strategies: the game's health (core/health.py)
 
 
 class Strategy:

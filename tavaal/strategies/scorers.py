@@ -1,6 +1,8 @@
 """Picklable scorers: weights plus how to rebuild the models; ``setup`` builds them once per process."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -50,10 +52,17 @@ class TaskScorer:
 
 
 class DiscriminatorScorer:
-    """VAAL / TA-VAAL query score: P(labeled) = σ(D(μ, r̂)) with the VAE encoder in eval mode.
+    """VAAL / TA-VAAL query score: P(labeled) = σ(D(μ, r̂)).
 
     Returns ``p_labeled`` and ``logit`` ``[B]``; the strategies query the lowest P(labeled).
     For TA-VAAL, r̂ is looked up in the stage's table (computed once from the frozen ranker).
+
+    ``vae.score_bn`` sets the VAE's BatchNorm: ``running`` scores in eval mode (running statistics, which mix
+    the labeled and unlabeled batches of training); ``batch`` normalizes each scored batch by its own statistics,
+    as every training batch was (the official code's scoring, with the VAE left in train mode; μ stays the
+    encoder's deterministic output). In batch mode the caller scores in batches of ``vae.batch_size`` and keeps
+    labeled and candidate batches apart; a batch of one sample, which has no batch statistics, is scored with the
+    running ones.
     """
 
     def __init__(self, job: VAEJob, result: VAEResult) -> None:
@@ -71,7 +80,9 @@ class DiscriminatorScorer:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        mu, _ = self._vae.encode(fit_to_vae(x, self.job.vae.input_size))
+        x = fit_to_vae(x, self.job.vae.input_size)
+        with batch_statistics(self._vae, self.job.vae.score_bn == "batch" and x.shape[0] > 1):
+            mu, _ = self._vae.encode(x)
         r = None
         if self.job.conditional:
             r = torch.from_numpy(self.job.rhat[np.asarray(idx)]).float().to(mu.device)
@@ -80,3 +91,20 @@ class DiscriminatorScorer:
 
     def __getstate__(self) -> dict:
         return {"job": self.job, "result": self.result, "_vae": None, "_disc": None}
+
+
+@contextlib.contextmanager
+def batch_statistics(model: torch.nn.Module, on: bool):
+    """Within the block, ``model``'s BatchNorm layers (when ``on``) normalize by the batch's own statistics and
+    leave their running statistics untouched; the rest of the model keeps its mode."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)] if on else []
+    saved = [(m.training, m.track_running_stats) for m in bns]
+    for m in bns:
+        m.train()
+        m.track_running_stats = False  # train mode without running buffers: batch statistics, no update
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(bns, saved):
+            m.train(training)
+            m.track_running_stats = track

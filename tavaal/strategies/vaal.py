@@ -7,6 +7,8 @@ import dataclasses
 
 import numpy as np
 
+from tavaal.core.health import format_health, game_health
+from tavaal.core.metrics import label_counts
 from tavaal.core.selection import select_top_k
 from tavaal.core.vae_training import VAEJob, vae_input_shape, vae_iterations
 from tavaal.registry import STRATEGIES
@@ -16,7 +18,8 @@ from tavaal.strategies.scorers import DiscriminatorScorer
 
 def adversarial_query(ctx: QueryContext, conditional: bool, vae_steps: int, kl: str,
                       rhat: np.ndarray | None) -> QueryResult:
-    """Train VAE + discriminator on labeled vs candidates, then label the lowest P(labeled)."""
+    """Train VAE + discriminator on labeled vs candidates, then label the lowest P(labeled); the result carries
+    the stage's game health (``tavaal.core.health.game_health``)."""
     v = ctx.cfg.vae
     v = dataclasses.replace(v, vae_steps=v.vae_steps or vae_steps, kl_reduction=v.kl_reduction or kl)
     job = VAEJob(
@@ -27,13 +30,25 @@ def adversarial_query(ctx: QueryContext, conditional: bool, vae_steps: int, kl: 
     ctx.log(f"  VAE/discriminator: {job.iterations} iterations")
     result = ctx.backend.train_vae(job, on_progress=lambda r: ctx.log(
         f"  vae it {r['iteration']}/{job.iterations} vae_loss {r['vae_loss']:.4f} disc_loss {r['disc_loss']:.4f}"))
-    out = ctx.backend.score(DiscriminatorScorer(job, result), ctx.candidates, ctx.cfg.al.score_batch_size)
-    scores = -out["logit"].astype(np.float64)  # lowest P(labeled) first
-    info = {}
+    # batch-statistics scoring normalizes each batch as training did: batches of the training size, labeled
+    # and candidates apart
+    batch = v.batch_size if v.score_bn == "batch" else ctx.cfg.al.score_batch_size
+    scorer = DiscriminatorScorer(job, result)
+    logit_c = ctx.backend.score(scorer, ctx.candidates, batch)["logit"].astype(np.float64)
+    logit_l = ctx.backend.score(scorer, ctx.labeled, batch)["logit"].astype(np.float64)
+    scores = -logit_c  # lowest P(labeled) first
+    selected = select_top_k(scores, ctx.candidates, ctx.budget)
+    # the schedule as run (strategy defaults resolved), for the record
+    info = {"vae_steps": v.vae_steps, "vae_iterations": job.iterations, "kl_reduction": v.kl_reduction,
+            "score_bn": v.score_bn}
     if result.history:
-        info = {"vae_loss": result.history[-1]["vae_loss"], "disc_loss": result.history[-1]["disc_loss"]}
-    return QueryResult(select_top_k(scores, ctx.candidates, ctx.budget), scores,
-                       {"vae": result.vae_state, "discriminator": result.disc_state}, info)
+        info |= {"vae_loss": result.history[-1]["vae_loss"], "disc_loss": result.history[-1]["disc_loss"]}
+    health = game_health(result.disc_loss_tail, logit_l, logit_c,
+                         label_counts(ctx.data.train_targets, selected, ctx.data.num_classes),
+                         *((rhat[ctx.labeled], rhat[ctx.candidates]) if conditional else ()))
+    ctx.log(format_health(health))
+    return QueryResult(selected, scores, {"vae": result.vae_state, "discriminator": result.disc_state}, info,
+                       health)
 
 
 @STRATEGIES.register("vaal")

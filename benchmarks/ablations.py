@@ -1,0 +1,215 @@
+"""Why does TA-VAAL trail its own parts? Its variants beside random, VAAL and learning loss (ranking), paired by seed.
+
+    python benchmarks/ablations.py                                # 5 seeds, imbalanced Fashion-MNIST, CPU protocol
+    python benchmarks/ablations.py --balanced fit_batch_bn        # + the balanced pool for one variant
+    python benchmarks/ablations.py --resume                       # after a kill: finished experiments are skipped
+    python benchmarks/ablations.py --report-only
+
+Every experiment runs through curves.py's machinery (its CPU protocol, worker pool, one raw JSON per experiment
+under ``<out>/<name>/raw/``); each variant is a curves "setting": the imbalanced x10 pool of curves.py plus the
+variant's overrides. The variants, one hypothesis each:
+
+  standard        as curves.py runs them today (10 epochs from 100 labels: 20 SGD steps at the first stage)
+  batch_bn        the VAE's BatchNorm in batch mode when scoring (vae.score_bn=batch), as the official code scores
+  fit             the task model trained until it fits its labeled set: 30 epochs (100% training accuracy at every
+                  stage on this protocol, where 10 epochs give 86% at 100 labels), lr x 0.1 at epoch 24 and the
+                  ranker's features detached after 18 (the paper's 160 and 120 of 200 epochs); random, learning
+                  loss and VAAL get the same task training
+  fit_batch_bn    both of the above
+  vaal_schedule   TA-VAAL with VAAL's VAE schedule (two VAE steps per iteration, KL summed): a diagnostic, not the
+                  published method
+
+A variant's strategies are compared with the random, ``lloss_rank`` and ``vaal`` runs of the same task training
+(``vaal`` of the same variant when it has one), over the seeds both have. ``--balanced VARIANT`` adds the
+variant on the balanced pool (the whole training split) with random, ``lloss_rank`` and ``vaal`` beside it.
+Writes ``<out>/<name>.md``: AUC (mean ± std), paired differences with seeds ahead, and the game's health
+(``tavaal.core.health``) averaged over query stages and seeds, next to each other.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from curves import PROTOCOLS, auc, load_raw, mean_std, paired, raw_path, run_all  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIT = ("train.epochs=30", "train.milestones=[24]", "train.ranker_stop_grad_epoch=18")
+BATCH_BN = ("vae.score_bn=batch",)
+VARIANTS = {  # name -> (overrides on top of the protocol and the imbalanced pool, strategies, baseline variant)
+    "standard": ((), ("random", "lloss_rank", "vaal", "tavaal"), "standard"),
+    "batch_bn": (BATCH_BN, ("vaal", "tavaal"), "standard"),
+    "fit": (FIT, ("random", "lloss_rank", "vaal", "tavaal"), "fit"),
+    "fit_batch_bn": (FIT + BATCH_BN, ("vaal", "tavaal"), "fit"),
+    "vaal_schedule": (("vae.vae_steps=2", "vae.kl_reduction=sum"), ("tavaal",), "standard"),
+}
+IMBALANCED = ("data.imbalance_ratio=10",)
+RIVALS = ("random", "lloss_rank", "vaal")
+HEALTH = ("disc_loss_tail", "disc_auroc", "rhat_auroc", "score_rhat_spearman")
+
+
+def variant_configs(balanced: str | None) -> dict[str, tuple[tuple[str, ...], tuple[str, ...], str]]:
+    """setting name -> (overrides, strategies, baseline setting); ``balanced`` adds ``<variant>_balanced`` with
+    its baseline's rivals on the whole training split."""
+    out = {name: (IMBALANCED + sets, strategies, base) for name, (sets, strategies, base) in VARIANTS.items()}
+    if balanced is not None:
+        sets, strategies, base = VARIANTS[balanced]
+        own = strategies if balanced == base else ()
+        out[f"{base}_balanced"] = (VARIANTS[base][0], (*RIVALS, *(s for s in own if s not in RIVALS)),
+                                   f"{base}_balanced")
+        if balanced != base:
+            out[f"{balanced}_balanced"] = (sets, strategies, f"{base}_balanced")
+    return out
+
+
+def plan(variants: dict, seeds: int, threads: int, extra: list[str], protocol: str = "cpu") -> list[tuple]:
+    """curves.run_all's (setting, strategy, seed, preset, overrides), seed by seed; ``protocol`` "smoke": the smoke
+    preset's synthetic images (tests)."""
+    base, sets0 = PROTOCOLS[protocol]
+    data = "synthetic" if protocol == "smoke" else "fashionmnist"
+    return [(name, strategy, seed, base, [*sets0, f"data.name={data}", *sets, f"num_threads={threads}",
+                                          f"al.strategy={strategy}", f"seed={seed}", *extra])
+            for seed in range(seeds) for name, (sets, strategies, _) in variants.items() for strategy in strategies]
+
+
+def rival_runs(raw: dict, variants: dict, setting: str, rival: str) -> dict:
+    """The runs ``setting``'s strategies are compared with: its own ``rival`` runs, else its baseline's."""
+    own = raw.get(setting, {})
+    return own[rival] if rival in own else raw.get(variants[setting][2], {}).get(rival, {})
+
+
+def stage_health(runs: dict, key: str) -> str:
+    """Mean ± std over seeds of the mean of ``key`` over an experiment's query stages."""
+    values = []
+    for e in runs.values():
+        vals = [r["health"][key] for r in e["records"] if (r.get("health") or {}).get(key) is not None]
+        if vals:
+            values.append(float(np.mean(vals)))
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "—"
+
+
+def min_train_accuracy(runs: dict) -> str:
+    accs = [r["train_accuracy"] for e in runs.values() for r in e["records"] if r.get("train_accuracy") is not None]
+    return f"{min(accs) * 100:.1f}" if accs else "—"
+
+
+def report(out: Path, name: str, variants: dict) -> Path:
+    run_dir = out / name
+    meta = json.loads((run_dir / "run.json").read_text())
+    raw = load_raw(run_dir)
+    protocol = meta.get("protocol", "cpu")
+    lines = [f"# TA-VAAL ablations ({', '.join(v for v in variants if v in raw)})", "",
+             f"- protocol: curves.py's {protocol} protocol (`{PROTOCOLS[protocol][0]}` with "
+             f"{', '.join(PROTOCOLS[protocol][1]) or 'no overrides'}) on "
+             f"{'synthetic images' if protocol == 'smoke' else 'Fashion-MNIST'}; each variant's overrides below",
+             "- AUC: trapezoid of test accuracy over labels / label range, in %; std over seeds with ddof 0; "
+             "differences paired by seed (seed k: the same pool and initial labels for every strategy)",
+             "- health (mean over the query stages, then mean ± std over seeds): discriminator loss over the last "
+             "tenth of the iterations (chance 1.386), discriminator AUROC of labeled vs candidates (chance 0.5), "
+             "r̂ AUROC of candidates above labeled, Spearman of the query score with r̂; train acc: the lowest "
+             "accuracy of a stage's task model on its own labeled set"]
+    for inv in meta["invocations"]:
+        lines.append(f"- run: `{inv['command']}` on {inv['date']}, git {inv['git']}, {inv['machine']}; "
+                     f"{inv['jobs']} jobs x {inv['threads']} threads, {inv['ran']} experiments ({inv['skipped']} "
+                     f"skipped), {inv['minutes']:.1f} min, load average before / after: {inv['load'][0]:.2f} / "
+                     f"{inv['load'][1]:.2f}")
+    lines += ["", "| variant | overrides | strategy | seeds | AUC | vs random | vs lloss_rank | vs vaal | train acc "
+              "(min) | label entropy (norm), last | disc loss (last 10%) | disc AUROC | r̂ AUROC | "
+              "spearman(score, r̂) |", "| --- |" + " --- |" * 13]
+    for setting, (sets, strategies, _) in variants.items():
+        for strategy in strategies:
+            runs = raw.get(setting, {}).get(strategy)
+            if not runs:
+                continue
+            cells = [setting, ", ".join(sets) or "—", strategy, str(len(runs)),
+                     mean_std([auc(e["records"]) * 100 for e in runs.values()])]
+            for rival in RIVALS:
+                theirs = rival_runs(raw, variants, setting, rival)
+                if rival == strategy or not theirs:
+                    cells.append("—")
+                    continue
+                d, ahead, n = paired({"a": runs, "b": theirs}, "a", "b", auc)
+                cells.append(f"{d * 100:+.2f} ({ahead}/{n})")
+            cells += [min_train_accuracy(runs), mean_std_plain(
+                [e["records"][-1]["label_entropy_norm"] for e in runs.values()])]
+            cells += [stage_health(runs, key) for key in HEALTH]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Per-stage accuracy of every run: `raw/*.json` (records; `health` holds the per-stage numbers).", ""]
+    path = out / f"{name}.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def mean_std_plain(values) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: %(default)s)")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--balanced", choices=list(VARIANTS), help="also run this variant on the balanced pool")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="experiments in parallel (1 thread each "
+                    "with the default of one per core)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
+    ap.add_argument("--protocol", choices=["cpu", "smoke"], default="cpu",
+                    help="cpu: curves.py's CPU protocol on Fashion-MNIST; smoke: the smoke preset (seconds, tests)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--name", default=f"ablations-{datetime.date.today():%Y-%m-%d}")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    variants = {k: v for k, v in variant_configs(args.balanced).items()
+                if k in args.variants or k.endswith("_balanced")}
+    for name in list(variants):  # a variant's baseline runs with it
+        base = variants[name][2]
+        if base not in variants:
+            variants = {base: variant_configs(args.balanced)[base], **variants}
+    out, run_dir = Path(args.out), Path(args.out) / args.name
+    if args.report_only:
+        print(f"wrote {report(out, args.name, variants)}")
+        return 0
+    from scoring import git_rev, machine
+
+    meta_path = run_dir / "run.json"
+    if meta_path.exists() and not args.resume:
+        print(f"error: {run_dir} holds a run; pass --resume to continue it or --name for a new one", file=sys.stderr)
+        return 2
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"protocol": args.protocol, "invocations": []}
+    if meta.get("protocol", "cpu") != args.protocol:
+        print(f"error: {run_dir} ran the {meta['protocol']} protocol; resume it with --protocol {meta['protocol']}",
+              file=sys.stderr)
+        return 2
+    cpus = os.cpu_count() or 1
+    threads = max(1, cpus // args.jobs)
+    todo = plan(variants, args.seeds, threads, args.set, args.protocol)
+    skipped = [t for t in todo if raw_path(run_dir, *t[:3]).exists()]
+    todo = [t for t in todo if t not in skipped]
+    (run_dir / "raw").mkdir(parents=True, exist_ok=True)
+    print(f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped, {args.jobs} jobs x {threads} threads",
+          flush=True)
+    inv = {"command": "python benchmarks/ablations.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "git": git_rev(), "machine": machine(),
+           "jobs": args.jobs, "threads": threads, "ran": len(todo), "skipped": len(skipped), "minutes": 0.0,
+           "load": [os.getloadavg()[0], float("nan")]}
+    meta["invocations"].append(inv)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    t0 = time.perf_counter()
+    failed = run_all(todo, run_dir, min(args.jobs, max(1, len(todo))), 0) if todo else 0
+    inv["minutes"], inv["load"][1] = (time.perf_counter() - t0) / 60, os.getloadavg()[0]
+    meta_path.write_text(json.dumps(meta, indent=1))
+    print(f"wrote {report(out, args.name, variants)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
