@@ -200,3 +200,28 @@ def test_stage_time_table_has_every_part_for_both_backends(tmp_path):
         local, ray, ratio = (float(v) for v in row.strip("| ").split(" | ")[2:5])
         assert local > 0 and ray > 0 and ratio == pytest.approx(ray / local, rel=0.2), row  # of unrounded times
     assert "| 2 | **stage** |" in md and "wrote" in proc.stdout
+
+
+def test_ablations_pair_variants_with_their_baselines(tmp_path):
+    """ablations.py on the smoke preset: a variant pulls in its baseline's runs, and its table pairs them by seed."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ablations
+
+    run_script("ablations.py", "--protocol", "smoke", "--variants", "batch_bn", "--seeds", "2", "--set",
+               "al.stages=2", "--set", "vae.iterations=3", "--set", "train.epochs=1", "--out", str(tmp_path),
+               "--name", "abl")
+    raw = sorted(p.name for p in (tmp_path / "abl" / "raw").glob("*.json"))
+    assert raw == sorted(f"{v}-{s}-seed{k}.json" for k in (0, 1) for v, ss in
+                         (("standard", ("random", "lloss_rank", "vaal", "tavaal")), ("batch_bn", ("vaal", "tavaal")))
+                         for s in ss)
+    md = (tmp_path / "abl.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| batch_bn |") and "| tavaal |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    runs = curves.load_raw(tmp_path / "abl")
+    d, ahead, n = curves.paired({"a": runs["batch_bn"]["tavaal"], "b": runs["standard"]["random"]}, "a", "b",
+                                curves.auc)
+    assert cells[5] == f"{d * 100:+.2f} ({ahead}/{n})" and n == 2  # vs random: the standard variant's random
+    d, ahead, n = curves.paired({"a": runs["batch_bn"]["tavaal"], "b": runs["batch_bn"]["vaal"]}, "a", "b", curves.auc)
+    assert cells[7] == f"{d * 100:+.2f} ({ahead}/{n})"  # vs vaal: its own variant's vaal
+    assert cells[10] != "—" and cells[12] != "—"  # the game's health: discriminator loss tail, r̂ AUROC
+    assert ablations.variant_configs("fit")["fit_balanced"][1] == ("random", "lloss_rank", "vaal", "tavaal")
