@@ -202,13 +202,38 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+class NumberLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads floats as people type them: ``1e-3``, ``5e-4``, ``1E5``, ``-.5e-2``.
+
+    YAML 1.1 (PyYAML) wants a dot and a signed exponent (``5.0e-4``), so ``5e-4`` was a string that float fields
+    refused. Integers, booleans, null and quoted strings resolve as before.
+    """
+
+    # own copy of the resolvers (keyed by first character), so yaml.SafeLoader itself is unaffected
+    yaml_implicit_resolvers = {ch: list(rs) for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+# YAML 1.2 / Python float spellings; a dot or an exponent is required, so integers never match. Tried after
+# PyYAML's own float and int patterns, so only the spellings they leave as strings land here.
+NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as the project does everywhere (configs, search spaces, ``--set``): see ``NumberLoader``."""
+    return yaml.load(text, Loader=NumberLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"train.lr=0.05"`` -> ``("train.lr", 0.05)``; the value is parsed as YAML."""
+    """``"train.lr=5e-4"`` -> ``("train.lr", 0.0005)``; the value is parsed as YAML by ``load_yaml``."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.sub=value, e.g. train.lr=0.05")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except Exception:  # noqa: BLE001 - not YAML (or YAML too deep to parse): the text itself
         value = raw
     return key.strip(), value
@@ -234,7 +259,7 @@ def read_yaml(path: str | Path, what: str, example: str) -> Any:
     if not p.is_file():
         raise ConfigError(f"{what} '{p}' not found; pass an existing YAML file, e.g. {example}")
     try:
-        return yaml.safe_load(p.read_text()) or {}
+        return load_yaml(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} '{p}' is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
 
