@@ -80,6 +80,7 @@ import numpy as np
 from tavaal.config import Config, load_config
 from tavaal.core.metrics import stage_quality
 from tavaal.errors import TavaalError
+from tavaal.files import atomic_write
 from tavaal.report import plot_table, summarize
 from tavaal.sweep import objective_metrics
 
@@ -133,9 +134,7 @@ def run_one(base: str, overrides: list[str], path: str) -> dict:
     records = run_experiment(cfg, out_dir=None, log=lambda msg: None)
     result = {"config": cfg.to_dict(), "overrides": overrides, "data": data,
               "minutes": (time.perf_counter() - t) / 60, "records": [r.to_dict() for r in records]}
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: p.write_text(json.dumps(result)))
     return result
 
 

@@ -22,6 +22,7 @@ import torch
 
 from tavaal.core.pool import PoolState
 from tavaal.errors import CheckpointError
+from tavaal.files import fsync
 
 STAGE_RE = re.compile(r"^stage-(\d{4,})$")
 FORMAT_VERSION = 1
@@ -60,14 +61,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_stage(
     out_dir: str | Path, stage: int, pool: PoolState, records: list[dict], states: dict[str, dict],
     config: dict[str, Any],
@@ -99,11 +92,11 @@ def save_stage(
              for name in ("state.pt", "config.json")}
     (tmp / "manifest.json").write_text(json.dumps({"stage": stage, "files": files}, indent=2))
     for name in ("state.pt", "config.json", "manifest.json"):
-        _fsync(tmp / name)
+        fsync(tmp / name)
     if final.exists():  # a stage redone after a fallback: keep the damaged one for inspection
         os.rename(final, out / f"{final.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     os.rename(tmp, final)
-    _fsync(out)
+    fsync(out)
     return final
 
 

@@ -38,6 +38,7 @@ from tavaal.core.seeding import numpy_rng
 from tavaal.data.base import ALData, Split
 from tavaal.data.encoded import image_suffix
 from tavaal.errors import CheckpointError, ConfigError, DataError
+from tavaal.files import atomic_write
 
 REQUEST_DIR, LABELS_DIR = "to_label", "labels"
 
@@ -78,25 +79,7 @@ def row_ids(data: ALData, positions: np.ndarray) -> list[str]:
     return [str(i) for i in (positions if ids is None else ids[positions])]
 
 
-# ---------------------------------------------------------------- files: atomic writes, config
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then fsync and rename over ``path``: a kill leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    write(tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# ---------------------------------------------------------------- files: config
 
 
 def run_config(out_dir: str | Path) -> dict:
@@ -122,13 +105,13 @@ def write_request(out_dir: str | Path, stage: int, data: ALData, positions: np.n
     """
     req = Path(out_dir) / REQUEST_DIR
     csv_path = req / f"stage_{stage}.csv"
-    _atomic(req / "config.json", lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True)))
+    atomic_write(req / "config.json", lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True)))
     if csv_path.is_file():
         return csv_path
     ids = row_ids(data, positions)
     paths = _image_paths(req / f"stage_{stage}", data, positions)
     table = pa.table({"id": ids, "path": paths, "label": pa.nulls(len(ids), pa.string())})
-    _atomic(req / f"stage_{stage}.parquet", lambda p: pq.write_table(table, p))
+    atomic_write(req / f"stage_{stage}.parquet", lambda p: pq.write_table(table, p))
 
     def write_csv(p: Path) -> None:
         with open(p, "w", newline="") as f:
@@ -136,7 +119,7 @@ def write_request(out_dir: str | Path, stage: int, data: ALData, positions: np.n
             w.writerow(["id", "path", "label"])
             w.writerows([i, path, ""] for i, path in zip(ids, paths))
 
-    _atomic(csv_path, write_csv)
+    atomic_write(csv_path, write_csv)
     return csv_path
 
 
@@ -235,7 +218,7 @@ def ingest_labels(file: str | Path, out_dir: str | Path, stage: int, data: ALDat
     labels = read_labels(file, row_ids(data, positions), set(row_ids(data, np.arange(len(data.train)))),
                          data.class_names, allow_new, request)
     record = {"stage": stage, "source": str(Path(file).resolve()), "labels": labels}
-    _atomic(target, lambda p: p.write_text(json.dumps(record, indent=1)))
+    atomic_write(target, lambda p: p.write_text(json.dumps(record, indent=1)))
     return with_labels(data, labels, allow_new, str(target))
 
 

@@ -68,7 +68,6 @@ class MLflowTracker:
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.artifact_location = artifact_location  # only used when the experiment is created here
         self.run_id: str | None = None
-        self.records: list[dict[str, Any]] = []  # the records seen by this tracker, in order
         self._client = None
         self._points: dict[int, tuple[float, float]] = {}  # stage -> (labels/count, test/accuracy), whole run
         self._pending: dict[int, dict[str, Any]] = {}  # stage -> record, held back by a tracking outage
@@ -111,7 +110,6 @@ class MLflowTracker:
         stage = int(rec["stage"])
         if self.run_id is None:
             raise RuntimeError("MLflowTracker.log_stage called before start")
-        self.records.append(rec)
         if stage not in self._points:
             self._pending[stage] = rec
         self.flush()

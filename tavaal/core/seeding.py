@@ -2,7 +2,6 @@
 so a resumed run draws exactly what an uninterrupted one would have."""
 from __future__ import annotations
 
-import random
 import zlib
 
 import numpy as np
@@ -23,10 +22,3 @@ def torch_generator(seed: int, *keys: int | str) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(derive_seed(seed, *keys))
     return g
-
-
-def seed_everything(seed: int) -> None:
-    """Seed the global RNGs (model initialization draws from torch's global generator)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
