@@ -217,13 +217,18 @@ def tracking_errors(uri: str, doing: str) -> Iterator[None]:
                             f"check the server or store, or pass --tracking-uri {DEFAULT_TRACKING_URI}") from e
 
 
+# MLflow 3's UI opens an experiment in its training view with this tag (without it: an empty GenAI traces page)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(client, tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment ``name``, created (tagged as model training, ``EXPERIMENT_KIND``) if it is new."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = artifact_location or default_artifact_location(tracking_uri, name)
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # another driver created it in between
         exp = client.get_experiment_by_name(name)
         if exp is None:

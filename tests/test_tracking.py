@@ -95,6 +95,8 @@ def test_run_logs_params_metrics_and_artifacts(store, tmp_path):
     with open(client.download_artifacts(run_id, "accuracy.png", str(tmp_path / "p")), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert run.info.artifact_uri.startswith(store["artifact_location"])  # nothing lands in the repo's mlruns/
+    # MLflow 3's UI opens the experiment in its training view, not an empty GenAI traces page
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_resume_logs_nothing_twice(store):
