@@ -78,11 +78,10 @@ import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 import numpy as np
 
 from tavaal.config import Config, load_config
-from tavaal.core.metrics import stage_quality
+from tavaal.core.metrics import objective_metrics, stage_quality
 from tavaal.errors import TavaalError
 from tavaal.files import atomic_write
 from tavaal.report import plot_table, summarize
-from tavaal.sweep import objective_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("random", "entropy", "coreset", "lloss", "lloss_rank", "vaal", "tavaal")
@@ -394,7 +393,7 @@ def write_report(out: Path, name: str) -> Path:
                  "each setting's preset and overrides under its heading"),
              "- std over seeds with ddof 0 (as `tavaal.report`); AUC: trapezoid of "
              f"{'accuracy (segmentation settings: mIoU)' if len(metrics) > 1 else metrics[0]} over labels "
-             "divided by the label range (`tavaal.sweep.objective_metrics`), in %"]
+             "divided by the label range (`tavaal.core.metrics.objective_metrics`), in %"]
     for inv in meta["invocations"]:
         lines.append(f"- run: `{inv['command']}` on {inv['date']}, git {inv['git']}, {inv['machine']}; "
                      f"{inv['jobs']} jobs x {inv['threads'] or 'default'} threads, {inv['ran']} experiments "

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tavaal.core.metrics import stage_quality
+from tavaal.core.metrics import objective_metrics
 from tavaal.errors import TavaalError
 
 PRESETS = {
@@ -36,19 +36,6 @@ PRESETS = {
 }
 OBJECTIVES = ("auc", "final_accuracy")
 STATE_FILE = "tavaal_sweep.json"
-
-
-def objective_metrics(records: list[dict]) -> dict[str, float]:
-    """Area under accuracy-vs-labels (trapezoid, divided by the label range: in [0, 1]) and last accuracy.
-
-    Segmentation runs are judged by mIoU instead of (pixel) accuracy."""
-    xs = [r["num_labeled"] for r in records]
-    ys = [stage_quality(r) for r in records]
-    if len(xs) < 2 or xs[-1] == xs[0]:
-        auc = ys[-1]
-    else:
-        auc = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1)) / (xs[-1] - xs[0])
-    return {"auc": float(auc), "final_accuracy": float(ys[-1])}
 
 
 TRIAL_FAULT_ENV = "TAVAAL_TRIAL_FAULT"  # tests: "STAGE:DIR" makes one trial fail after reporting STAGE

@@ -13,7 +13,8 @@ from conftest import ROOT, MlflowServer, free_port, stop_group, wait_http
 from tavaal.config import load_config
 from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, default_point, read_space
-from tavaal.sweep import STATE_FILE, objective_metrics
+from tavaal.core.metrics import objective_metrics
+from tavaal.sweep import STATE_FILE
 
 
 def sweep_cli(*args, timeout=600, cwd=None):

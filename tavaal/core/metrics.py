@@ -51,6 +51,19 @@ def stage_quality(record: dict) -> float:
     return record["accuracy"] if record.get("miou") is None else record["miou"]
 
 
+def objective_metrics(records: list[dict]) -> dict[str, float]:
+    """Area under accuracy-vs-labels (trapezoid, divided by the label range: in [0, 1]) and last accuracy.
+
+    Segmentation runs are judged by mIoU instead of (pixel) accuracy."""
+    xs = [r["num_labeled"] for r in records]
+    ys = [stage_quality(r) for r in records]
+    if len(xs) < 2 or xs[-1] == xs[0]:
+        auc = ys[-1]
+    else:
+        auc = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1)) / (xs[-1] - xs[0])
+    return {"auc": float(auc), "final_accuracy": float(ys[-1])}
+
+
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
     """``[C, C]`` int64 counts, rows = target class, columns = predicted class, over every pixel (or sample)
     whose target is in 0..C-1 (ignore pixels, e.g. 255, do not count)."""
