@@ -18,6 +18,7 @@ variant's overrides. The variants, one hypothesis each:
   fit_batch_bn    both of the above
   vaal_schedule   TA-VAAL with VAAL's VAE schedule (two VAE steps per iteration, KL summed): a diagnostic, not the
                   published method
+  fit_vaal_schedule  both: the fitted task model and VAAL's VAE schedule (a diagnostic too)
 
 A variant's strategies are compared with the random, ``lloss_rank`` and ``vaal`` runs of the same task training
 (``vaal`` of the same variant when it has one), over the seeds both have. ``--balanced VARIANT`` adds the
@@ -45,13 +46,18 @@ from curves import PROTOCOLS, auc, load_raw, mean_std, paired, raw_path, run_all
 ROOT = Path(__file__).resolve().parents[1]
 FIT = ("train.epochs=30", "train.milestones=[24]", "train.ranker_stop_grad_epoch=18")
 BATCH_BN = ("vae.score_bn=batch",)
+VAAL_SCHEDULE = ("vae.vae_steps=2", "vae.kl_reduction=sum")
 VARIANTS = {  # name -> (overrides on top of the protocol and the imbalanced pool, strategies, baseline variant)
     "standard": ((), ("random", "lloss_rank", "vaal", "tavaal"), "standard"),
     "batch_bn": (BATCH_BN, ("vaal", "tavaal"), "standard"),
     "fit": (FIT, ("random", "lloss_rank", "vaal", "tavaal"), "fit"),
     "fit_batch_bn": (FIT + BATCH_BN, ("vaal", "tavaal"), "fit"),
-    "vaal_schedule": (("vae.vae_steps=2", "vae.kl_reduction=sum"), ("tavaal",), "standard"),
+    "vaal_schedule": (VAAL_SCHEDULE, ("tavaal",), "standard"),
+    "fit_vaal_schedule": (FIT + VAAL_SCHEDULE, ("tavaal",), "fit"),
 }
+# the variant each one changes one thing of: "vs itself" compares a strategy with its own runs there
+REFERENCE = {"batch_bn": "standard", "fit": "standard", "fit_batch_bn": "fit", "vaal_schedule": "standard",
+             "fit_vaal_schedule": "fit", "fit_batch_bn_balanced": "fit_balanced"}
 IMBALANCED = ("data.imbalance_ratio=10",)
 RIVALS = ("random", "lloss_rank", "vaal")
 HEALTH = ("disc_loss_tail", "disc_auroc", "rhat_auroc", "score_rhat_spearman")
@@ -97,9 +103,16 @@ def stage_health(runs: dict, key: str) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "—"
 
 
-def min_train_accuracy(runs: dict) -> str:
+def train_accuracy(runs: dict) -> str:
+    """Mean / lowest accuracy of a stage's task model on its own labeled set, over every stage and seed (%)."""
     accs = [r["train_accuracy"] for e in runs.values() for r in e["records"] if r.get("train_accuracy") is not None]
-    return f"{min(accs) * 100:.1f}" if accs else "—"
+    return f"{np.mean(accs) * 100:.1f} / {min(accs) * 100:.1f}" if accs else "—"
+
+
+def paired_cell(a: dict, b: dict) -> str:
+    """AUC of runs ``a`` minus runs ``b`` (pt), mean over the seeds both have, with seeds where ``a`` is ahead."""
+    d, ahead, n = paired({"a": a, "b": b}, "a", "b", auc)
+    return f"{d * 100:+.2f} ({ahead}/{n})"
 
 
 def report(out: Path, name: str, variants: dict) -> Path:
@@ -115,16 +128,17 @@ def report(out: Path, name: str, variants: dict) -> Path:
              "differences paired by seed (seed k: the same pool and initial labels for every strategy)",
              "- health (mean over the query stages, then mean ± std over seeds): discriminator loss over the last "
              "tenth of the iterations (chance 1.386), discriminator AUROC of labeled vs candidates (chance 0.5), "
-             "r̂ AUROC of candidates above labeled, Spearman of the query score with r̂; train acc: the lowest "
-             "accuracy of a stage's task model on its own labeled set"]
+             "r̂ AUROC of candidates above labeled, Spearman of the query score with r̂; train acc: accuracy of a "
+             "stage's task model on its own labeled set, mean and lowest over stages and seeds",
+             "- vs itself: the strategy's AUC minus its own in the variant this one changes one thing of"]
     for inv in meta["invocations"]:
         lines.append(f"- run: `{inv['command']}` on {inv['date']}, git {inv['git']}, {inv['machine']}; "
                      f"{inv['jobs']} jobs x {inv['threads']} threads, {inv['ran']} experiments ({inv['skipped']} "
                      f"skipped), {inv['minutes']:.1f} min, load average before / after: {inv['load'][0]:.2f} / "
                      f"{inv['load'][1]:.2f}")
-    lines += ["", "| variant | overrides | strategy | seeds | AUC | vs random | vs lloss_rank | vs vaal | train acc "
-              "(min) | label entropy (norm), last | disc loss (last 10%) | disc AUROC | r̂ AUROC | "
-              "spearman(score, r̂) |", "| --- |" + " --- |" * 13]
+    lines += ["", "| variant | overrides | strategy | seeds | AUC | vs random | vs lloss_rank | vs vaal | vs itself in "
+              "the reference variant | train acc (mean / min) | label entropy (norm), last | disc loss (last 10%) | "
+              "disc AUROC | r̂ AUROC | spearman(score, r̂) |", "| --- |" + " --- |" * 14]
     for setting, (sets, strategies, _) in variants.items():
         for strategy in strategies:
             runs = raw.get(setting, {}).get(strategy)
@@ -137,9 +151,10 @@ def report(out: Path, name: str, variants: dict) -> Path:
                 if rival == strategy or not theirs:
                     cells.append("—")
                     continue
-                d, ahead, n = paired({"a": runs, "b": theirs}, "a", "b", auc)
-                cells.append(f"{d * 100:+.2f} ({ahead}/{n})")
-            cells += [min_train_accuracy(runs), mean_std_plain(
+                cells.append(paired_cell(runs, theirs))
+            ref = raw.get(REFERENCE.get(setting, ""), {}).get(strategy)
+            cells.append(f"{paired_cell(runs, ref)} vs {REFERENCE[setting]}" if ref else "—")
+            cells += [train_accuracy(runs), mean_std_plain(
                 [e["records"][-1]["label_entropy_norm"] for e in runs.values()])]
             cells += [stage_health(runs, key) for key in HEALTH]
             lines.append("| " + " | ".join(cells) + " |")
