@@ -157,8 +157,38 @@ def test_vae_published_sizes_for_32_and_28():
     recon, *_ = vae32(torch.randn(2, 3, 32, 32), torch.rand(2))
     assert recon.shape == (2, 3, 32, 32)
     vae28 = VAE((1, 28, 28), latent_dim=28, base_channels=8)
-    assert vae28.fc_mu.in_features == 64 * 1 * 1  # 28 -> 14 -> 7 -> 3 -> 1
-    assert vae28.decoder[0].out_features == 64 * 4 * 4  # decodes to 32x32, center-cropped to 28x28
+    assert vae28.fc_mu.in_features == 64 * 2 * 2  # 28 -> 14 -> 7 -> 3 -> 2 (the last conv has kernel 3)
+    assert vae28.decoder[0].out_features == 64 * 4 * 4  # decodes 4 -> 7 -> 14 -> 28
+
+
+def test_vae_28x28_is_the_official_fashion_mnist_shape():
+    # official TA-VAAL VAE(28, 1, 3): last encoder conv k3 (3x3 -> 2x2x1024), first decoder ConvTranspose k3
+    # (4 -> 7), then 7 -> 14 -> 28: exactly 28x28, nothing cropped
+    vae = VAE((1, 28, 28), latent_dim=28, base_channels=128, cond_dim=1).eval()
+    convs = [m for m in vae.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(4, 4), (4, 4), (4, 4), (3, 3)]
+    x = torch.randn(2, 1, 28, 28)
+    assert vae.encoder[:-1](x).shape == (2, 1024, 2, 2)
+    assert vae.fc_mu.in_features == 1024 * 2 * 2
+    ups = [m for m in vae.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [u.kernel_size for u in ups] == [(3, 3), (4, 4), (4, 4), (1, 1)]
+    z = torch.cat([torch.randn(2, 28), torch.rand(2, 1)], dim=1)
+    sizes, h = [], z
+    for m in vae.decoder:
+        h = m(h)
+        if isinstance(m, torch.nn.ConvTranspose2d):
+            sizes.append(tuple(h.shape[2:]))
+    assert sizes == [(7, 7), (14, 14), (28, 28), (28, 28)]  # the decoder's own output: 28x28, no crop
+    recon, *_ = vae(x, torch.rand(2))
+    assert recon.shape == x.shape
+
+
+def test_vae_other_sizes_keep_their_shape():
+    # 32x32 and 16x16 exact, other sides decoded to 8 ceil(s / 8) and center-cropped
+    for shape, flat, start in [((3, 32, 32), 2 * 2, (4, 4)), ((1, 16, 16), 1, (2, 2)), ((1, 20, 36), 1 * 2, (3, 5))]:
+        vae = VAE(shape, latent_dim=6, base_channels=8).eval()
+        assert vae.fc_mu.in_features == 64 * flat and vae._start == (64, *start)
+        assert vae(torch.randn(2, *shape))[0].shape == (2, *shape)
 
 
 def test_vae_eval_mode_is_deterministic_and_uses_mu():

@@ -5,10 +5,14 @@ base * (1, 2, 4, 8), flatten, Linear -> mu and Linear -> log sigma^2. Decoder: L
 (8 base) x s_h x s_w, 3 x [ConvTranspose k4 s2 p1, BN, ReLU] halving the widths down to base, then a
 k1 ConvTranspose to image channels, no output activation.
 
-Other sizes (H, W >= 16): the encoder's spatial output is floor(H/16) x floor(W/16) (32 -> 2, 28 -> 1,
-16 -> 1) and the flatten size follows it. The decoder starts at s = ceil(H/8), producing 8 s >= H,
-and center-crops to H x W: 32 -> 4 -> 32 exactly (the published sizes), 16 -> 2 -> 16 exactly,
-28 -> 4 -> 32 cropped by 2 pixels on each side to 28.
+28x28 (the official Fashion-MNIST VAE, ``VAE(28, 1, 3)``): the last encoder conv and the first decoder
+ConvTranspose have kernel 3, so the encoder ends at 2 x 2 (28 -> 14 -> 7 -> 3 -> 2, flatten 8 base x 2 x 2)
+and the decoder runs 4 -> 7 -> 14 -> 28, exactly, with no crop.
+
+Other sizes (H, W >= 16; ``conv_plan``, per side): the encoder's spatial output is floor(H/16) (32 -> 2,
+16 -> 1) and the flatten size follows it. The decoder starts at s = ceil(H/8), producing 8 s >= H, and
+center-crops to H: 32 -> 4 -> 32 exactly (the published sizes), 16 -> 2 -> 16 exactly, 20 -> 3 -> 24
+cropped to 20.
 
 Vector inputs (D,): an MLP encoder/decoder (two hidden layers of ``base_channels`` units) with the
 same interface.
@@ -21,6 +25,7 @@ PyTorch's default init here too (a kaiming-normal mu head on 4096 ReLU inputs st
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +41,25 @@ def kaiming_init(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """Sizes of the image VAE for one input side: the last encoder conv's kernel and output size, the decoder's
+    start size and its first ConvTranspose's kernel (the others are k4 s2 p1, doubling)."""
+
+    enc_kernel: int
+    enc_out: int
+    dec_start: int
+    dec_kernel: int
+
+
+def conv_plan(side: int) -> ConvPlan:
+    """28: the official Fashion-MNIST shape (k3, 3 -> 2; 4 -> 7 -> 14 -> 28); else k4 throughout, s // 16 and
+    ceil(s / 8) (the decoder's 8 ceil(s / 8) >= s is center-cropped to s)."""
+    if side == 28:
+        return ConvPlan(enc_kernel=3, enc_out=2, dec_start=4, dec_kernel=3)
+    return ConvPlan(enc_kernel=4, enc_out=side // 16, dec_start=math.ceil(side / 8), dec_kernel=4)
 
 
 def _conditioned(z: Tensor, r: Tensor | None, cond_dim: int, who: str) -> Tensor:
@@ -81,21 +105,24 @@ class VAE(nn.Module):
         c, h, w = self.input_shape
         if min(h, w) < 16:
             raise ValueError(f"the image VAE needs H, W >= 16, got input_shape {self.input_shape}")
+        ph, pw = conv_plan(h), conv_plan(w)
         widths = [base, 2 * base, 4 * base, 8 * base]
+        kernels = [4, 4, 4, (ph.enc_kernel, pw.enc_kernel)]
         enc: list[nn.Module] = []
-        for c_in, c_out in zip([c] + widths[:-1], widths):
-            enc += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        for c_in, c_out, k in zip([c] + widths[:-1], widths, kernels):
+            enc += [nn.Conv2d(c_in, c_out, k, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         self.encoder = nn.Sequential(*enc, nn.Flatten())
-        flat = widths[-1] * (h // 16) * (w // 16)
+        flat = widths[-1] * ph.enc_out * pw.enc_out
         self.fc_mu = nn.Linear(flat, self.latent_dim)
         self.fc_logvar = nn.Linear(flat, self.latent_dim)
-        self._start = (widths[-1], math.ceil(h / 8), math.ceil(w / 8))
+        self._start = (widths[-1], ph.dec_start, pw.dec_start)
         dec: list[nn.Module] = [
-            nn.Linear(self.latent_dim + self.cond_dim, widths[-1] * self._start[1] * self._start[2]),
+            nn.Linear(self.latent_dim + self.cond_dim, widths[-1] * ph.dec_start * pw.dec_start),
             nn.Unflatten(1, self._start),
         ]
-        for c_in, c_out in zip(widths[:0:-1], widths[-2::-1]):
-            dec += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        kernels = [(ph.dec_kernel, pw.dec_kernel), 4, 4]
+        for c_in, c_out, k in zip(widths[:0:-1], widths[-2::-1], kernels):
+            dec += [nn.ConvTranspose2d(c_in, c_out, k, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         dec.append(nn.ConvTranspose2d(base, c, 1))
         self.decoder = nn.Sequential(*dec)
 
@@ -117,7 +144,7 @@ class VAE(nn.Module):
     def decode(self, z: Tensor, r: Tensor | None = None) -> Tensor:
         """``z [B, latent]`` (and ``r`` when cond_dim=1) -> reconstruction ``[B, *input_shape]``."""
         out = self.decoder(_conditioned(z, r, self.cond_dim, "VAE"))
-        if out.dim() == 4:
+        if out.dim() == 4 and tuple(out.shape[2:]) != self.input_shape[1:]:  # sides that are not 8 s (nor 28)
             _, h, w = self.input_shape
             top, left = (out.shape[2] - h) // 2, (out.shape[3] - w) // 2
             out = out[:, :, top : top + h, left : left + w]
