@@ -60,7 +60,9 @@ class TrainConfig:
     eta: float = 1.0  # η: weight of the ranking loss in L_task + η·L_rank (eq. 2; official WEIGHT = 1)
     margin: float = 1.0  # ξ: margin of LL4AL's loss (baseline lloss only)
     ranker_stop_grad_epoch: int = 120  # after this epoch the ranker's input features are detached (official EPOCHL)
-    precision: str = "fp32"  # fp32 or bf16 (autocast; halves conv cost on CPUs with avx512_bf16)
+    precision: str = "fp32"  # fp32, bf16 (autocast: task model, VAE, evaluation, scoring; halves conv cost on CPUs
+    # with avx512_bf16) or auto (bf16 where the device supports it, else fp32: tavaal/core/precision.py)
+    channels_last: bool = False  # NHWC memory format for the image models and their batches (same maths)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ class ALConfig:
     budget: int = 1000  # K: labels added per stage (paper: 1,000)
     stages: int = 10  # stages trained and evaluated (paper: 10, i.e. 1k..10k labels)
     subset_size: int = 10_000  # M: random unlabeled candidates scored per stage (paper: 10,000)
-    score_batch_size: int = 512  # batch size for scoring and evaluation (no effect on results)
+    score_batch_size: int | None = 512  # batch size for scoring and evaluation (no effect on results); null: per
+    # device, 128 on CPUs (512 is slower per image there) and 512 on GPUs
     keep_checkpoints: int = 0  # newest stage checkpoints kept on disk (0: all); resume falls back among them
     oracle: str = "auto"  # simulated (labels from the data), manual (people label to_label/ files); auto: simulated
     # when every pool label is known, else manual
@@ -343,7 +346,7 @@ def validate(cfg: Config) -> None:
     _check(t.eta >= 0, "train.eta", ">= 0", t.eta)
     _check(t.margin >= 0, "train.margin", ">= 0", t.margin)
     _check(t.ranker_stop_grad_epoch >= 0, "train.ranker_stop_grad_epoch", ">= 0", t.ranker_stop_grad_epoch)
-    _check(t.precision in ("fp32", "bf16"), "train.precision", "fp32 or bf16", t.precision)
+    _check(t.precision in ("fp32", "bf16", "auto"), "train.precision", "fp32, bf16 or auto", t.precision)
     v = cfg.vae
     _check(1 <= v.latent_dim <= MAX_WIDTH, "vae.latent_dim", f"in [1, {MAX_WIDTH}]", v.latent_dim)
     _check(1 <= v.base_channels <= MAX_WIDTH // 8, "vae.base_channels", f"in [1, {MAX_WIDTH // 8}] (widths go to 8x)",
@@ -367,7 +370,8 @@ def validate(cfg: Config) -> None:
     _check(a.budget >= 1, "al.budget", ">= 1", a.budget)
     _check(a.stages >= 1, "al.stages", ">= 1", a.stages)
     _check(a.subset_size >= a.budget, "al.subset_size", f">= al.budget ({a.budget})", a.subset_size)
-    _check(1 <= a.score_batch_size <= MAX_BATCH, "al.score_batch_size", f"in [1, {MAX_BATCH}]", a.score_batch_size)
+    _check(a.score_batch_size is None or 1 <= a.score_batch_size <= MAX_BATCH, "al.score_batch_size",
+           f"in [1, {MAX_BATCH}] or null (per device)", a.score_batch_size)
     _check(a.keep_checkpoints >= 0, "al.keep_checkpoints", ">= 0 (0 keeps all)", a.keep_checkpoints)
     _check(a.oracle in ("auto", "simulated", "manual"), "al.oracle", "auto, simulated or manual", a.oracle)
     b = cfg.backend

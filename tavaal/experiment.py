@@ -19,7 +19,7 @@ from tavaal.backends import Backend, build_backend
 from tavaal.config import Config, from_dict
 from tavaal.core.metrics import label_counts, label_entropy
 from tavaal.core.pool import PoolState, draw_candidates
-from tavaal.core.precision import resolve_device
+from tavaal.core.precision import for_device, resolve_device
 from tavaal.core.seeding import derive_seed, numpy_rng
 from tavaal.core.training import ModelSpec, TaskJob, evaluate
 from tavaal.data import build_dataset
@@ -78,6 +78,7 @@ def run_experiment(
     batch to annotate (``tavaal/oracle.py``); ``labels`` (a CSV) answers it on resume.
     """
     device = resolve_device(cfg.device)
+    cfg = for_device(cfg, device)  # precision auto, score batch per device: resolved once, recorded as run
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     data = build_dataset(cfg.data, cfg.seed)
@@ -211,8 +212,10 @@ def run_stage(
     t_train = time.perf_counter() - t0
     model, _ = spec.build(with_ranker=False)
     model.load_state_dict(task.model_state)
-    metrics = evaluate(model.to(device), data, device, cfg.al.score_batch_size, cfg.train.precision)
-    fit = evaluate(model, data, device, cfg.al.score_batch_size, cfg.train.precision, "train", labeled)
+    t = cfg.train
+    metrics = evaluate(model.to(device), data, device, cfg.al.score_batch_size, t.precision,
+                       channels_last=t.channels_last)
+    fit = evaluate(model, data, device, cfg.al.score_batch_size, t.precision, "train", labeled, t.channels_last)
     states = {"model": task.model_state} | ({"ranker": task.ranker_state} if task.ranker_state else {})
     selected, info, health, t1 = np.empty(0, dtype=np.int64), {}, {}, time.perf_counter()
     if stage < cfg.al.stages - 1:

@@ -15,7 +15,7 @@ import torch
 from tavaal.config import TrainConfig
 from tavaal.core.batches import iter_batches
 from tavaal.core.metrics import classification_metrics, confusion_matrix, segmentation_metrics
-from tavaal.core.precision import autocast
+from tavaal.core.precision import autocast, memory_format, resolve_precision, to_device
 from tavaal.core.seeding import derive_seed, torch_generator
 from tavaal.data.base import ALData
 from tavaal.losses import margin_loss, per_sample_task_loss, ranking_loss
@@ -133,6 +133,7 @@ def train_epoch(
     mine = order[rank * per:(rank + 1) * per]
     batch_size = max(2, job.train.batch_size // world)
     aug = gen if world == 1 else torch_generator(job.seed, "epoch", epoch, "rank", rank)  # same shuffle, own crops
+    precision = resolve_precision(job.train.precision, device)
     sums: dict[str, float] = {}
     n_batches = 0
     for x, y, _ in iter_batches(data, "train", mine, batch_size, aug, augment=True):
@@ -140,8 +141,8 @@ def train_epoch(
             x, y = x[:-1], y[:-1]
         if x.shape[0] < 2:
             continue
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, job.train.precision):
+        x, y = to_device(x, device, job.train.channels_last), y.to(device, non_blocking=True)
+        with autocast(device, precision):
             loss, stats = task_loss(model, ranker, x, y, job.train, job.ranker_loss, epoch)
         optim.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -161,7 +162,7 @@ def train_task(
 ) -> TaskResult:
     """Build (seeded), train for ``job.train.epochs`` epochs, return CPU state dicts and the history."""
     model, ranker = job.spec.build(job.ranker_loss is not None, seed=derive_seed(job.seed, "init"))
-    model.to(device)
+    model.to(device, memory_format=memory_format(job.train.channels_last))
     if ranker is not None:
         ranker.to(device)
     optim = StageOptim(model, ranker, job.train)
@@ -181,7 +182,7 @@ def cpu_state(module: torch.nn.Module) -> dict:
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module, data: ALData, device: torch.device, batch_size: int = 512, precision: str = "fp32",
-    split: str = "test", indices: np.ndarray | None = None,
+    split: str = "test", indices: np.ndarray | None = None, channels_last: bool = False,
 ) -> dict:
     """Accuracy, balanced accuracy and per-class accuracy on ``split`` (its ``indices``; default the whole test
     split), in eval mode without augmentation.
@@ -189,13 +190,14 @@ def evaluate(
     Segmentation: pixel accuracy as ``accuracy``, mean class (pixel) accuracy as ``balanced_accuracy``, plus
     ``miou`` and ``per_class_iou``, from one confusion matrix over every pixel that is not ignored.
     """
-    model.eval()
+    model.to(memory_format=memory_format(channels_last)).eval()
+    precision = resolve_precision(precision, device)
     preds = []
     cm = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)
     idx = np.arange(len(getattr(data, split))) if indices is None else np.asarray(indices, dtype=np.int64)
     for x, y, _ in iter_batches(data, split, idx, batch_size):
         with autocast(device, precision):
-            pred = model(x.to(device)).logits.argmax(1).cpu()
+            pred = model(to_device(x, device, channels_last)).logits.argmax(1).cpu()
         if data.is_segmentation:  # accumulated per batch: a split's pixels need not fit in memory twice
             cm += confusion_matrix(pred.numpy(), y.numpy(), data.num_classes)
         else:

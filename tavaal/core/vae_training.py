@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from tavaal.config import VAEConfig
 from tavaal.core.batches import endless_batches
-from tavaal.core.precision import autocast
+from tavaal.core.precision import autocast, memory_format, resolve_precision, to_device
 from tavaal.core.seeding import derive_seed, torch_generator
 from tavaal.core.training import cpu_state
 from tavaal.data.base import ALData
@@ -52,8 +52,9 @@ class VAEJob:
     iterations: int
     seed: int
     conditional: bool
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32, bf16 or auto (train.precision)
     rhat: np.ndarray | None = None  # float32 [N]: r̂ per absolute index (NaN where not computed)
+    channels_last: bool = False  # images and the conv VAE in NHWC (train.channels_last)
 
     def __post_init__(self) -> None:
         # checked where a job is made, so no backend starts work (or a Ray job) that cannot run
@@ -104,7 +105,8 @@ class VAETraining:
         self.job, self.device, self.shard = job, device, shard
         v = job.vae
         self.vae, self.disc = job.build(seed=derive_seed(job.seed, "vae-init"))
-        self.vae.to(device).train()
+        self.vae.to(device, memory_format=memory_format(job.channels_last)).train()
+        self.precision = resolve_precision(job.precision, device)
         self.disc.to(device).train()
         self.opt_v = torch.optim.Adam(self.vae.parameters(), lr=v.lr)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=v.disc_lr)
@@ -145,18 +147,18 @@ class VAETraining:
         noise = self.noise if self.iteration == 0 else None
         for _ in range(v.vae_steps):
             (xl, il), (xu, iu) = next(self.lab), next(self.unl)
-            xl, xu = fit_to_vae(xl.to(dev), v.input_size), fit_to_vae(xu.to(dev), v.input_size)
+            xl, xu = self._batch(xl), self._batch(xu)
             rl, ru = _r(job, il, dev, noise), _r(job, iu, dev, noise)
-            with autocast(dev, job.precision):
+            with autocast(dev, self.precision):
                 loss_v = _vae_step_loss(self.vae, self.disc, xl, xu, rl, ru, v)
             self.opt_v.zero_grad(set_to_none=True)
             loss_v.backward()
             if sync_grads is not None:
                 sync_grads(self.vae)
             self.opt_v.step()
-        with torch.no_grad(), autocast(dev, job.precision):
+        with torch.no_grad(), autocast(dev, self.precision):
             mu_l, mu_u = self.vae.encode(xl)[0], self.vae.encode(xu)[0]
-        with autocast(dev, job.precision):
+        with autocast(dev, self.precision):
             loss_d = discriminator_loss(self.disc(mu_l.float(), rl).float(), self.disc(mu_u.float(), ru).float())
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -168,6 +170,10 @@ class VAETraining:
         if self.iteration > self._tail_from:
             self._tail = [self._tail[0] + disc_loss, self._tail[1] + 1]
         return {"iteration": self.iteration, "vae_loss": float(loss_v.detach()), "disc_loss": disc_loss}
+
+    def _batch(self, x: torch.Tensor) -> torch.Tensor:
+        """An image batch on the device, resized for the VAE (``vae.input_size``), in the job's memory format."""
+        return to_device(fit_to_vae(x.to(self.device), self.job.vae.input_size), self.device, self.job.channels_last)
 
     def disc_loss_tail(self) -> float | None:
         """The discriminator loss averaged over the last tenth of the job's iterations (None before them)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tavaal.core.selection import k_center_greedy
 from tavaal.registry import STRATEGIES
 from tavaal.strategies.base import QueryContext, QueryResult, Strategy
-from tavaal.strategies.scorers import TaskScorer
+from tavaal.strategies.scorers import task_scorer
 
 
 @STRATEGIES.register("coreset")
@@ -14,7 +14,7 @@ class CoresetStrategy(Strategy):
     direction = "farthest from the labeled set and earlier picks (k-center greedy on embeddings)"
 
     def query(self, ctx: QueryContext) -> QueryResult:
-        scorer = TaskScorer(ctx.spec, ctx.task, "embedding")
+        scorer = task_scorer(ctx, "embedding")
         bs = ctx.cfg.al.score_batch_size
         lab = ctx.backend.score(scorer, ctx.labeled, bs)["embedding"]
         cand = ctx.backend.score(scorer, ctx.candidates, bs)["embedding"]

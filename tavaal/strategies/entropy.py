@@ -4,7 +4,7 @@ from __future__ import annotations
 from tavaal.core.selection import select_top_k
 from tavaal.registry import STRATEGIES
 from tavaal.strategies.base import QueryContext, QueryResult, Strategy
-from tavaal.strategies.scorers import TaskScorer
+from tavaal.strategies.scorers import task_scorer
 
 
 @STRATEGIES.register("entropy")
@@ -13,7 +13,7 @@ class EntropyStrategy(Strategy):
     direction = "highest predictive entropy first"
 
     def query(self, ctx: QueryContext) -> QueryResult:
-        out = ctx.backend.score(TaskScorer(ctx.spec, ctx.task, "entropy"), ctx.candidates,
+        out = ctx.backend.score(task_scorer(ctx, "entropy"), ctx.candidates,
                                 ctx.cfg.al.score_batch_size)
         scores = out["entropy"]
         return QueryResult(select_top_k(scores, ctx.candidates, ctx.budget), scores)

@@ -6,14 +6,14 @@ from __future__ import annotations
 from tavaal.core.selection import select_top_k
 from tavaal.registry import STRATEGIES
 from tavaal.strategies.base import QueryContext, QueryResult, Strategy
-from tavaal.strategies.scorers import TaskScorer
+from tavaal.strategies.scorers import task_scorer
 
 
 class _PredictedLoss(Strategy):
     direction = "highest predicted loss first"
 
     def query(self, ctx: QueryContext) -> QueryResult:
-        out = ctx.backend.score(TaskScorer(ctx.spec, ctx.task, "rhat"), ctx.candidates,
+        out = ctx.backend.score(task_scorer(ctx, "rhat"), ctx.candidates,
                                 ctx.cfg.al.score_batch_size)
         scores = out["rhat"]
         return QueryResult(select_top_k(scores, ctx.candidates, ctx.budget), scores)

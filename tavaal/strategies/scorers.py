@@ -6,6 +6,7 @@ import contextlib
 import numpy as np
 import torch
 
+from tavaal.core.precision import autocast, memory_format, resolve_precision, to_device
 from tavaal.core.training import ModelSpec, TaskResult
 from tavaal.core.vae_training import VAEJob, VAEResult, fit_to_vae
 
@@ -15,13 +16,16 @@ class TaskScorer:
 
     kind: "entropy" (softmax entropy ``[B]``; segmentation: the mean over the image's pixels), "rhat" (ranker's
     predicted loss ``[B]``), "embedding" (``[B, D]``; segmentation: the pooled deepest encoder feature),
-    "logits" (``[B, C]``, classification only).
+    "logits" (``[B, C]``, classification only). ``precision`` and ``channels_last`` as ``train.*`` (the outputs are
+    float32 either way).
     """
 
-    def __init__(self, spec: ModelSpec, task: TaskResult, kind: str) -> None:
+    def __init__(self, spec: ModelSpec, task: TaskResult, kind: str, precision: str = "fp32",
+                 channels_last: bool = False) -> None:
         if kind == "rhat" and task.ranker_state is None:
             raise ValueError("scoring r̂ needs a trained ranker")
         self.spec, self.task, self.kind = spec, task, kind
+        self.precision, self.channels_last = precision, channels_last
         self._model = self._ranker = None
 
     def setup(self, device: torch.device) -> None:
@@ -29,13 +33,18 @@ class TaskScorer:
             return
         model, ranker = self.spec.build(with_ranker=self.kind == "rhat")
         model.load_state_dict(self.task.model_state)
-        self._model = model.to(device).eval()
+        self._model = model.to(device, memory_format=memory_format(self.channels_last)).eval()
         if ranker is not None:
             ranker.load_state_dict(self.task.ranker_state)
             self._ranker = ranker.to(device).eval()
+        self._device, self._precision = device, resolve_precision(self.precision, device)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        with autocast(self._device, self._precision):
+            return self._outputs(to_device(x, self._device, self.channels_last))
+
+    def _outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self._model(x)
         if self.kind == "entropy":
             logp = torch.log_softmax(out.logits.float(), dim=1)
@@ -48,7 +57,14 @@ class TaskScorer:
         return {"logits": out.logits.float()}
 
     def __getstate__(self) -> dict:
-        return {"spec": self.spec, "task": self.task, "kind": self.kind, "_model": None, "_ranker": None}
+        return {"spec": self.spec, "task": self.task, "kind": self.kind, "precision": self.precision,
+                "channels_last": self.channels_last, "_model": None, "_ranker": None}
+
+
+def task_scorer(ctx, kind: str) -> TaskScorer:
+    """The stage's task-model scorer of ``kind`` (a ``QueryContext``'s model), run as ``train.precision`` and
+    ``train.channels_last`` say."""
+    return TaskScorer(ctx.spec, ctx.task, kind, ctx.cfg.train.precision, ctx.cfg.train.channels_last)
 
 
 class DiscriminatorScorer:
@@ -75,13 +91,15 @@ class DiscriminatorScorer:
         vae, disc = self.job.build()
         vae.load_state_dict(self.result.vae_state)
         disc.load_state_dict(self.result.disc_state)
-        self._vae, self._disc = vae.to(device).eval(), disc.to(device).eval()
-        self._device = device
+        self._vae = vae.to(device, memory_format=memory_format(self.job.channels_last)).eval()
+        self._disc = disc.to(device).eval()
+        self._device, self._precision = device, resolve_precision(self.job.precision, device)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        x = fit_to_vae(x, self.job.vae.input_size)
-        with batch_statistics(self._vae, self.job.vae.score_bn == "batch" and x.shape[0] > 1):
+        x = to_device(fit_to_vae(x, self.job.vae.input_size), self._device, self.job.channels_last)
+        with batch_statistics(self._vae, self.job.vae.score_bn == "batch" and x.shape[0] > 1), \
+                autocast(self._device, self._precision):
             mu, _ = self._vae.encode(x)
         r = None
         if self.job.conditional:

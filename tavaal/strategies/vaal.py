@@ -26,6 +26,7 @@ def adversarial_query(ctx: QueryContext, conditional: bool, vae_steps: int, kl: 
         input_shape=vae_input_shape(ctx.data.input_shape, v.input_size), vae=v, labeled=ctx.labeled,
         unlabeled=ctx.candidates, iterations=vae_iterations(v, ctx.labeled.size, ctx.candidates.size), seed=ctx.seed,
         conditional=conditional, precision=ctx.cfg.train.precision, rhat=rhat,
+        channels_last=ctx.cfg.train.channels_last,
     )
     ctx.log(f"  VAE/discriminator: {job.iterations} iterations")
     result = ctx.backend.train_vae(job, on_progress=lambda r: ctx.log(
