@@ -9,7 +9,8 @@ Every experiment runs through curves.py's machinery (its CPU protocol, worker po
 under ``<out>/<name>/raw/``); each variant is a curves "setting": the imbalanced x10 pool of curves.py plus the
 variant's overrides. The variants, one hypothesis each:
 
-  standard        as curves.py runs them today (10 epochs from 100 labels: 20 SGD steps at the first stage)
+  standard        as curves.py ran them until 2026-12-02 (10 epochs from 100 labels: 20 SGD steps at the first
+                  stage; lr x 0.1 at epoch 8, the ranker's features detached after 6)
   batch_bn        the VAE's BatchNorm in batch mode when scoring (vae.score_bn=batch), as the official code scores
   fit             the task model trained until it fits its labeled set: 30 epochs (100% training accuracy at every
                   stage on this protocol, where 10 epochs give 86% at 100 labels), lr x 0.1 at epoch 24 and the
@@ -44,15 +45,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves import PROTOCOLS, auc, load_raw, mean_std, paired, raw_path, run_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FIT = ("train.epochs=30", "train.milestones=[24]", "train.ranker_stop_grad_epoch=18")
+SHORT = ("train.epochs=10", "train.milestones=[8]", "train.ranker_stop_grad_epoch=6")
+FIT = ("train.epochs=30", "train.milestones=[24]", "train.ranker_stop_grad_epoch=18")  # curves.py's protocol now
 BATCH_BN = ("vae.score_bn=batch",)
 VAAL_SCHEDULE = ("vae.vae_steps=2", "vae.kl_reduction=sum")
 VARIANTS = {  # name -> (overrides on top of the protocol and the imbalanced pool, strategies, baseline variant)
-    "standard": ((), ("random", "lloss_rank", "vaal", "tavaal"), "standard"),
-    "batch_bn": (BATCH_BN, ("vaal", "tavaal"), "standard"),
+    "standard": (SHORT, ("random", "lloss_rank", "vaal", "tavaal"), "standard"),
+    "batch_bn": (SHORT + BATCH_BN, ("vaal", "tavaal"), "standard"),
     "fit": (FIT, ("random", "lloss_rank", "vaal", "tavaal"), "fit"),
     "fit_batch_bn": (FIT + BATCH_BN, ("vaal", "tavaal"), "fit"),
-    "vaal_schedule": (VAAL_SCHEDULE, ("tavaal",), "standard"),
+    "vaal_schedule": (SHORT + VAAL_SCHEDULE, ("tavaal",), "standard"),
     "fit_vaal_schedule": (FIT + VAAL_SCHEDULE, ("tavaal",), "fit"),
 }
 # the variant each one changes one thing of: "vs itself" compares a strategy with its own runs there
