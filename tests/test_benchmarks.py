@@ -121,7 +121,7 @@ def test_curves_shapes_setting_reports_miou(tmp_path, capsys):
     assert "resume it with the same protocol" in capsys.readouterr().err
 
 
-def test_curves_settings_carry_their_presets_and_default_strategies():
+def test_curves_settings_carry_their_presets_and_default_strategies(monkeypatch):
     args = curves.parse_args(["--settings", "balanced", "shapes", "--seeds", "1"])
     todo = curves.plan(args, curves.setting_configs(args), threads=1)
     fmnist = [t for t in todo if t[0] == "balanced"]
@@ -137,8 +137,12 @@ def test_curves_settings_carry_their_presets_and_default_strategies():
         (s, k, n) for n in range(3) for s in ("imbalanced", "shapes") for k in ("vaal", "random")]
     with pytest.raises(SystemExit):
         curves.parse_args(["--paper", "--settings", "shapes"])
-    # a run.json written before settings had presets of their own resumes with the same command
+    # a run.json written before settings had presets of their own resumes with the same command, under the protocol
+    # of its day (10 epochs: the CPU protocol trains 30 since 2026-12-02)
     legacy = json.loads((ROOT / "benchmarks/results/curves-2026-11-25/run.json").read_text())
+    then = [p.replace("epochs=30", "epochs=10").replace("[24]", "[8]").replace("epoch=18", "epoch=6")
+            for p in curves.CPU_PROTOCOL]
+    monkeypatch.setitem(curves.PROTOCOLS, "cpu", (curves.PROTOCOLS["cpu"][0], then))
     assert {s: (c["base"], c["overrides"]) for s, c in curves.recorded_settings(legacy).items()} == \
         curves.setting_configs(curves.parse_args([]))
 
