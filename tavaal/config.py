@@ -81,9 +81,9 @@ class VAEConfig:
     first_iter_noise: bool = False  # official TA-VAAL quirk: U(0,1) instead of r at the very first iteration
     disc_hidden: int = 512  # discriminator MLP width (official: 512)
     input_size: int | None = None  # images resized to input_size x input_size for the VAE (None: the data's size)
-    score_bn: str = "running"  # VAE BatchNorm when scoring candidates: "running" (eval mode, running statistics) or
-    # "batch" (each batch of vae.batch_size normalized by its own statistics, as in training; the official TA-VAAL
-    # and VAAL code score this way, leaving the VAE in train mode)
+    score_bn: str = "batch"  # VAE BatchNorm when scoring: "batch" (each batch of vae.batch_size normalized by its
+    # own statistics, as every training batch was: the official TA-VAAL and VAAL code, whose VAE stays in train mode)
+    # or "running" (eval mode: running statistics that mix labeled and unlabeled batches)
 
 
 @dataclass(frozen=True)
