@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -107,6 +106,7 @@ def _resources(args, saved: dict) -> None:
 
 
 def run_sweep(args) -> int:
+    from tavaal.backends.connect import connect_ray
     from tavaal.tracking import MLflowTracker, start_parent_run
 
     name, storage, path = _sweep_dir(args)
@@ -115,6 +115,7 @@ def run_sweep(args) -> int:
         args.tracking_uri, args.experiment, args.objective = state["tracking_uri"], state["experiment"], state["objective"]
         base, space = state["base"], {k: tuple(v) for k, v in state["space"].items()}
         _resources(args, state.get("resources", {}))
+        connect_ray(args.address, log_to_driver=True)  # a Ray that refuses us: before the parent run is touched
         start_parent_run(args.tracking_uri, args.experiment, name, run_id=state["parent_run_id"])  # RUNNING again
     else:
         if args.num_samples is not None and args.num_samples < 1:
@@ -122,6 +123,7 @@ def run_sweep(args) -> int:
         _resources(args, {})
         base, space, space_path = _base_and_space(args)
         MLflowTracker(args.tracking_uri, args.experiment).check()  # one-line error before any trial
+        connect_ray(args.address, log_to_driver=True)  # likewise, before the parent run exists
         parent = start_parent_run(args.tracking_uri, args.experiment, name,
                                   {"sweep.space": space_path, "sweep.objective": args.objective,
                                    "sweep.search": args.search, "sweep.scheduler": args.scheduler})
@@ -143,9 +145,6 @@ def _tuner(args, name: str, storage: str, path: str, state: dict, base: dict, sp
 
     from tavaal.sweep_tracking import MLflowSweepCallback
 
-    if not ray.is_initialized():
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                 runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}, configure_logging=False)
     cpus = max(1, int(args.cpus_per_trial))
     trainable = tune.with_resources(tune.with_parameters(al_trial, base=base, threads=cpus),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})

@@ -5,7 +5,6 @@ the object store once per experiment and every training worker and scoring actor
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from typing import Any, Callable
@@ -13,43 +12,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from tavaal.backends.connect import WORKER_ENV, connect_ray, local_system_config  # noqa: F401 (tests, benchmarks)
 from tavaal.config import BackendConfig, DataConfig
 from tavaal.core.scoring import Scorer
 from tavaal.core.training import TaskJob, TaskResult
 from tavaal.core.vae_training import VAEJob, VAEResult
 from tavaal.data.base import ALData
 from tavaal.errors import ConfigError
-
-# OMP passive waiting: see tavaal/__init__.py. Ray Train's controller polls its workers every 2 s by default, so
-# every job ended ~5 s after its last report (measured, trivial TorchTrainer on 2 cores: 5.0 s -> 1.0 s at 0.1 s),
-# and it takes reports off each worker's queue of one only when it polls: at 0.5 s a trivial job of 20 reports took
-# 24.1 s, at 0.1 s 14.9 s (2026-12-01, 2 cores)
-WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
-
-
-def local_system_config(num_cpus: int | None = None) -> dict:
-    """Ray settings for a Ray that tavaal starts itself: keep idle worker processes alive.
-
-    Ray kills idle workers beyond ``num_workers_soft_limit`` (default: the CPU count) after a second, and it
-    counts the processes of actors too. A stage's Ray Train workers then cost the scoring tasks their warm
-    processes (torch imported, data set resolved: 4-9 s to rebuild on 2 cores). A cluster started with
-    ``ray start`` gets the same with ``RAY_num_workers_soft_limit=<n>`` in the environment of ``ray start``.
-    """
-    cpus = num_cpus or os.cpu_count() or 1
-    return {"num_workers_soft_limit": max(8, 4 * cpus)}
-
-
-def ensure_ray(address: str | None) -> bool:
-    """Connect to (or start) Ray unless already connected; returns True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    start_local = address is None and not os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False,
-             log_to_driver=False, configure_logging=False,
-             **({"_system_config": local_system_config()} if start_local else {}))
-    return True
 
 
 def check_room_to_score(cfg: BackendConfig, total: dict) -> None:
@@ -81,7 +50,7 @@ class RayBackend:
     def prepare(self, data: ALData, device: torch.device) -> None:
         import ray
 
-        self._owns_ray = ensure_ray(self.cfg.address)
+        self._owns_ray = connect_ray(self.cfg.address)
         if self.cfg.keep_workers and self._owns_ray:
             try:
                 check_room_to_score(self.cfg, ray.cluster_resources())

@@ -1,0 +1,72 @@
+"""Joining (or starting) Ray with the settings tavaal tunes: one helper for the Ray backend and the sweep driver.
+
+Token authentication (Ray >= 2.52) is Ray's own: a Ray started here turns it on and reads (or makes)
+``~/.ray/auth_token``; a cluster is joined with the token this process's environment names, ``RAY_AUTH_MODE=token``
+and ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (a job submitted to the cluster inherits
+the head's). A cluster that refuses this process is a one-line ConfigError that says so.
+"""
+from __future__ import annotations
+
+import os
+
+from tavaal.errors import ConfigError
+
+# OMP passive waiting: see tavaal/__init__.py. Ray Train's controller polls its workers every 2 s by default, so
+# every job ended ~5 s after its last report (measured, trivial TorchTrainer on 2 cores: 5.0 s -> 1.0 s at 0.1 s),
+# and it takes reports off each worker's queue of one only when it polls: at 0.5 s a trivial job of 20 reports took
+# 24.1 s, at 0.1 s 14.9 s (2026-12-01, 2 cores)
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+
+TOKEN_WHERE = "RAY_AUTH_TOKEN, or in a file named by RAY_AUTH_TOKEN_PATH (ray get-auth-token on the head prints it)"
+
+
+def local_system_config(num_cpus: int | None = None) -> dict:
+    """Ray settings for a Ray that tavaal starts itself: keep idle worker processes alive.
+
+    Ray kills idle workers beyond ``num_workers_soft_limit`` (default: the CPU count) after a second, and it
+    counts the processes of actors too. A stage's Ray Train workers then cost the scoring tasks their warm
+    processes (torch imported, data set resolved: 4-9 s to rebuild on 2 cores). A cluster started with
+    ``ray start`` gets the same with ``RAY_num_workers_soft_limit=<n>`` in the environment of ``ray start``.
+    """
+    cpus = num_cpus or os.cpu_count() or 1
+    return {"num_workers_soft_limit": max(8, 4 * cpus)}
+
+
+def connect_ray(address: str | None, log_to_driver: bool = False) -> bool:
+    """Join the Ray at ``address`` (else ``$RAY_ADDRESS``, else one that ``ray start`` began on this machine), or
+    start one here.
+
+    Returns True if this call connected, False if the process already was. Workers get ``WORKER_ENV``; a Ray
+    started here also ``local_system_config()`` (a cluster is configured by its own ``ray start``).
+    """
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    if ray.is_initialized():
+        return False
+    start_local = _starts_here(address)
+    where = address or os.environ.get("RAY_ADDRESS") or ("this machine" if start_local else "the `ray start` cluster")
+    try:
+        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False,
+                 log_to_driver=log_to_driver, configure_logging=False,
+                 **({"_system_config": local_system_config()} if start_local else {}))
+    except AuthenticationError:  # RAY_AUTH_MODE=token here, but no token in this process's environment
+        raise ConfigError(f"Ray at {where} asks for an authentication token and none was found; put the cluster's "
+                          f"token in {TOKEN_WHERE}") from None
+    except ConnectionError as e:  # joining: a missing or wrong token reads the same as no Ray at the address
+        if start_local:
+            raise
+        raise ConfigError(f"cannot join the Ray cluster at {where} ({' '.join(str(e).split())[:160]}); check the "
+                          f"address and, if it uses token authentication, set RAY_AUTH_MODE=token and the "
+                          f"cluster's token in {TOKEN_WHERE}") from None
+    return True
+
+
+def _starts_here(address: str | None) -> bool:
+    """Whether ``ray.init(address)`` starts a new Ray: no address, no ``$RAY_ADDRESS`` and no cluster that ``ray start``
+    began on this machine (ray.init joins that one, and refuses a ``_system_config`` then)."""
+    if address is not None or os.environ.get("RAY_ADDRESS"):
+        return address == "local"
+    from ray._private import services  # ray.init's own lookup (Ray 2.60)
+
+    return services.canonicalize_bootstrap_address(None) is None
