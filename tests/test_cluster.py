@@ -149,8 +149,36 @@ def test_workers_get_bucket_access_without_secrets(name):
             assert email == f"ray-autoscaler-sa-v1@{config['provider']['project_id']}.iam.gserviceaccount.com"
 
 
+@pytest.mark.parametrize("name", list(LAUNCHER))
+def test_launcher_config_turns_token_authentication_on_with_the_users_token(name):
+    """Every container runs with RAY_AUTH_MODE=token and reads the token from ~/.ray/auth_token, which `ray up` copies
+    from the user's machine; the job API listens on the head's loopback (reached through `ray dashboard`)."""
+    from ray.autoscaler._private.docker import docker_start_cmds
+    from ray.autoscaler.sdk import get_docker_host_mount_location
+
+    config = load(LAUNCHER[name])
+    docker = config["docker"]
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    host_copy = f"{get_docker_host_mount_location(config['cluster_name'])}/~/.ray/auth_token"
+    for role in ("head", "worker"):
+        # the `docker run` line Ray's launcher builds for this node type
+        run = docker_start_cmds("ubuntu", docker["image"], config["file_mounts"], docker["container_name"],
+                                docker["run_options"] + docker.get(f"{role}_run_options", []), config["cluster_name"],
+                                "/home/ray", "docker")
+        assert "--env RAY_AUTH_MODE=token" in run, role
+        assert f"-v {host_copy}:/home/ray/.ray/auth_token" in run, role  # Ray's default token path in the image
+    text = LAUNCHER[name].read_text()
+    assert set(re.findall(r"RAY_AUTH_MODE=(\w+)", text)) == {"token"}
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert not any("RAY_AUTH" in c for c in starts)  # nothing turns it off, or names another token, per node
+    head = next(c for c in config["head_start_ray_commands"] if "ray start --head" in c)
+    assert "--dashboard-host=127.0.0.1" in head
+
+
 def test_no_secrets_in_cluster_files():
-    secret = re.compile(r"AKIA[0-9A-Z]{16}|PRIVATE KEY|(password|secret_access_key|token)\s*[:=]\s*\S", re.I)
+    # a Ray token is 64 hex digits (`ray get-auth-token --generate`: secrets.token_hex(32))
+    secret = re.compile(r"AKIA[0-9A-Z]{16}|PRIVATE KEY|(password|secret_access_key|token)\s*[:=]\s*\S"
+                        r"|\b[0-9a-f]{32,}\b", re.I)
     files = [*LAUNCHER.values(), *KUBERAY.values(), ROOT / "docker/Dockerfile"]
     for path in files:
         assert not secret.search(path.read_text()), path
@@ -161,13 +189,15 @@ def test_no_secrets_in_cluster_files():
 
 
 # --- KubeRay manifests ----------------------------------------------------------------------------------------------
-# Required fields: the union over the ray.io/v1 CRDs of KubeRay v1.1.0 .. v1.7.0
+# Required fields: the union over the ray.io/v1 CRDs of KubeRay v1.1.0 .. v1.7.0; authOptions (token
+# authentication) exists from v1.5.1, the oldest operator the manifests support
 # (ray-operator/config/crd/bases/ray.io_rayclusters.yaml, ray.io_rayjobs.yaml: headGroupSpec; its rayStartParams and
 # template; workerGroupSpecs[].groupName/minReplicas/maxReplicas/rayStartParams/template; containers[].name) and the
 # operator's checks in ray-operator/controllers/ray/utils/validation.go (v1.7.0): at least one container per group,
 # 0 <= minReplicas <= maxReplicas, names DNS-1035 labels of <= 53 (RayCluster) / 47 (RayJob) characters, a RayJob
 # needs rayClusterSpec (or clusterSelector), ttlSecondsAfterFinished >= 0, activeDeadlineSeconds > 0.
-# Set KUBERAY_CRD_DIR to a kuberay checkout's ray-operator/config/crd/bases to also check the full CRD schemas.
+# Set KUBERAY_CRD_DIR to a kuberay checkout's ray-operator/config/crd/bases to also check the full CRD schemas
+# (v1.5.1 and v1.7.0 pass; v1.4.2 reports .spec.authOptions as unknown, as `kubectl apply --validate=strict` would).
 
 def check_cluster_spec(spec: dict) -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", spec["rayVersion"])
@@ -206,6 +236,25 @@ def test_kuberay_manifest_has_the_fields_kuberay_requires(kind):
     assert spec["submitterPodTemplate"]["spec"]["restartPolicy"] == "Never"  # a Kubernetes Job's pod
     # KubeRay pastes the entrypoint into the submitter's `bash -c` line: a control operator would split it there.
     assert not re.search(r"[;&|<>`]", spec["entrypoint"])
+
+
+@pytest.mark.parametrize("kind", list(KUBERAY))
+def test_kuberay_manifest_turns_token_authentication_on_without_a_token(kind):
+    """authOptions.mode=token (KubeRay >= 1.5.1, Ray >= 2.52): the operator makes the token's Secret and sets
+    RAY_AUTH_MODE and RAY_AUTH_TOKEN in every Ray container, the autoscaler and the submitter; the manifest sets
+    neither itself (a value there would be a token in the file, or a second, conflicting setting)."""
+    doc = load(KUBERAY[kind])
+    spec = doc["spec"]["rayClusterSpec"] if kind == "RayJob" else doc["spec"]
+    assert spec.get("authOptions") == {"mode": "token"}
+    assert tuple(map(int, spec["rayVersion"].split("."))) >= (2, 52, 0)  # the operator refuses token mode before
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    if kind == "RayJob":
+        groups.append({"template": doc["spec"]["submitterPodTemplate"]})
+    for group in groups:
+        for c in group["template"]["spec"]["containers"]:
+            assert not [e for e in c.get("env", []) if e["name"].startswith("RAY_AUTH")], c["name"]
+    # an operator older than 1.5.1 would drop the unknown field and start the cluster open: strict refuses it
+    assert f"kubectl apply --validate=strict -f cluster/kuberay/{KUBERAY[kind].name}" in KUBERAY[kind].read_text()
 
 
 @pytest.mark.skipif(not os.environ.get("KUBERAY_CRD_DIR"), reason="set KUBERAY_CRD_DIR to kuberay's crd/bases")
