@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, MlflowServer, free_port, stop_group, wait_http
+from conftest import ROOT, MlflowServer, free_port, stop_group
 from tavaal.config import load_config
 from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, default_point, read_space
@@ -190,26 +190,79 @@ def test_killed_sweep_resumes_without_duplicate_steps_and_same_picks(tmp_path):
     assert final_pools(runs / "k") == final_pools(tmp_path / "ref" / "r")
 
 
-def test_ray_job_submit_to_a_local_head(tmp_path):
-    """`ray start --head` (dashboard on 127.0.0.1) + `ray job submit -- python -m tavaal.sweep --preset smoke`."""
+def wait_authorized(url: str, token: str, proc, log, timeout: float = 120) -> None:
+    """Until ``url`` answers 200 to a request that carries ``token`` (it must refuse one without it)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
+                                        timeout=2) as r:
+                assert r.status == 200
+            break
+        except OSError:
+            assert proc.poll() is None, Path(log).read_text()[-2000:]
+            time.sleep(0.5)
+    else:
+        raise AssertionError(f"{url} did not come up in {timeout} s")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=5)
+    assert refused.value.code == 401
+
+
+def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path):
+    """`ray start --head` with token authentication (a token made here), then `ray job submit -- python -m
+    tavaal.sweep --preset smoke`: with the token it runs and its runs are in MLflow; without the token, or with
+    another, the job API refuses and starts no job; a run that joins the cluster without a token is refused in
+    one line."""
+    import secrets
+
     gcs, dash = free_port(), free_port()
+    address = f"http://127.0.0.1:{dash}"
     log = tmp_path / "head.log"
-    # a throwaway loopback cluster: no token auth (Ray 2.5x enables it by default)
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` makes
+    user = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}  # no token, no mode: a new user
+    user |= {"OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = user | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}  # never the machine's ~/.ray
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2", "--include-dashboard", "true",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", f"/tmp/tvhead-{gcs}"],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
-        wait_http(f"http://127.0.0.1:{dash}/api/version", head, log, timeout=120)
+        wait_authorized(f"{address}/api/version", token.read_text(), head, log)
+
+        def submit(job_id, job_env, *entrypoint):
+            return subprocess.run(["ray", "job", "submit", "--address", address, "--submission-id", job_id,
+                                   "--working-dir", str(ROOT), "--", *entrypoint],
+                                  capture_output=True, text=True, timeout=600, env=job_env)
+
         uri = f"sqlite:///{tmp_path}/mlflow.db"
-        res = subprocess.run(
-            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT), "--",
-             "python", "-m", "tavaal.sweep", "--preset", "smoke", "--tracking-uri", uri,
-             "--storage-path", str(tmp_path / "runs")],
-            capture_output=True, text=True, timeout=600, env=env)
+        sweep = ["python", "-m", "tavaal.sweep", "--preset", "smoke", "--tracking-uri", uri,
+                 "--storage-path", str(tmp_path / "runs")]
+        refused = {"no-token": (user, "Missing authentication token"),
+                   "other-token": (env | {"RAY_AUTH_TOKEN": secrets.token_hex(32)}, "Invalid authentication token")}
+        for job_id, (job_env, needle) in refused.items():
+            res = submit(job_id, job_env, *sweep)
+            assert res.returncode != 0 and needle in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]
+        res = submit("tavaal-smoke", env, *sweep)
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
         assert "succeeded" in res.stdout
         check_sweep_store(uri)
+        jobs = subprocess.run(["ray", "job", "list", "--address", address], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert jobs.returncode == 0 and "submission_id='tavaal-smoke'" in jobs.stdout + jobs.stderr, jobs.stderr
+        assert not [j for j in refused if f"submission_id='{j}'" in jobs.stdout + jobs.stderr]
+        # a driver that joins without the token (mode on, none found): one line naming the fix, exit 2
+        home = tmp_path / "home"
+        home.mkdir()
+        res = subprocess.run([sys.executable, "-m", "tavaal.run", "--config", "configs/smoke.yaml", "--backend", "ray",
+                              "--address", f"127.0.0.1:{gcs}", "--out", str(tmp_path / "run")],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT,
+                             env=user | {"RAY_AUTH_MODE": "token", "HOME": str(home)})
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and "RAY_AUTH_TOKEN" in lines[0], res.stderr[-3000:]
     finally:
         stop_group(head)
