@@ -89,21 +89,24 @@ def run_experiment(
         log("note: the test split is empty (no labeled rows to hold out): accuracy is not measured (nan); "
             "set data.test_path to a labeled test set")
     strategy = build_strategy(cfg.al.strategy)
+    # every check before anything is written or started: a model that cannot take the data leaves nothing behind
+    check_compatible(cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden))
     pool, records, meta = _start(cfg, data, out_dir, resume, log, initial)
     data = oracle.answer(cfg, data, pool, out_dir, len(records), labels)  # validated in full before any write
     if oracle.ask(cfg, data, pool, out_dir, len(records), log):
         return records
-    tracker = tracker or NullTracker()
-    run_id = tracker.start(cfg.to_dict(), run_id=meta.get("tracking_run_id"))  # fails fast if unreachable
-    if run_id is not None:
-        meta["tracking_run_id"] = run_id
-    for record in records:  # idempotent: stages checkpointed but not yet tracked (killed in between) get sent
-        tracker.log_stage(record.to_dict())
-    backend = backend or build_backend(cfg.backend, cfg.data)
-    backend.prepare(data, device)
+    # built after answer: its labels may bring new classes (data.new_classes)
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)
-    check_compatible(cfg, data, spec)
+    tracker = tracker or NullTracker()
+    backend = backend or build_backend(cfg.backend, cfg.data)  # builds only: nothing is started yet
+    status = "FAILED"
     try:
+        backend.prepare(data, device)  # may start a Ray; before the tracker, so a Ray that refuses leaves no run
+        run_id = tracker.start(cfg.to_dict(), run_id=meta.get("tracking_run_id"))  # fails fast if unreachable
+        if run_id is not None:
+            meta["tracking_run_id"] = run_id
+        for record in records:  # idempotent: stages checkpointed but not yet tracked (killed in between) get sent
+            tracker.log_stage(record.to_dict())
         for stage in range(len(records), cfg.al.stages):
             record, pool, states = run_stage(cfg, stage, pool, data, spec, strategy, backend, device,
                                              log if verbose else _quiet)
@@ -119,12 +122,15 @@ def run_experiment(
                 on_stage(record, stage_path)
             if oracle.ask(cfg, data, pool, out_dir, stage + 1, log):  # manual oracle: stop until labels come
                 break
-    except BaseException:
-        tracker.end("KILLED")
+        status = "FINISHED"
+    except BaseException as e:
+        status = "FAILED" if isinstance(e, Exception) else "KILLED"  # KeyboardInterrupt, SystemExit
         raise
     finally:
-        backend.close()
-    tracker.end("FINISHED")
+        try:
+            backend.close()  # a Ray this run started is stopped on every path
+        finally:
+            tracker.end(status)  # a no-op for a run that never started
     return records
 
 

@@ -1,11 +1,17 @@
 """Reliability: damaged checkpoints fall back to the newest good stage, kept-checkpoint pruning, kills at
-random moments, tracking outages, and random bad input."""
+random moments, tracking outages, random bad input, and runs refused or failed before their end leaving nothing
+started behind."""
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import ROOT, TINY, free_port, run_cli
 from tavaal import checkpoint
 from tavaal.config import load_config
 from tavaal.experiment import run_experiment
@@ -304,3 +310,111 @@ def test_random_set_values_and_config_documents_end_in_a_run_check_or_one_line_e
     # a valid one runs for real (the smoke preset trimmed), and --check wrote nothing anywhere
     res = run_cli(*TINY, "--set", "al.stages=2", "--out", str(tmp_path / "real"))
     assert res.returncode == 0 and checkpoint.list_stages(tmp_path / "real") == [0, 1], res.stderr
+
+
+# --- refused or failed runs leave nothing started behind ------------------------------------------------------------
+
+def _mlflow_runs(uri: str) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Ids of the processes whose command line contains ``text`` (every process of a Ray names its temp dir)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:  # ended meanwhile
+            pass
+    return pids
+
+
+@pytest.fixture
+def ray_tmp():
+    """A temp dir of its own for any Ray a test's subprocess starts (RAY_TMPDIR); short, for Ray's socket paths."""
+    path = Path(tempfile.mkdtemp(prefix="tvrun", dir="/tmp"))
+    yield path
+    for pid in _processes_naming(str(path)):  # a failing test's leftovers: ours, by id
+        os.kill(pid, 9)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_a_model_data_mismatch_is_refused_before_anything_starts(tmp_path, ray_tmp, backend):
+    """A model that cannot take the data: one line, exit 2, and nothing behind it: no MLflow run (so none left
+    RUNNING), no output directory and, with --backend ray, no Ray started."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    res = run_cli(*TINY, "--set", "model.name=mlp", "--backend", backend, "--tracking-uri", uri,
+                  "--out", str(tmp_path / "out"), env={"RAY_TMPDIR": str(ray_tmp)})
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "model 'mlp' expects a vector input_shape" in lines[0]
+    assert _mlflow_runs(uri) == [] and not (tmp_path / "out").exists()
+    assert list(ray_tmp.iterdir()) == [] and _processes_naming(str(ray_tmp)) == []
+
+
+REFUSED_AFTER_RAY_STARTED = """
+import os, sys, time
+from pathlib import Path
+import ray
+from tavaal.config import load_config
+from tavaal.errors import TrackingError
+from tavaal.experiment import run_experiment
+from tavaal.tracking import MLflowTracker
+
+cfg = load_config("configs/smoke.yaml", ["backend.name=ray", "train.epochs=1", "vae.iterations=4"])
+try:
+    run_experiment(cfg, tracker=MLflowTracker(sys.argv[1]), log=lambda m: None)
+except TrackingError as e:
+    print("refused:", e)
+print("ray initialized:", ray.is_initialized())
+tmp = os.environ["RAY_TMPDIR"]
+started = bool(list(Path(tmp).glob("ray/session_*")))  # Ray keeps its sessions in $RAY_TMPDIR/ray
+
+def naming(proc):
+    try:
+        return tmp.encode() in proc.joinpath("cmdline").read_bytes()
+    except OSError:
+        return False
+
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:  # before this process exits: no atexit hook does the work
+    left = [p for p in Path("/proc").glob("[0-9]*") if naming(p)]
+    if not left:
+        break
+    time.sleep(0.5)
+print("ray started:", started, "processes left:", len(left))
+"""
+
+
+def test_a_run_refused_after_its_ray_started_stops_that_ray(ray_tmp):
+    """The Ray backend starts a local Ray, then the tracking server turns out to be unreachable: the run is refused
+    in one line, and the Ray it started is shut down before it returns, all of its processes gone."""
+    res = subprocess.run([sys.executable, "-c", REFUSED_AFTER_RAY_STARTED, f"http://127.0.0.1:{free_port()}"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "RAY_TMPDIR": str(ray_tmp)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "refused: MLflow tracking server" in res.stdout and "unreachable" in res.stdout, res.stdout
+    assert "ray initialized: False" in res.stdout
+    assert "ray started: True processes left: 0" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("error,status", [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
+def test_a_run_that_stops_mid_way_ends_its_mlflow_run(tmp_path, error, status):
+    import mlflow
+
+    from tavaal.tracking import MLflowTracker
+
+    def stop(record, stage_path):
+        raise error("stopped after stage 0")
+
+    tracker = MLflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "stops")
+    with pytest.raises(error, match="stopped after stage 0"):
+        run_experiment(CFG, tracker=tracker, out_dir=tmp_path / "run", log=lambda m: None, on_stage=stop)
+    run = mlflow.MlflowClient(tracking_uri=tracker.tracking_uri).get_run(tracker.run_id)
+    assert run.info.status == status
+    assert checkpoint.list_stages(tmp_path / "run") == [0]  # what was done is kept for --resume
