@@ -1,6 +1,7 @@
 """Sweeps: search-space checks, the objective, and real sweeps (local Ray, MLflow store and server)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -227,9 +228,10 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path):
     user = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}  # no token, no mode: a new user
     user |= {"OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}
     env = user | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}  # never the machine's ~/.ray
+    ray_tmp = f"/tmp/tvhead-{gcs}"  # short: Ray's socket paths
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2", "--include-dashboard", "true",
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", f"/tmp/tvhead-{gcs}"],
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", ray_tmp],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         wait_authorized(f"{address}/api/version", token.read_text(), head, log)
@@ -266,3 +268,4 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path):
         assert res.returncode == 2 and len(lines) == 1 and "RAY_AUTH_TOKEN" in lines[0], res.stderr[-3000:]
     finally:
         stop_group(head)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
