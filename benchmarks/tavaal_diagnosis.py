@@ -30,6 +30,7 @@ import numpy as np
 from tavaal.config import load_config
 from tavaal.core.health import CHANCE_DISC_LOSS
 from tavaal.core.metrics import label_entropy, stage_quality
+from tavaal.data.imbalance import parse_minority
 from tavaal.errors import TavaalError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def diagnose(config: str, overrides: list[str], log=print) -> tuple[list[str], l
 
     cfg = load_config(ROOT / config, overrides)
     records = [r.to_dict() for r in run_experiment(cfg, out_dir=None, log=lambda msg: None)]
-    minority = set(cfg.data.minority_classes) if cfg.data.imbalance_ratio > 1 else None
+    minority = cfg.data.minority_classes if cfg.data.imbalance_ratio > 1 else None
     info = next((r["info"] for r in records if r.get("health")), {})
     lines = [f"### {cfg.al.strategy}, score_bn {cfg.vae.score_bn}, seed {cfg.seed}", "",
              f"Schedule as run: vae_steps {info.get('vae_steps')}, kl_reduction {info.get('kl_reduction')}, "
@@ -57,7 +58,7 @@ def diagnose(config: str, overrides: list[str], log=print) -> tuple[list[str], l
         h = r.get("health") or {}
         picks = np.asarray(h.get("pick_counts", []), dtype=np.int64)
         if picks.size and minority is not None:
-            share = f"{picks[sorted(minority)].sum() / max(1, picks.sum()):.2f}"
+            share = f"{picks[parse_minority(minority, picks.size)].sum() / max(1, picks.sum()):.2f}"
         else:
             share = f"{label_entropy(picks)[1]:.3f}" if picks.size else "—"
         cells = [str(r["stage"]), str(r["num_labeled"]), f"{stage_quality(r) * 100:.2f}",

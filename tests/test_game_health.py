@@ -191,7 +191,8 @@ def test_diagnosis_script_honours_every_set(tmp_path):
     proc = subprocess.run(
         [sys.executable, "benchmarks/tavaal_diagnosis.py", "--config", "configs/smoke.yaml", "--protocol", "none",
          "--strategies", "tavaal", "--set", "al.stages=3", "--set", "vae.iterations=6", "--set", "vae.vae_steps=3",
-         "--set", "vae.kl_reduction=sum", "--set", "train.epochs=1", "--out", str(out)],
+         "--set", "vae.kl_reduction=sum", "--set", "train.epochs=1", "--set", "data.imbalance_ratio=2",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = out.read_text()
@@ -201,3 +202,5 @@ def test_diagnosis_script_honours_every_set(tmp_path):
         rows = [line for line in part.splitlines() if line.startswith("| ") and line[2].isdigit()]
         assert [r.split(" | ")[0] for r in rows] == ["| 0", "| 1", "| 2"]  # every stage, both query stages filled
         assert all("—" not in r.split(" | ")[4] for r in rows[:2]) and " — " in rows[2]
+        share = [float(r.strip(" |").split(" | ")[-1]) for r in rows[:2]]  # the picks' minority share (even classes)
+        assert all(0.0 <= v <= 1.0 for v in share)
