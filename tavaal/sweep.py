@@ -56,12 +56,15 @@ def _maybe_fail(stage: int) -> None:
 
 def al_trial(params: dict, base: dict, threads: int) -> None:
     """Tune function trainable: one AL experiment, one ``tune.report`` per stage with its checkpoint."""
+    import logging
+
     from ray import tune
 
     from tavaal import checkpoint as ckpt
     from tavaal.experiment import run_experiment
     from tavaal.search_space import resolve_trial_config
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Checkpoint successfully created" per stage
     cfg = resolve_trial_config(base, params)
     if cfg.num_threads is None:
         cfg = dataclasses.replace(cfg, num_threads=threads)

@@ -105,10 +105,20 @@ def _resources(args, saved: dict) -> None:
             setattr(args, key, saved.get(key, default))
 
 
+# Ray Tune's own reporter (an experiment box, a TensorBoard hint, per-trial tables) and the colour codes of worker
+# lines stay out of a sweep's output: it prints the project's lines and table. Set before Ray starts or Tune reads
+# them; a user's own setting wins.
+QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "RAY_COLOR_PREFIX": "0"}
+
+
 def run_sweep(args) -> int:
+    import os
+
     from tavaal.backends.connect import connect_ray
     from tavaal.tracking import MLflowTracker, start_parent_run
 
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     name, storage, path = _sweep_dir(args)
     if args.resume:
         state = json.loads(read_text(join(path, STATE_FILE)))

@@ -111,6 +111,13 @@ def test_two_trial_two_stage_sweep_in_a_local_store(tmp_path):
                     "--tracking-uri", uri, "--cpus-per-trial", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "trials, best auc first" in res.stdout and f"mlflow ui --backend-store-uri {uri}" in res.stdout
+    # the project's lines and table only: no Tune reporter box or TensorBoard hint, no per-stage checkpoint line,
+    # no colour codes
+    lines = res.stdout.splitlines()
+    assert [line for line in lines if line.startswith("trial ")] and len([line for line in lines if " stage " in line]) == 4
+    for noise in ("Configuration for experiment", "TensorBoard", "View detailed results", "Checkpoint successfully",
+                  "\x1b["):
+        assert noise not in res.stdout + res.stderr, noise
     check_sweep_store(uri)
     state = json.loads((tmp_path / "runs" / "s" / STATE_FILE).read_text())
     assert state["resources"] == {"cpus_per_trial": 2.0, "gpus_per_trial": 0.0, "max_failures": 1}
