@@ -56,7 +56,7 @@ class TrainConfig:
     momentum: float = 0.9  # official code MOMENTUM
     weight_decay: float = 5e-4  # official code WDECAY
     milestones: tuple[int, ...] = (160,)  # lr x gamma here; the code's second milestone (240) never fires
-    gamma: float = 0.1
+    gamma: float = 0.1  # lr factor at each milestone (paper: x 0.1 at epoch 160)
     eta: float = 1.0  # η: weight of the ranking loss in L_task + η·L_rank (eq. 2; official WEIGHT = 1)
     margin: float = 1.0  # ξ: margin of LL4AL's loss (baseline lloss only)
     ranker_stop_grad_epoch: int = 120  # after this epoch the ranker's input features are detached (official EPOCHL)
@@ -71,7 +71,7 @@ class VAEConfig:
     base_channels: int = 128  # encoder widths base·(1,2,4,8): 128..1024 as published; smaller for CPU
     iterations: int | None = None  # None: int((|L| + M) · iteration_epochs / batch_size), the official formula
     iteration_epochs: int = 100  # the "100" of the official iteration formula
-    batch_size: int = 128
+    batch_size: int = 128  # labeled and unlabeled batch size of the VAE/discriminator (official: 128)
     vae_steps: int | None = None  # VAE steps per iteration; None: 1 (tavaal, official) or 2 (vaal, VAAL's code)
     lr: float = 5e-4  # Adam lr of the VAE (official: 5e-4)
     disc_lr: float = 5e-4  # Adam lr of the discriminator (official: 5e-4)
