@@ -244,9 +244,16 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path):
         wait_authorized(f"{address}/api/version", token.read_text(), head, log)
 
         def submit(job_id, job_env, *entrypoint):
-            return subprocess.run(["ray", "job", "submit", "--address", address, "--submission-id", job_id,
-                                   "--working-dir", str(ROOT), "--", *entrypoint],
-                                  capture_output=True, text=True, timeout=600, env=job_env)
+            # the dashboard answers before its job agent is up ("No available agent to submit job, please try
+            # again later"; seen on a loaded machine): try again for up to a minute, as Ray says
+            for _ in range(30):
+                res = subprocess.run(["ray", "job", "submit", "--address", address, "--submission-id", job_id,
+                                      "--working-dir", str(ROOT), "--", *entrypoint],
+                                     capture_output=True, text=True, timeout=600, env=job_env)
+                if "No available agent to submit job" not in res.stdout + res.stderr:
+                    return res
+                time.sleep(2)
+            return res
 
         uri = f"sqlite:///{tmp_path}/mlflow.db"
         sweep = ["python", "-m", "tavaal.sweep", "--preset", "smoke", "--tracking-uri", uri,
