@@ -178,8 +178,26 @@ def setting_config(base: str, sets: list[str], levers: list[str]):
 
 
 # the untimed warm-up stage before each setting: its kernels, batch shapes and allocations, at a small size
-WARM = ["train.epochs=1", "vae.iterations=2", "al.initial=256", "al.subset_size=512", "data.num_train=2000",
-        "data.num_test=512"]
+WARM = ["train.epochs=1", "vae.iterations=2", "al.initial=256", "al.budget=128", "al.subset_size=512",
+        "data.num_train=2000", "data.num_test=512"]
+
+
+def run_settings(settings: list[str], base: Path, sets: list[str], data, warm_data, profile: int) -> tuple:
+    """Each setting after its warm-up, in order; (runs by name, torch.profiler tables of the first and last)."""
+    runs: dict = {}
+    profiles: dict = {}
+    for name in settings:
+        levers = SETTINGS[name]
+        if "malloc" in levers:
+            tune_malloc()
+        run_setting(setting_config(base, sets + WARM, levers), warm_data, levers)
+        cfg = setting_config(base, sets, levers)
+        print(f"{name}: {cfg.train.epochs} epoch(s), {cfg.vae.iterations} VAE iterations", flush=True)
+        runs[name] = run_setting(cfg, data, levers) | {"cfg": cfg, "levers": levers, "load": os.getloadavg()[0]}
+        print(f"  {runs[name]['times']['stage']:.1f} s, acc {runs[name]['record'].accuracy:.4f}", flush=True)
+        if profile and name in (settings[0], settings[-1]):  # before the next setting's malloc
+            profiles[name] = profile_vae(runs[name]["job"], data, levers, profile)
+    return runs, profiles
 
 
 def main() -> None:
@@ -193,6 +211,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--smoke", action="store_true", help="configs/smoke.yaml with tiny counts (the test's run)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--name", default="paper-stage", help="results file: <out>/<name>-<date>.md")
     args = ap.parse_args()
     base = ROOT / "configs/smoke.yaml" if args.smoke else Path(args.config)
     sets = ([] if args.smoke else PAPER) + [f"train.epochs={args.epochs}", f"vae.iterations={args.vae_iterations}",
@@ -202,20 +221,7 @@ def main() -> None:
     data = build_dataset(load_config(base, sets).data, 0)
     warm_data = build_dataset(load_config(base, sets + WARM).data, 0)
     load0 = os.getloadavg()
-    runs: dict = {}
-    profiles: dict = {}
-    for name in args.settings:
-        levers = SETTINGS[name]
-        if "malloc" in levers:
-            tune_malloc()
-        run_setting(setting_config(base, sets + WARM, levers), warm_data, levers)
-        cfg = setting_config(base, sets, levers)
-        print(f"{name}: {cfg.train.epochs} epoch(s), {cfg.vae.iterations} VAE iterations", flush=True)
-        runs[name] = run_setting(cfg, data, levers) | {"cfg": cfg, "levers": levers}
-        r = runs[name]["record"]
-        print(f"  {runs[name]['times']['stage']:.1f} s, acc {r.accuracy:.4f}", flush=True)
-        if args.profile and name in (args.settings[0], args.settings[-1]):  # before the next setting's malloc
-            profiles[name] = profile_vae(runs[name]["job"], data, levers, args.profile)
+    runs, profiles = run_settings(args.settings, base, sets, data, warm_data, args.profile)
     last = args.settings[-1]
     noise = [run_setting(dataclasses.replace(runs[last]["cfg"], seed=s), data, runs[last]["levers"])["record"]
              for s in range(1, args.noise_seeds + 1)]
@@ -228,7 +234,7 @@ def main() -> None:
                f"{tuple(round(x, 2) for x in load1)}"]
     for n, text in profiles.items():
         table += f"\n\n## torch.profiler: {args.profile} VAE iterations, setting {n}\n\n```\n{text}\n```"
-    write_results(args.out, "paper-stage", "One published-protocol TA-VAAL stage: speed levers side by side",
+    write_results(args.out, args.name, f"One TA-VAAL stage ({base.name}), shortened: speed levers side by side",
                   details, table, load0, load1)
 
 
@@ -248,6 +254,7 @@ def render(runs: dict, paper, noise: list, last: str) -> str:
         f"{proj[n] / 3600:.2f} ({proj[n] / proj[ref]:.2f}x)" for n in names) + " |")
     faults = {n: runs[n]["faults"].get("VAE + discriminator", 0) / runs[n]["job"].iterations for n in names}
     rows.append("| page faults / VAE it | " + " | ".join(f"{faults[n]:,.0f}" for n in names) + " |")
+    rows.append("| load average (1 min) at its end | " + " | ".join(f"{runs[n]['load']:.2f}" for n in names) + " |")
     recs = {n: runs[n]["record"] for n in names}
     rows.append("| test accuracy | " + " | ".join(f"{recs[n].accuracy:.4f}" for n in names) + " |")
     rows.append("| VAE loss (last it) | " + " | ".join(f"{recs[n].info.get('vae_loss', float('nan')):.4f}"
