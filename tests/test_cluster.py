@@ -289,7 +289,7 @@ def sweep_args(command: str) -> list[str]:
 
 
 def parse_sweep(args: list[str]):
-    from tavaal.sweep import build_parser
+    from tavaal.sweep.cli import build_parser
 
     parser = build_parser()
     parser.allow_abbrev = False  # a shipped command spells every flag out
@@ -326,7 +326,7 @@ def test_readme_cluster_commands_are_valid_sweep_commands():
 
 
 def test_dockerignore_keeps_what_the_image_needs():
-    from tavaal.sweep import PRESETS
+    from tavaal.sweep.presets import PRESETS
 
     rules = [r for r in (ROOT / ".dockerignore").read_text().splitlines() if r and not r.startswith("#")]
     assert rules[0] == "*"  # an allow-list: nothing else (runs/, mlruns/, .git) enters the build context

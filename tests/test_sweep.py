@@ -15,7 +15,7 @@ from tavaal.config import load_config
 from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, default_point, read_space
 from tavaal.core.metrics import objective_metrics
-from tavaal.sweep import STATE_FILE
+from tavaal.sweep.presets import STATE_FILE
 
 
 def sweep_cli(*args, timeout=600, cwd=None):
@@ -27,6 +27,22 @@ def write_space(tmp_path, text):
     p = tmp_path / "space.yaml"
     p.write_text(text)
     return str(p)
+
+
+def test_sweep_package_has_no_cycle_and_help_imports_no_ray():
+    """cli -> runner -> trial / callback: the lower modules import neither cli nor runner; --help imports no Ray."""
+    code = ("import sys, tavaal.sweep.trial, tavaal.sweep.callback; "
+            "up = sorted({'tavaal.sweep.cli', 'tavaal.sweep.runner'} & set(sys.modules)); print(up); "
+            "sys.exit(1 if up else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    code = ("import runpy, sys; sys.argv = ['tavaal.sweep', '--help']\n"
+            "try: runpy.run_module('tavaal.sweep', run_name='__main__')\n"
+            "except SystemExit as e: assert e.code == 0, e.code\n"
+            "bad = sorted({'ray', 'mlflow', 'tavaal.sweep.runner'} & set(sys.modules)); print(bad); "
+            "sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0 and "usage: python -m tavaal.sweep" in res.stdout, res.stdout + res.stderr
 
 
 def test_objective_known_values():
@@ -125,8 +141,8 @@ def test_two_trial_two_stage_sweep_in_a_local_store(tmp_path):
 
 
 def test_sweep_dirs_on_uris_and_resources_kept_for_a_resume(tmp_path):
-    from tavaal.sweep import build_parser
-    from tavaal.sweep_runner import _resources, _sweep_dir, join, read_text, write_text
+    from tavaal.sweep.cli import build_parser
+    from tavaal.sweep.runner import _resources, _sweep_dir, join, read_text, write_text
 
     assert join("s3://bucket/sweeps/", "a") == "s3://bucket/sweeps/a"
     assert join(str(tmp_path), "a") == str(tmp_path / "a")

@@ -14,83 +14,12 @@ written on the driver, by a Tune callback: a parent run per sweep, a child run p
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from tavaal.core.metrics import objective_metrics
 from tavaal.errors import TavaalError
-
-PRESETS = {
-    # the embedded default: real Fashion-MNIST, a few minutes per trial on one core
-    "default": {"config": "configs/fashionmnist_tavaal_cpu.yaml", "space": "tune/tavaal_cpu.yaml",
-                "num_samples": 4, "overrides": {"al.stages": 4, "vae.iterations": 150, "train.epochs": 10,
-                                                "train.milestones": [8], "train.ranker_stop_grad_epoch": 6,
-                                                "data.num_test": 5000}},
-    "smoke": {"config": "configs/smoke.yaml", "space": "tune/smoke.yaml", "num_samples": 2,
-              "overrides": {"al.stages": 2, "train.epochs": 1, "vae.iterations": 4}},
-}
-OBJECTIVES = ("auc", "final_accuracy")
-STATE_FILE = "tavaal_sweep.json"
-
-
-TRIAL_FAULT_ENV = "TAVAAL_TRIAL_FAULT"  # tests: "STAGE:DIR" makes one trial fail after reporting STAGE
-
-
-def _maybe_fail(stage: int) -> None:
-    """Fault injection for tests: with ``$TAVAAL_TRIAL_FAULT = STAGE:DIR`` and no ``DIR/fired`` yet, the first
-    trial to report STAGE raises once (``DIR/fired`` marks it); Tune retries it from that stage's checkpoint."""
-    spec = os.environ.get(TRIAL_FAULT_ENV, "")
-    if not spec:
-        return
-    at, folder = spec.split(":", 1)
-    fired = Path(folder) / "fired"
-    if int(at) == stage and not fired.exists():
-        fired.write_text(f"trial failed on purpose after stage {stage}\n")
-        raise RuntimeError(f"injected trial fault after stage {stage} ({TRIAL_FAULT_ENV})")
-
-
-def al_trial(params: dict, base: dict, threads: int) -> None:
-    """Tune function trainable: one AL experiment, one ``tune.report`` per stage with its checkpoint."""
-    import logging
-
-    from ray import tune
-
-    from tavaal import checkpoint as ckpt
-    from tavaal.experiment import run_experiment
-    from tavaal.search_space import resolve_trial_config
-
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Checkpoint successfully created" per stage
-    cfg = resolve_trial_config(base, params)
-    if cfg.num_threads is None:
-        cfg = dataclasses.replace(cfg, num_threads=threads)
-    out = Path(tempfile.mkdtemp(prefix="tavaal-trial-"))
-    restored = tune.get_checkpoint()
-    records: list[dict] = []
-    if restored is not None:
-        with restored.as_directory() as d:
-            stage = json.loads((Path(d) / "manifest.json").read_text())["stage"]
-            shutil.copytree(d, ckpt.stage_dir(out, stage))
-        records = ckpt.load_latest(out).records
-
-    def on_stage(record, stage_path) -> None:
-        records.append(record.to_dict())
-        metrics = objective_metrics(records) | {
-            "stage": record.stage, "accuracy": record.accuracy, "num_labeled": record.num_labeled,
-            "record": record.to_dict(),
-        }
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(stage_path))
-        ckpt.prune(out, 1)  # Tune keeps its own copy; keep the newest locally
-        _maybe_fail(record.stage)
-
-    try:
-        run_experiment(cfg, out_dir=out, resume=restored is not None, log=lambda m: None, on_stage=on_stage)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+from tavaal.sweep.presets import OBJECTIVES, PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,13 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from tavaal.sweep_runner import run_sweep
+        from tavaal.sweep.runner import run_sweep
 
         return run_sweep(args)
     except TavaalError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,11 @@ from typing import Any
 from tavaal.config import load_config, parse_override
 from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, default_point, read_space, to_tune
-from tavaal.sweep import PRESETS, STATE_FILE, al_trial
+from tavaal.sweep.presets import PRESETS, STATE_FILE
+from tavaal.sweep.trial import al_trial
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the project root: tavaal/sweep/runner.py
 
 
 def _preset_file(path: str) -> str:
@@ -153,12 +155,14 @@ def _tuner(args, name: str, storage: str, path: str, state: dict, base: dict, sp
     import ray
     from ray import tune
 
-    from tavaal.sweep_tracking import MLflowSweepCallback
+    from tavaal.sweep.callback import MLflowSweepCallback
 
     cpus = max(1, int(args.cpus_per_trial))
     trainable = tune.with_resources(tune.with_parameters(al_trial, base=base, threads=cpus),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     if args.resume:
+        # the tuner.pkl of a sweep started when the callback was tavaal/sweep_tracking.py names it by that module
+        sys.modules.setdefault("tavaal.sweep_tracking", sys.modules[MLflowSweepCallback.__module__])
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     total_cpus = int(ray.cluster_resources().get("CPU", 1))
     total_gpus = int(ray.cluster_resources().get("GPU", 0))
