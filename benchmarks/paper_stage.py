@@ -1,4 +1,4 @@
-"""One published-protocol TA-VAAL stage, part by part, for each speed setting side by side (issue 18).
+"""One published-protocol TA-VAAL stage, part by part, for each speed setting side by side.
 
     python benchmarks/paper_stage.py                                  # 2 task epochs, 4 VAE iterations a setting
     python benchmarks/paper_stage.py --epochs 4 --vae-iterations 42 --settings fp32 all

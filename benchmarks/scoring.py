@@ -12,7 +12,7 @@ each through ``score_pool`` (1 torch thread, in this process) and ``score_with_r
 (1 CPU and 1 torch thread each) in both compute modes: ``tasks`` (the CPU default: Ray's reused worker
 processes, models set up once per process and call) and ``actors`` (a fresh actor pool per call, the GPU
 default). Every configuration is run once untimed first (warm-up: page cache, Ray's worker pool, torch
-kernels), then ``--rounds`` times interleaved; medians are reported. The ratios (issue 3's targets: Ray 1
+kernels), then ``--rounds`` times interleaved; medians are reported. The ratios (our targets: Ray 1
 worker >= 0.8x local, 2 workers >= 1.5x 1 worker) compare end-to-end rates: candidates / wall time of the
 whole call, start-up included. "first batch after" is the time from the call to the first batch starting in a
 worker (start-up: process, imports, models); "steady img/s" counts the rows scored while every worker was

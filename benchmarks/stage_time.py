@@ -18,7 +18,7 @@ calls:
   selection                the rest of the query (r̂ normalization, sorting, top-b)
   checkpoint               ``checkpoint.save_stage``
 Stage 1 runs on a cold Ray (worker processes start); the later query stages show the steady state. Prints,
-per stage and part, local seconds, Ray seconds and Ray/local (issue 6's target: at most 1.3 for a stage of at
+per stage and part, local seconds, Ray seconds and Ray/local (our target: at most 1.3 for a stage of at
 least 30 s), and writes the table to ``benchmarks/results/stage-time-<date>.md``.
 """
 from __future__ import annotations
@@ -149,7 +149,7 @@ def main() -> None:
         f"config: {os.path.relpath(args.config, ROOT)} with {', '.join(common)}; Ray: {', '.join(ray_sets)} "
         f"(kept: + {', '.join(RAY_MODES['kept'])}); torch {torch.__version__}",
         f"same selections with every backend: {'yes' if same else 'NO'}",
-        "target (issue 6): Ray / local <= 1.3 for a stage of at least 30 s"], table, load0, load1)
+        "target: Ray / local <= 1.3 for a stage of at least 30 s"], table, load0, load1)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "resnet18"  # task model: resnet18 (paper), small_cnn (CPU scale), mlp (vectors)
+    name: str = "resnet18"  # task model: resnet18 (paper), small_cnn (CPU scale), mlp (vectors), seg_small or
+    # deeplabv3_resnet50 (segmentation)
     ranker_hidden: int = 128  # loss-prediction module: width of each per-block FC layer (LL4AL)
 
 

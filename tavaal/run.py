@@ -1,4 +1,4 @@
-"""python -m tavaal.run — one active-learning experiment on this machine (in-process backend).
+"""python -m tavaal.run — one active-learning experiment (the local backend by default, or --backend ray).
 
   python -m tavaal.run --config configs/fashionmnist_tavaal_cpu.yaml --out runs/fm
   python -m tavaal.run --resume runs/fm              # continue after a kill, from the last complete stage
