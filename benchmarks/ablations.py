@@ -34,7 +34,6 @@ import datetime
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
@@ -42,7 +41,7 @@ import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curves import PROTOCOLS, auc, load_raw, mean_std, paired, raw_path, run_all  # noqa: E402
+from curves import PROTOCOLS, auc, invocation_line, load_raw, mean_std, paired, raw_path, run_recorded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ("train.epochs=10", "train.milestones=[8]", "train.ranker_stop_grad_epoch=6")
@@ -133,11 +132,7 @@ def report(out: Path, name: str, variants: dict) -> Path:
              "r̂ AUROC of candidates above labeled, Spearman of the query score with r̂; train acc: accuracy of a "
              "stage's task model on its own labeled set, mean and lowest over stages and seeds",
              "- vs itself: the strategy's AUC minus its own in the variant this one changes one thing of"]
-    for inv in meta["invocations"]:
-        lines.append(f"- run: `{inv['command']}` on {inv['date']}, git {inv['git']}, {inv['machine']}; "
-                     f"{inv['jobs']} jobs x {inv['threads']} threads, {inv['ran']} experiments ({inv['skipped']} "
-                     f"skipped), {inv['minutes']:.1f} min, load average before / after: {inv['load'][0]:.2f} / "
-                     f"{inv['load'][1]:.2f}")
+    lines += [invocation_line(inv) for inv in meta["invocations"]]
     lines += ["", "| variant | overrides | strategy | seeds | AUC | vs random | vs lloss_rank | vs vaal | vs itself in "
               "the reference variant | train acc (mean / min) | label entropy (norm), last | disc loss (last 10%) | "
               "disc AUROC | r̂ AUROC | spearman(score, r̂) |", "| --- |" + " --- |" * 14]
@@ -195,8 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         print(f"wrote {report(out, args.name, variants)}")
         return 0
-    from scoring import git_rev, machine
-
     meta_path = run_dir / "run.json"
     if meta_path.exists() and not args.resume:
         print(f"error: {run_dir} holds a run; pass --resume to continue it or --name for a new one", file=sys.stderr)
@@ -214,16 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / "raw").mkdir(parents=True, exist_ok=True)
     print(f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped, {args.jobs} jobs x {threads} threads",
           flush=True)
-    inv = {"command": "python benchmarks/ablations.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "git": git_rev(), "machine": machine(),
-           "jobs": args.jobs, "threads": threads, "ran": len(todo), "skipped": len(skipped), "minutes": 0.0,
-           "load": [os.getloadavg()[0], float("nan")]}
-    meta["invocations"].append(inv)
-    meta_path.write_text(json.dumps(meta, indent=1))
-    t0 = time.perf_counter()
-    failed = run_all(todo, run_dir, min(args.jobs, max(1, len(todo))), 0) if todo else 0
-    inv["minutes"], inv["load"][1] = (time.perf_counter() - t0) / 60, os.getloadavg()[0]
-    meta_path.write_text(json.dumps(meta, indent=1))
+    command = "python benchmarks/ablations.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    failed = run_recorded(todo, run_dir, meta, command, args.jobs, threads, len(skipped), 0)
     print(f"wrote {report(out, args.name, variants)}")
     return 1 if failed else 0
 

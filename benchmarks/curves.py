@@ -232,6 +232,34 @@ def run_all(todo: list, run_dir: Path, jobs: int, gpus: int) -> int:
     return failed
 
 
+def run_recorded(todo: list, run_dir: Path, meta: dict, command: str, jobs: int, threads: int, skipped: int,
+                 gpus: int) -> int:
+    """``run_all`` with the invocation (command, date, git, machine, counts, minutes, load before and after)
+    appended to ``meta`` and ``<run_dir>/run.json`` written before and after; returns the number that failed."""
+    from scoring import git_rev, machine  # same header fields as the other benchmarks; here, not at the top:
+    # worker processes re-import this module and need none of scoring.py's imports (ray)
+
+    meta_path = run_dir / "run.json"
+    inv = {"command": command, "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "git": git_rev(),
+           "machine": machine(), "jobs": jobs, "threads": threads, "ran": len(todo), "skipped": skipped,
+           "minutes": 0.0, "load": [os.getloadavg()[0], float("nan")]}
+    meta["invocations"].append(inv)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    t0 = time.perf_counter()
+    failed = run_all(todo, run_dir, min(jobs, max(1, len(todo))), gpus) if todo else 0
+    inv["minutes"], inv["load"][1] = (time.perf_counter() - t0) / 60, os.getloadavg()[0]
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return failed
+
+
+def invocation_line(inv: dict) -> str:
+    """A report's line for one invocation recorded by ``run_recorded``."""
+    return (f"- run: `{inv['command']}` on {inv['date']}, git {inv['git']}, {inv['machine']}; {inv['jobs']} jobs x "
+            f"{inv['threads'] or 'default'} threads, {inv['ran']} experiments ({inv['skipped']} skipped), "
+            f"{inv['minutes']:.1f} min, load average (1 min) before / after: {inv['load'][0]:.2f} / "
+            f"{inv['load'][1]:.2f}")
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -397,11 +425,7 @@ def write_report(out: Path, name: str) -> Path:
              "- std over seeds with ddof 0 (as `tavaal.report`); AUC: trapezoid of "
              f"{'accuracy (segmentation settings: mIoU)' if len(metrics) > 1 else metrics[0]} over labels "
              "divided by the label range (`tavaal.core.metrics.objective_metrics`), in %"]
-    for inv in meta["invocations"]:
-        lines.append(f"- run: `{inv['command']}` on {inv['date']}, git {inv['git']}, {inv['machine']}; "
-                     f"{inv['jobs']} jobs x {inv['threads'] or 'default'} threads, {inv['ran']} experiments "
-                     f"({inv['skipped']} skipped), {inv['minutes']:.1f} min, load average (1 min) before / after: "
-                     f"{inv['load'][0]:.2f} / {inv['load'][1]:.2f}")
+    lines += [invocation_line(inv) for inv in meta["invocations"]]
     lines.append("")
     for setting in [s for s in SETTINGS if s in raw] + sorted(set(raw) - set(SETTINGS)):
         lines += setting_section(setting, raw[setting], name, meta.get("settings", {}).get(setting))
@@ -480,10 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         print(f"wrote {write_report(out, args.name)}")
         return 0
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from scoring import git_rev, machine  # same header fields as the other benchmarks; here, not at the top: the
-    # worker processes re-import this module and need none of scoring.py's imports (ray)
-
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_recorded imports scoring.py beside this file
     protocol = protocol_of(args)[0]
     configs = setting_configs(args)
     meta_path = run_dir / "run.json"
@@ -522,17 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / "raw").mkdir(parents=True, exist_ok=True)
     print(f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped (finished before), "
           f"{min(jobs, max(1, len(todo)))} jobs x {threads} threads", flush=True)
-    inv = {"command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT) if argv is None else
-                                            "benchmarks/curves.py", *(sys.argv[1:] if argv is None else argv)]),
-           "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "git": git_rev(), "machine": machine(),
-           "jobs": jobs, "threads": threads, "ran": len(todo), "skipped": len(skipped), "minutes": 0.0,
-           "load": [os.getloadavg()[0], float("nan")]}
-    meta["invocations"].append(inv)
-    meta_path.write_text(json.dumps(meta, indent=1))
-    t0 = time.perf_counter()
-    failed = run_all(todo, run_dir, min(jobs, max(1, len(todo))), gpus) if todo else 0
-    inv["minutes"], inv["load"][1] = (time.perf_counter() - t0) / 60, os.getloadavg()[0]
-    meta_path.write_text(json.dumps(meta, indent=1))
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT) if argv is None else "benchmarks/curves.py",
+                                    *(sys.argv[1:] if argv is None else argv)])
+    failed = run_recorded(todo, run_dir, meta, command, jobs, threads, len(skipped), gpus)
     print(f"wrote {write_report(out, args.name)}")
     if failed:
         print(f"{failed} experiments failed; rerun with --resume to retry them", file=sys.stderr)
