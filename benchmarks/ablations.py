@@ -20,6 +20,8 @@ variant's overrides. The variants, one hypothesis each:
   vaal_schedule   TA-VAAL with VAAL's VAE schedule (two VAE steps per iteration, KL summed): a diagnostic, not the
                   published method
   fit_vaal_schedule  both: the fitted task model and VAAL's VAE schedule (a diagnostic too)
+  fit_bf16        the fitted protocol in bf16 autocast with channels_last (train.precision=bf16,
+                  train.channels_last=true): does the speed setting hold every strategy's accuracy?
 
 A variant's strategies are compared with the random, ``lloss_rank`` and ``vaal`` runs of the same task training
 (``vaal`` of the same variant when it has one), over the seeds both have. ``--balanced VARIANT`` adds the
@@ -48,6 +50,7 @@ SHORT = ("train.epochs=10", "train.milestones=[8]", "train.ranker_stop_grad_epoc
 FIT = ("train.epochs=30", "train.milestones=[24]", "train.ranker_stop_grad_epoch=18")  # curves.py's protocol now
 BATCH_BN = ("vae.score_bn=batch",)
 VAAL_SCHEDULE = ("vae.vae_steps=2", "vae.kl_reduction=sum")
+BF16 = ("train.precision=bf16", "train.channels_last=true")
 VARIANTS = {  # name -> (overrides on top of the protocol and the imbalanced pool, strategies, baseline variant)
     "standard": (SHORT, ("random", "lloss_rank", "vaal", "tavaal"), "standard"),
     "batch_bn": (SHORT + BATCH_BN, ("vaal", "tavaal"), "standard"),
@@ -55,10 +58,11 @@ VARIANTS = {  # name -> (overrides on top of the protocol and the imbalanced poo
     "fit_batch_bn": (FIT + BATCH_BN, ("vaal", "tavaal"), "fit"),
     "vaal_schedule": (SHORT + VAAL_SCHEDULE, ("tavaal",), "standard"),
     "fit_vaal_schedule": (FIT + VAAL_SCHEDULE, ("tavaal",), "fit"),
+    "fit_bf16": (FIT + BF16, ("random", "lloss_rank", "vaal", "tavaal"), "fit_bf16"),
 }
 # the variant each one changes one thing of: "vs itself" compares a strategy with its own runs there
 REFERENCE = {"batch_bn": "standard", "fit": "standard", "fit_batch_bn": "fit", "vaal_schedule": "standard",
-             "fit_vaal_schedule": "fit", "fit_batch_bn_balanced": "fit_balanced"}
+             "fit_vaal_schedule": "fit", "fit_batch_bn_balanced": "fit_balanced", "fit_bf16": "fit"}
 IMBALANCED = ("data.imbalance_ratio=10",)
 RIVALS = ("random", "lloss_rank", "vaal")
 HEALTH = ("disc_loss_tail", "disc_auroc", "rhat_auroc", "score_rhat_spearman")
