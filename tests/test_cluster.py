@@ -84,7 +84,7 @@ def test_versions_agree_across_dockerfile_configs_manifests_and_pyproject():
         assert set(kuberay_images(spec)) == {image}, kind
     submitter = load(KUBERAY["RayJob"])["spec"]["submitterPodTemplate"]["spec"]["containers"]
     assert {c["image"] for c in submitter} == {image}
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs/clusters.md").read_text()
     assert f"docker push {image}" in readme and f"-t {image} ." in readme
 
 
@@ -311,7 +311,7 @@ def test_rayjob_entrypoint_is_a_valid_sweep_command_on_the_image():
 
 
 def test_readme_cluster_commands_are_valid_sweep_commands():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs/clusters.md").read_text()
     section = readme.split("## Running on a cloud cluster", 1)[1].split("\n## ", 1)[0]
     commands = [c for block in re.findall(r"```bash\n(.*?)```", section, re.S)
                 for c in block.replace("\\\n", " ").splitlines() if "tavaal.sweep" in c]
