@@ -40,8 +40,8 @@ import numpy as np
 import ray
 import torch
 
-from tavaal.backends.distributed import local_system_config
-from tavaal.backends.ray_data import score_with_ray_data
+from tavaal.backends.ray.backend import local_system_config
+from tavaal.backends.ray.data import score_with_ray_data
 from tavaal.config import DataConfig, load_config
 from tavaal.core.scoring import score_pool
 from tavaal.core.training import ModelSpec, TaskJob, train_task

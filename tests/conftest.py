@@ -124,7 +124,7 @@ def ray_cluster():
     """A local Ray with 2 CPUs for one test file (reused, and left running, if a session already started one)."""
     import ray
 
-    from tavaal.backends.distributed import WORKER_ENV, local_system_config
+    from tavaal.backends.ray.backend import WORKER_ENV, local_system_config
 
     if ray.is_initialized():
         yield

@@ -15,7 +15,7 @@ import torch
 
 from conftest import trained_stage
 from tavaal.backends import LocalBackend
-from tavaal.backends.ray_data import _MAX_BATCHES_PER_BLOCK, _index_blocks, score_with_ray_data
+from tavaal.backends.ray.data import _MAX_BATCHES_PER_BLOCK, _index_blocks, score_with_ray_data
 from tavaal.config import DataConfig, load_config
 from tavaal.core.scoring import score_pool
 from tavaal.core.training import ModelSpec, TaskResult

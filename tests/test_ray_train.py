@@ -8,8 +8,8 @@ import torch
 ray = pytest.importorskip("ray")
 
 from tavaal.backends import LocalBackend  # noqa: E402
-from tavaal.backends.distributed import WORKER_ENV, RayBackend, local_system_config  # noqa: E402
-from tavaal.backends.ray_train import FAULT_ENV  # noqa: E402
+from tavaal.backends.ray.backend import WORKER_ENV, RayBackend, local_system_config  # noqa: E402
+from tavaal.backends.ray.train import FAULT_ENV  # noqa: E402
 from tavaal.config import BackendConfig, load_config  # noqa: E402
 from tavaal.core.pool import initial_pool  # noqa: E402
 from tavaal.core.seeding import numpy_rng  # noqa: E402
@@ -148,7 +148,7 @@ def test_kept_worker_group_survives_a_worker_killed_mid_job(ray_cluster, stage):
 
 
 def test_keep_workers_refuses_a_ray_too_small_to_score_beside_them():
-    from tavaal.backends.distributed import check_room_to_score
+    from tavaal.backends.ray.backend import check_room_to_score
     from tavaal.errors import ConfigError
 
     check_room_to_score(BackendConfig(num_workers=1, keep_workers=True), {"CPU": 2.0})

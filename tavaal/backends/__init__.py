@@ -12,7 +12,7 @@ def build_backend(cfg: BackendConfig, data_cfg: DataConfig | None = None) -> Bac
     if cfg.name == "local":
         return LocalBackend()
     if cfg.name == "ray":
-        from tavaal.backends.distributed import RayBackend
+        from tavaal.backends.ray.backend import RayBackend
 
         return RayBackend(cfg, data_cfg)
     from tavaal.errors import ConfigError

@@ -116,7 +116,7 @@ QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "RAY_COLOR_PREFIX": "0"}
 def run_sweep(args) -> int:
     import os
 
-    from tavaal.backends.connect import connect_ray
+    from tavaal.backends.ray.connect import connect_ray
     from tavaal.tracking import MLflowTracker, start_parent_run
 
     for key, value in QUIET_ENV.items():

@@ -1,4 +1,4 @@
-"""RayBackend: training through Ray Train (``ray_train.py``), pool scoring through Ray Data (``ray_data.py``).
+"""RayBackend: training through Ray Train (``train.py``), pool scoring through Ray Data (``data.py``, ``parquet.py``).
 
 The AL loop stays on the driver; each heavy step of a stage becomes a Ray job. The data set is put in
 the object store once per experiment and every training worker and scoring actor reads from it.
@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from tavaal.backends.connect import WORKER_ENV, connect_ray, local_system_config  # noqa: F401 (tests, benchmarks)
+from tavaal.backends.ray.connect import WORKER_ENV, connect_ray, local_system_config  # noqa: F401 (tests, benchmarks)
 from tavaal.config import BackendConfig, DataConfig
 from tavaal.core.scoring import Scorer
 from tavaal.core.training import TaskJob, TaskResult
@@ -45,7 +45,7 @@ class RayBackend:
         self.data_ref: Any = None
         self._owns_ray = False
         self._tmp_storage: str | None = None
-        self._session: Any = None  # ray_train.TrainSession with backend.keep_workers, made at the first job
+        self._session: Any = None  # train.TrainSession with backend.keep_workers, made at the first job
 
     def prepare(self, data: ALData, device: torch.device) -> None:
         import ray
@@ -63,12 +63,22 @@ class RayBackend:
         if self.cfg.storage_path is None and self._tmp_storage is None:
             self._tmp_storage = tempfile.mkdtemp(prefix="tavaal-ray-train-")
 
+    def relabel(self, data: ALData) -> None:
+        """New labels mid-run: the data goes into the object store again, and a kept worker group (which holds
+        the old reference) is let go; the next job starts one on the new data."""
+        import ray
+
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        self.data, self.data_ref = data, ray.put(data)
+
     @property
     def storage_path(self) -> str:
         return self.cfg.storage_path or self._tmp_storage
 
     def train_task(self, job: TaskJob, on_epoch_end: Callable[[dict], None] | None = None) -> TaskResult:
-        from tavaal.backends.ray_train import train_task_on_ray
+        from tavaal.backends.ray.train import train_task_on_ray
 
         if self.cfg.keep_workers:
             result = self._kept().train_task(job)
@@ -79,7 +89,7 @@ class RayBackend:
         return result
 
     def train_vae(self, job: VAEJob, on_progress: Callable[[dict], None] | None = None) -> VAEResult:
-        from tavaal.backends.ray_train import train_vae_on_ray
+        from tavaal.backends.ray.train import train_vae_on_ray
 
         if self.cfg.keep_workers:
             result = self._kept().train_vae(job)
@@ -90,11 +100,11 @@ class RayBackend:
         return result
 
     def score(self, scorer: Scorer, indices: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-        from tavaal.backends.ray_data import score_with_ray_data
+        from tavaal.backends.ray.data import score_with_ray_data
 
         c = self.cfg
         if self.data_cfg is not None and self.data_cfg.name == "parquet":  # Ray Data reads the files themselves
-            from tavaal.backends.ray_parquet import score_parquet_with_ray_data
+            from tavaal.backends.ray.parquet import score_parquet_with_ray_data
 
             return score_parquet_with_ray_data(scorer, self.data, self.data_cfg, np.asarray(indices), batch_size,
                                                concurrency=c.score_concurrency, cpus_per_actor=c.score_cpus_per_actor,
@@ -106,7 +116,7 @@ class RayBackend:
                                    pool_size=self.pool_size, compute=c.score_compute)  # out-of-range indices fail on the driver, clearly
 
     def _kept(self) -> Any:
-        from tavaal.backends.ray_train import TrainSession
+        from tavaal.backends.ray.train import TrainSession
 
         if self._session is None:
             self._session = TrainSession(self._ref(), self.cfg, self.storage_path)

@@ -1,4 +1,4 @@
-"""The mailbox between the AL loop (driver) and a kept Ray Train worker group (``ray_train.TrainSession``).
+"""The mailbox between the AL loop (driver) and a kept Ray Train worker group (``train.TrainSession``).
 
 The driver posts job ``i`` (or ``None``: stop) and waits for its result; every worker takes the jobs in order
 and rank 0 hands in each result. A Ray actor with async methods, so a waiting worker or driver costs nothing.

@@ -16,7 +16,7 @@ import numpy as np
 import ray
 import torch
 
-from tavaal.backends.ray_data import collect_by_position, keep_freed_memory_per_actor, passive_omp
+from tavaal.backends.ray.data import collect_by_position, keep_freed_memory_per_actor, passive_omp
 from tavaal.config import DataConfig
 from tavaal.core.scoring import Scorer
 from tavaal.data.base import ALData, Split

@@ -271,7 +271,7 @@ class TrainSession:
     def __init__(self, data_ref: Any, bcfg: BackendConfig, storage_path: str) -> None:
         import ray
 
-        from tavaal.backends.job_board import JobBoard
+        from tavaal.backends.ray.job_board import JobBoard
 
         self.board = ray.remote(num_cpus=0)(JobBoard).remote()
         self._next, self._error = 0, None
