@@ -84,7 +84,8 @@ from tavaal.config import Config, load_config
 from tavaal.core.metrics import objective_metrics, stage_quality
 from tavaal.errors import TavaalError
 from tavaal.files import atomic_write
-from tavaal.report import plot_table, summarize
+from tavaal.report import summarize
+from tavaal.tracking.plots import plot_table
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("random", "entropy", "coreset", "lloss", "lloss_rank", "vaal", "tavaal")

@@ -64,41 +64,12 @@ def summarize(data: dict) -> dict[str, list[dict]]:
     return table
 
 
-def plot_table(ax, table: dict[str, list[dict]], key: str, scale: float = 1.0) -> None:
-    """One line per strategy of ``summarize``'s ``table``: x = labels, y = ``row[key]`` x ``scale`` (rows where it
-    is None are skipped); the accuracy (``key="mean"``) gets a ± std band."""
-    for strategy, rows in table.items():
-        pts = [(r["labels"], r[key], r["std"]) for r in rows if r[key] is not None]
-        if not pts:
-            continue
-        x, y, s = (np.asarray(v) * f for v, f in zip(zip(*pts), (1.0, scale, scale)))
-        ax.plot(x, y, marker="o", label=strategy)
-        if key == "mean":
-            ax.fill_between(x, y - s, y + s, alpha=0.15)
-
-
 def write_report(table: dict[str, list[dict]], out: Path, title: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The figures (``tracking.plots.strategy_figures``) and ``report.md`` (the same numbers as tables)."""
+    from tavaal.tracking.plots import strategy_figures
 
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, key, ylabel in (("accuracy.png", "mean", "test accuracy"),
-                              ("improvement.png", "vs_random", "accuracy - random"),
-                              ("entropy.png", "entropy", "label entropy (nats)")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        plot_table(ax, table, key)
-        ax.set_xlabel("labeled samples")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-        written.append(out / name)
+    written = strategy_figures(table, out, title)
     lines = [f"# {title}", "", "| strategy | labels | seeds | accuracy (mean ± std) | vs random | label entropy "
              "(norm) |", "| --- | --- | --- | --- | --- | --- |"]
     for strategy, rows in table.items():

@@ -1,16 +1,6 @@
-"""The Tracker seam: the loop reports each stage through it (MLflow lives behind it, driver side only).
-
-``MLflowTracker`` writes one MLflow run per experiment through its own ``MlflowClient`` (no global active
-run), so one driver can hold a tracker per Tune trial. Per stage, with ``step = stage``:
-
-  test/accuracy, test/balanced_accuracy, test/accuracy_class_{c}, labels/count, labels/entropy,
-  labels/entropy_norm, labels/class_{c}, time/stage, time/train, time/query, info/{key}
-  and for segmentation also test/miou, test/pixel_accuracy (= test/accuracy), test/iou_class_{c}
-  (labels/* then count the labeled set's pixels per class)
-
-plus the artifact ``selected/stage-NNNN.parquet`` (columns ``stage``, ``index``). ``config.json`` and
-``config.yaml`` are logged when the run is created, ``accuracy.png`` when it ends. mlflow is imported
-lazily: importing this module (or the loop) must not load it.
+"""The MLflow store: connecting (in seconds, with one-line errors), experiments and runs, what a stage logs, and a
+sweep's parent run with a child per trial. mlflow is imported inside the functions: importing this module does
+not load it.
 """
 from __future__ import annotations
 
@@ -20,160 +10,20 @@ import json
 import math
 import numbers
 import re
-import sys
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Iterator
 
 from tavaal.errors import TrackingError
+from tavaal.tracking.plots import accuracy_figure
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the embedded default store, in the working directory
 FALLBACK_HINT = "start it or pass --tracking-uri sqlite:///mlflow.db"
 MARKER = "test/accuracy"  # logged last in a stage's batch: its steps are the stages already logged
 HEALTH_TIMEOUT_S = 5.0  # an unreachable server fails in seconds, not after mlflow's minutes of retries
 PARENT_TAG = "mlflow.parentRunId"
-
-
-class Tracker(Protocol):
-    def start(self, config: dict[str, Any], run_id: str | None = None) -> str | None: ...
-
-    def log_stage(self, record: dict[str, Any]) -> None: ...
-
-    def end(self, status: str = "FINISHED") -> None: ...
-
-
-class NullTracker:
-    """Tracks nothing (the default for ``python -m tavaal.run`` without a tracking URI)."""
-
-    def start(self, config: dict[str, Any], run_id: str | None = None) -> str | None:
-        return None
-
-    def log_stage(self, record: dict[str, Any]) -> None:
-        pass
-
-    def end(self, status: str = "FINISHED") -> None:
-        pass
-
-
-class MLflowTracker:
-    """One MLflow run per AL experiment; ``log_stage`` is idempotent per stage, so a resume logs nothing twice."""
-
-    def __init__(self, tracking_uri: str | None = None, experiment: str = "tavaal", run_name: str | None = None,
-                 parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
-                 artifact_location: str | None = None, warn: Callable[[str], None] | None = None) -> None:
-        self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
-        self.experiment, self.run_name, self.parent_run_id = experiment, run_name, parent_run_id
-        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
-        self.artifact_location = artifact_location  # only used when the experiment is created here
-        self.run_id: str | None = None
-        self._client = None
-        self._points: dict[int, tuple[float, float]] = {}  # stage -> (labels/count, test/accuracy), whole run
-        self._pending: dict[int, dict[str, Any]] = {}  # stage -> record, held back by a tracking outage
-        self._tried: set[int] = set()  # stages whose sending failed once (they may have reached the server)
-        self._warned = False
-        self._ended = False
-        self.warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
-
-    def check(self) -> None:
-        """Raise TrackingError (one line) unless the server or store answers."""
-        self._client = connect(self.tracking_uri)
-
-    def start(self, config: dict[str, Any], run_id: str | None = None) -> str:
-        """Create the run (params and config artifacts), or reopen ``run_id`` to resume it; returns its id."""
-        client = self._client or connect(self.tracking_uri)
-        self._client = client
-        with tracking_errors(self.tracking_uri, "starting the run"):
-            if run_id is None:
-                tags = self.tags | ({PARENT_TAG: self.parent_run_id} if self.parent_run_id else {})
-                exp_id = ensure_experiment(client, self.tracking_uri, self.experiment, self.artifact_location)
-                run = client.create_run(exp_id, run_name=self.run_name, tags=tags)
-            else:
-                run = reopen_run(client, run_id, self.tracking_uri)
-            self.run_id = run.info.run_id
-            if not run.data.params:  # new, or created by a process killed before its params went out
-                log_params(client, self.run_id, config)
-                log_config(client, self.run_id, config)
-            self._points = curve_points(client, self.run_id)
-        self._ended = False
-        return self.run_id
-
-    def log_stage(self, record: dict[str, Any]) -> None:
-        """Metrics at ``step = stage`` and the stage's selected indices; a stage already in the run is skipped.
-
-        While the server or store is unreachable the stage is held back (the loop's checkpoint holds every
-        record too), one warning says so, and held-back stages go out, oldest first, with the next stage that
-        finds the server answering again; ``end`` (or a ``--resume``) sends whatever is left.
-        """
-        rec = record.to_dict() if hasattr(record, "to_dict") else dict(record)
-        stage = int(rec["stage"])
-        if self.run_id is None:
-            raise RuntimeError("MLflowTracker.log_stage called before start")
-        if stage not in self._points:
-            self._pending[stage] = rec
-        self.flush()
-
-    @property
-    def pending(self) -> list[int]:
-        """Stages not yet in the MLflow run (held back by an outage)."""
-        return sorted(self._pending)
-
-    def flush(self) -> bool:
-        """Send held-back stages, oldest first; False (after warning once per outage) while tracking is down."""
-        for stage in sorted(self._pending):
-            try:
-                self._send(stage, self._pending[stage])
-            except TrackingError as e:
-                self._tried.add(stage)
-                if not self._warned:
-                    self._warned = True
-                    self.warn(f"warning: {e}. The run goes on; stage metrics stay in the checkpoints and are "
-                              "sent when tracking answers again (or on --resume)")
-                return False
-            del self._pending[stage]
-        if self._warned:
-            self._warned = False
-            self.warn("tracking is back: every held-back stage has been sent")
-        return True
-
-    def _send(self, stage: int, rec: dict[str, Any]) -> None:
-        if self.tracking_uri.startswith(("http://", "https://")):
-            check_health(self.tracking_uri)  # seconds, not mlflow's minutes of retries against a dead server
-        with tracking_errors(self.tracking_uri, f"logging stage {stage}"):
-            # a batch sent just before a failure may have been stored anyway: look before sending it again
-            if stage in self._tried and stage in metric_steps(self._client, self.run_id, MARKER):
-                self._points[stage] = (float(rec["num_labeled"]), float(rec["accuracy"]))
-                return
-            if rec.get("selected"):
-                log_selected(self._client, self.run_id, stage, rec["selected"])
-            metrics = stage_metrics(rec)  # one batch, the marker last: if it is in the run, the whole stage is
-            log_metrics(self._client, self.run_id, stage, metrics)
-        self._points[stage] = (float(rec["num_labeled"]), float(rec["accuracy"]))
-
-    def end(self, status: str = "FINISHED") -> None:
-        """Log the accuracy-vs-labels plot of the whole run and set its terminal status.
-
-        With stages still held back by an outage, the run is left open with a warning: ``--resume`` of the
-        run directory sends them and ends it (the AL results themselves are complete in the checkpoints).
-        """
-        if self.run_id is None or self._ended:
-            return
-        if not self.flush():
-            self.warn(f"warning: stages {self.pending} are not in MLflow run {self.run_id} yet: when "
-                      f"{self.tracking_uri} answers again, run python -m tavaal.run --resume <run dir> --tracking-uri "
-                      f"{self.tracking_uri} to send them")
-            return
-        try:
-            with tracking_errors(self.tracking_uri, "ending the run"):
-                if self._points:
-                    log_figure(self._client, self.run_id, accuracy_figure({"this run": self._points}),
-                               "accuracy.png")
-                self._client.set_terminated(self.run_id, status)
-        except TrackingError as e:
-            self.warn(f"warning: {e}")  # every stage is in the run; only the figure or the status is missing
-            return
-        self._ended = True
 
 
 # ---------------------------------------------------------------- connecting
@@ -342,25 +192,6 @@ def curve_points(client, run_id: str) -> dict[int, tuple[float, float]]:
     """stage -> (labels/count, test/accuracy) already in the run: one history read per metric."""
     acc, labels = metric_steps(client, run_id, MARKER), metric_steps(client, run_id, "labels/count")
     return {s: (labels.get(s, math.nan), a) for s, a in acc.items()}
-
-
-# ---------------------------------------------------------------- plots
-
-
-def accuracy_figure(curves: dict[str, dict[int, tuple[float, float]]], title: str = "accuracy vs labels"):
-    """One line per run: x = labeled samples, y = test accuracy (matplotlib's Agg, no pyplot state)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), dpi=100)
-    ax = fig.add_subplot()
-    for name, points in curves.items():
-        xy = [points[s] for s in sorted(points)]
-        ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=name)
-    ax.set(xlabel="labeled samples", ylabel="test accuracy", title=title)
-    ax.grid(alpha=0.3)
-    if 1 < len(curves) <= 20:
-        ax.legend(fontsize="small")
-    return fig
 
 
 def log_figure(client, run_id: str, fig, name: str) -> None:
