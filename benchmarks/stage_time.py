@@ -64,6 +64,9 @@ class TimedBackend:
     def prepare(self, data, device) -> None:
         self.inner.prepare(data, device)
 
+    def relabel(self, data) -> None:
+        self.inner.relabel(data)
+
     def train_task(self, job, on_epoch_end=None):
         return self._timed("task + ranker training", self.inner.train_task, job, on_epoch_end)
 

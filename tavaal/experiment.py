@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tavaal import checkpoint, oracle
+from tavaal import checkpoint
 from tavaal.backends import Backend, build_backend
 from tavaal.config import Config, from_dict
 from tavaal.core.metrics import label_counts, label_entropy
@@ -25,6 +25,7 @@ from tavaal.core.training import ModelSpec, TaskJob, evaluate
 from tavaal.data import build_dataset
 from tavaal.data.base import ALData
 from tavaal.errors import CheckpointError, ConfigError
+from tavaal.oracle import Oracle, build_oracle, has_initial_request, run_config
 from tavaal.strategies import QueryContext, Strategy, build_strategy
 from tavaal.tracking import NullTracker, Tracker
 
@@ -70,21 +71,22 @@ def run_experiment(
     verbose: bool = False,
     on_stage: Callable[[StageRecord, Path | None], None] | None = None,
     labels: str | Path | None = None,
+    oracle: Oracle | None = None,
 ) -> list[StageRecord]:
     """Run (or resume from ``out_dir``) the whole experiment; returns one record per stage.
 
     ``on_stage(record, stage_dir)`` is called after each stage's checkpoint is written (a Tune trial
-    reports it from there). With the manual oracle the run stops where labels are missing, after writing the
-    batch to annotate (``tavaal/oracle.py``); ``labels`` (a CSV) answers it on resume.
+    reports it from there). The run's labels come from ``oracle`` (default: ``build_oracle``, simulated when the
+    data knows every pool label, else manual); a manual run stops where labels are missing, after writing the
+    batch to annotate (``tavaal/oracle.py``), and ``labels`` (a CSV) answers it on resume.
     """
     device = resolve_device(cfg.device)
     cfg = for_device(cfg, device)  # precision auto, score batch per device: resolved once, recorded as run
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     data = build_dataset(cfg.data, cfg.seed)
-    mode = oracle.resolve_oracle(cfg, data)
-    initial = oracle.initial_state(cfg, data, mode)  # checks the labeling plan against the pool
-    data = oracle.apply_stored_labels(data, out_dir, cfg.data.new_classes)
+    oracle = oracle or build_oracle(cfg, data, out_dir, labels, log)
+    data, initial = oracle.start(data)  # checks the labeling plan against the pool
     if len(data.test) == 0:
         log("note: the test split is empty (no labeled rows to hold out): accuracy is not measured (nan); "
             "set data.test_path to a labeled test set")
@@ -92,9 +94,10 @@ def run_experiment(
     # every check before anything is written or started: a model that cannot take the data leaves nothing behind
     check_compatible(cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden))
     pool, records, meta = _start(cfg, data, out_dir, resume, log, initial)
-    data = oracle.answer(cfg, data, pool, out_dir, len(records), labels)  # validated in full before any write
-    if oracle.ask(cfg, data, pool, out_dir, len(records), log):
+    answered = oracle.labels_for(len(records), data, pool)  # a labels file is validated in full before any write
+    if answered is None:  # labels missing: the batch to annotate is written
         return records
+    data = answered
     # built after answer: its labels may bring new classes (data.new_classes)
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)
     tracker = tracker or NullTracker()
@@ -120,8 +123,14 @@ def run_experiment(
             log(format_record(record, cfg.al.stages))
             if on_stage is not None:
                 on_stage(record, stage_path)
-            if oracle.ask(cfg, data, pool, out_dir, stage + 1, log):  # manual oracle: stop until labels come
+            if stage + 1 == cfg.al.stages:  # the last stage queries nothing
                 break
+            answered = oracle.labels_for(stage + 1, data, pool)
+            if answered is None:  # manual oracle: stop until labels come
+                break
+            if answered is not data:  # an oracle that answers at once: the next stage trains on its labels
+                data = answered
+                backend.relabel(data)
         status = "FINISHED"
     except BaseException as e:
         status = "FAILED" if isinstance(e, Exception) else "KILLED"  # KeyboardInterrupt, SystemExit
@@ -173,8 +182,8 @@ def _start(cfg: Config, data: ALData, out_dir, resume: bool, log,
     if resume:
         if out_dir is None:
             raise ConfigError("--resume needs the run's output directory")
-        if not checkpoint.list_stages(out_dir) and oracle.has_initial_request(out_dir):
-            check_resumable(oracle.run_config(out_dir), cfg)  # stopped before stage 0, for its labels
+        if not checkpoint.list_stages(out_dir) and has_initial_request(out_dir):
+            check_resumable(run_config(out_dir), cfg)  # stopped before stage 0, for its labels
             log(f"resuming {out_dir} before stage 0 (its labels were requested)")
             return initial, [], {}
         ck = checkpoint.load_latest(out_dir, log=log)
@@ -184,7 +193,7 @@ def _start(cfg: Config, data: ALData, out_dir, resume: bool, log,
                                   f"{len(data.train)}; resume with the data the run started with")
         log(f"resuming from {ck.path} (stage {ck.stage} complete, {ck.pool.num_labeled} labeled)")
         return ck.pool, [StageRecord(**r) for r in ck.records], dict(ck.meta)
-    if out_dir is not None and (checkpoint.list_stages(out_dir) or oracle.has_initial_request(out_dir)):
+    if out_dir is not None and (checkpoint.list_stages(out_dir) or has_initial_request(out_dir)):
         raise CheckpointError(f"'{out_dir}' already holds stage checkpoints; pass --resume {out_dir} to continue "
                               "that run, or choose a new --out")
     return initial, [], {}

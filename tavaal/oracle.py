@@ -58,16 +58,6 @@ def resolve_oracle(cfg: Config, data: ALData) -> str:
     return mode
 
 
-def initial_state(cfg: Config, data: ALData, mode: str) -> PoolState:
-    """Stage-0 labels: the rows labeled in the data (manual, if any), else ``al.initial`` random rows."""
-    known = np.flatnonzero(data.known_rows)
-    if mode == "manual" and known.size:  # the labeling plan is checked with the rows at hand, not al.initial
-        check_pool_size(dataclasses.replace(cfg, al=dataclasses.replace(cfg.al, initial=known.size)), len(data.train))
-        return PoolState.empty(len(data.train)).label(known, 0)
-    check_pool_size(cfg, len(data.train))
-    return initial_pool(len(data.train), cfg.al.initial, numpy_rng(cfg.seed, "initial"))
-
-
 def pending(pool: PoolState, data: ALData) -> np.ndarray:
     """Positions that are labeled in the AL state but whose label nobody has given yet (ascending)."""
     return np.flatnonzero((pool.labeled_at >= 0) & ~data.known_rows)
@@ -266,30 +256,85 @@ def apply_stored_labels(data: ALData, out_dir: str | Path | None, allow_new: boo
     return with_labels(data, merged, allow_new, f"{Path(out_dir) / LABELS_DIR}/") if stored else data
 
 
-
-# ---------------------------------------------------------------- the loop's two touch points
-
-
-def answer(cfg: Config, data: ALData, pool: PoolState, out_dir, stage: int, labels: str | Path | None) -> ALData:
-    """``--labels FILE``: the pending labels from FILE (validated in full first; nothing is written otherwise)."""
-    if labels is None:
-        return data
-    if out_dir is None:
-        raise ConfigError("--labels needs the run's directory: pass --resume DIR")
-    missing = pending(pool, data)
-    if not missing.size:
-        raise ConfigError(f"no labels are pending in '{out_dir}' (stage {stage} has every label it needs); "
-                          "resume without --labels")
-    return ingest_labels(labels, out_dir, stage, data, missing, cfg.data.new_classes)
+# ---------------------------------------------------------------- the seam: one object per run
 
 
-def ask(cfg: Config, data: ALData, pool: PoolState, out_dir, stage: int, log: Callable[[str], None]) -> bool:
-    """Before stage ``stage`` trains: if labels are missing, write the request, say what to do, return True."""
-    missing = pending(pool, data)
-    if not missing.size:
-        return False
-    if out_dir is None:
-        raise ConfigError("the manual oracle writes the batch to annotate into the run's directory: pass --out DIR")
-    csv_path = write_request(out_dir, stage, data, missing, cfg.to_dict())
-    log(request_message(csv_path, out_dir, stage, missing.size, data))
-    return True
+class Oracle:
+    """Where one run's labels come from (``SimulatedOracle``, ``ManualOracle``); the loop calls ``start`` once and
+    ``labels_for`` before every stage.
+
+    ``start(data)`` -> (data with the labels people gave so far, the stage-0 labeled set), both checked against
+    the pool. ``labels_for(stage, data, pool)`` -> the data with every label stage ``stage`` trains on, or None
+    when labels are missing and the run must stop until people give them.
+    """
+
+    mode = "simulated"  # al.oracle
+
+    def __init__(self, cfg: Config, out_dir: str | Path | None = None, labels: str | Path | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.cfg, self.out_dir, self.labels, self.log = cfg, out_dir, labels, log
+
+    def start(self, data: ALData) -> tuple[ALData, PoolState]:
+        initial = self.initial_state(data)  # from the data as loaded: a resume draws the same stage-0 set
+        return apply_stored_labels(data, self.out_dir, self.cfg.data.new_classes), initial
+
+    def initial_state(self, data: ALData) -> PoolState:
+        """``al.initial`` random rows (the benchmark protocol), after checking the labeling plan fits the pool."""
+        check_pool_size(self.cfg, len(data.train))
+        return initial_pool(len(data.train), self.cfg.al.initial, numpy_rng(self.cfg.seed, "initial"))
+
+    def labels_for(self, stage: int, data: ALData, pool: PoolState) -> ALData | None:
+        labels, self.labels = self.labels, None  # a labels file answers one batch: the first one asked
+        if labels is not None:
+            data = self._answer(stage, data, pool, labels)
+        return None if self._ask(stage, data, pool) else data
+
+    def _answer(self, stage: int, data: ALData, pool: PoolState, labels: str | Path) -> ALData:
+        """The pending labels from ``labels`` (validated in full first; nothing is written otherwise)."""
+        if self.out_dir is None:
+            raise ConfigError("--labels needs the run's directory: pass --resume DIR")
+        missing = pending(pool, data)
+        if not missing.size:
+            raise ConfigError(f"no labels are pending in '{self.out_dir}' (stage {stage} has every label it needs); "
+                              "resume without --labels")
+        return ingest_labels(labels, self.out_dir, stage, data, missing, self.cfg.data.new_classes)
+
+    def _ask(self, stage: int, data: ALData, pool: PoolState) -> bool:
+        """If labels are missing (never with every pool label known): write the request, say what to do, True."""
+        missing = pending(pool, data)
+        if not missing.size:
+            return False
+        if self.out_dir is None:
+            raise ConfigError("the manual oracle writes the batch to annotate into the run's directory: pass --out DIR")
+        csv_path = write_request(self.out_dir, stage, data, missing, self.cfg.to_dict())
+        self.log(request_message(csv_path, self.out_dir, stage, missing.size, data))
+        return True
+
+
+class SimulatedOracle(Oracle):
+    """The data set knows every label (benchmarks): a pick is labeled the moment it is picked."""
+
+
+class ManualOracle(Oracle):
+    """People label the picks: a missing label stops the run after writing the batch to annotate; ``labels`` (the
+    CSV given with ``--labels``) answers the pending batch when the run resumes."""
+
+    mode = "manual"
+
+    def initial_state(self, data: ALData) -> PoolState:
+        """The rows labeled in the data, else ``al.initial`` random rows drawn as the simulated oracle draws them
+        (asked for as the batch of stage 0)."""
+        known = np.flatnonzero(data.known_rows)
+        if not known.size:
+            return super().initial_state(data)
+        # the labeling plan is checked with the rows at hand, not al.initial
+        cfg = self.cfg
+        check_pool_size(dataclasses.replace(cfg, al=dataclasses.replace(cfg.al, initial=known.size)), len(data.train))
+        return PoolState.empty(len(data.train)).label(known, 0)
+
+
+def build_oracle(cfg: Config, data: ALData, out_dir: str | Path | None = None, labels: str | Path | None = None,
+                 log: Callable[[str], None] = print) -> Oracle:
+    """The run's oracle: ``al.oracle`` made concrete (``resolve_oracle``) and checked against the data."""
+    cls = ManualOracle if resolve_oracle(cfg, data) == "manual" else SimulatedOracle
+    return cls(cfg, out_dir, labels, log)

@@ -22,6 +22,8 @@ from tavaal import checkpoint
 from tavaal.config import BackendConfig, DataConfig, load_config
 from tavaal.data import build_dataset
 from tavaal.data.synthetic import synthetic_images
+from tavaal.experiment import run_experiment
+from tavaal.oracle import ManualOracle, pending, row_ids, with_labels
 from tavaal.run import main
 
 NAMES = ("tl", "tr", "bl", "br")  # synthetic's classes: the quadrant of the blob
@@ -167,6 +169,32 @@ def test_manual_round_trip_selects_what_the_simulated_oracle_selects(files, tmp_
     assert [r["label_counts"] for r in b.records] == [r["label_counts"] for r in a.records]
 
 
+class Annotator(ManualOracle):
+    """An oracle passed into the loop (a labeling service, say): it answers every pending batch at once."""
+
+    def __init__(self, cfg, truth: dict) -> None:
+        super().__init__(cfg)
+        self.truth, self.asked = truth, []
+
+    def labels_for(self, stage, data, pool):
+        ids = row_ids(data, pending(pool, data))
+        self.asked.append((stage, len(ids)))
+        return with_labels(data, {i: self.truth[i] for i in ids}, False, "annotator")
+
+
+def test_an_oracle_passed_into_the_loop_labels_what_the_simulated_oracle_labels(files, tmp_path):
+    sets = args(files, "unlabeled.parquet", tmp_path)[3:-2:2]  # the --set values
+    cfg = load_config("configs/smoke.yaml", sets)
+    annotator = Annotator(cfg, files["truth"])
+    got = run_experiment(cfg, oracle=annotator, log=lambda m: None)
+    want = run_experiment(load_config("configs/smoke.yaml", [*sets, f"data.path={files['dir'] / 'pool.parquet'}"]),
+                          log=lambda m: None)
+    assert annotator.asked == [(0, 40), (1, 40)]  # stage 0's initial set, then stage 0's picks before stage 1
+    assert [r.selected for r in got] == [r.selected for r in want] and len(got[0].selected) == 40
+    assert [r.label_counts for r in got] == [r.label_counts for r in want]
+    assert [r.accuracy for r in got] == [r.accuracy for r in want]
+
+
 @pytest.fixture(scope="module")
 def stopped(files, tmp_path_factory):
     """A manual run stopped after stage 0's query: stage_1.csv waits for labels (copied per test)."""
@@ -255,8 +283,8 @@ def test_bad_own_data_input_exits_2(files, tmp_path, capsys, extra, needle):
 def test_parquet_pool_scores_through_ray_data_equal_the_local_loop(files, ray_cluster):
     from test_ray_data import Combined  # several scorers as one: one pipeline covers them all
 
-    from tavaal.backends.distributed import RayBackend
-    from tavaal.backends.ray_parquet import score_parquet_with_ray_data
+    from tavaal.backends.ray.backend import RayBackend
+    from tavaal.backends.ray.parquet import score_parquet_with_ray_data
     from tavaal.core.scoring import score_pool
     from tavaal.strategies.scorers import TaskScorer
 
@@ -284,3 +312,28 @@ def test_parquet_pool_scores_through_ray_data_equal_the_local_loop(files, ray_cl
         backend.close()
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_ray_backend_relabel_hands_the_new_labels_to_later_jobs(files, ray_cluster):
+    """An oracle that answers mid-run (``Backend.relabel``): the object store holds the new labels afterwards."""
+    import ray
+
+    from tavaal.backends.ray.backend import RayBackend
+
+    cfg = load_config("configs/smoke.yaml", ["data.name=parquet", "data.image_size=16", "data.channels=1",
+                                             "data.num_train=null", "data.num_test=null",
+                                             f"data.path={files['dir'] / 'unlabeled.parquet'}",
+                                             f"data.classes=[{', '.join(NAMES)}]"])
+    data = build_dataset(cfg.data, 0)
+    assert not data.known_rows.any()
+    ids = [f"img{i:04d}" for i in range(5)]
+    answered = with_labels(data, {i: files["truth"][i] for i in ids}, False, "test")
+    backend = RayBackend(BackendConfig(name="ray"), cfg.data)
+    backend.prepare(data, torch.device("cpu"))
+    try:
+        backend.relabel(answered)
+        stored = ray.get(backend.data_ref)
+        assert backend.data is answered and stored.known_rows.sum() == 5
+        assert stored.train.y[:5].tolist() == [NAMES.index(files["truth"][i]) for i in ids]
+    finally:
+        backend.close()

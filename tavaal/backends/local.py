@@ -22,6 +22,9 @@ class LocalBackend:
     def prepare(self, data: ALData, device: torch.device) -> None:
         self.data, self.device = data, device
 
+    def relabel(self, data: ALData) -> None:
+        self.data = data
+
     def train_task(self, job: TaskJob, on_epoch_end: Callable[[dict], None] | None = None) -> TaskResult:
         return train_task(job, self._data(), self.device, on_epoch_end)
 
