@@ -18,6 +18,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from tavaal.errors import ConfigError
+from tavaal.registry import DATASETS, MODELS, STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -296,9 +297,6 @@ def _check(ok: bool, key: str, expected: str, value: Any) -> None:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first field that is out of range."""
-    from tavaal import data as _data, models as _models, strategies as _strategies  # noqa: F401 (registration)
-    from tavaal.registry import DATASETS, MODELS, STRATEGIES
-
     DATASETS.get(cfg.data.name)
     MODELS.get(cfg.model.name)
     STRATEGIES.get(cfg.al.strategy)

@@ -86,13 +86,13 @@ def resolve_config(args: argparse.Namespace):
 
 def check_only(cfg) -> int:
     """``--check``: everything a run checks before its first stage, without training or writing."""
-    from tavaal import oracle
     from tavaal.core.training import ModelSpec
     from tavaal.data import build_dataset
     from tavaal.experiment import check_compatible
+    from tavaal.oracle import build_oracle
 
     data = build_dataset(cfg.data, cfg.seed)
-    oracle.initial_state(cfg, data, oracle.resolve_oracle(cfg, data))  # the labeling plan against the pool
+    build_oracle(cfg, data).initial_state(data)  # the labeling plan against the pool
     check_compatible(cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden))
     a = cfg.al
     print(f"config OK: {a.strategy} on {cfg.data.name} ({len(data.train)} pool, {len(data.test)} test samples), "
@@ -102,7 +102,6 @@ def check_only(cfg) -> int:
 
 
 def list_registered() -> None:
-    from tavaal import data, models, strategies  # noqa: F401 (registration)
     from tavaal.registry import DATASETS, MODELS, STRATEGIES
 
     print("datasets:   " + ", ".join(DATASETS.names()))

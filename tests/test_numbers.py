@@ -1,4 +1,4 @@
-"""Numbers typed as people type them (issue 19, item 4): ``1e-3``, ``5e-4``, ``.5`` are floats in YAML files
+"""Numbers typed as people type them: ``1e-3``, ``5e-4``, ``.5`` are floats in YAML files
 and ``--set`` alike, in configs and search spaces; everything else parses as plain YAML did."""
 import math
 

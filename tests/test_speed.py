@@ -1,4 +1,4 @@
-"""Speed levers (issue 18): each gives valid results on the smoke preset, ``precision: auto`` and the per-device
+"""Speed levers: each gives valid results on the smoke preset, ``precision: auto`` and the per-device
 score batch resolve as documented, and benchmarks/paper_stage.py's smoke run writes its whole table."""
 import json
 import re
