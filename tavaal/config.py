@@ -30,7 +30,7 @@ class DataConfig:
     imbalance_ratio: float = 1.0  # largest/smallest class count in the pool: 10 or 100 in the paper; 1: as is
     minority_classes: str = "even"  # classes cut by the ratio: "even" (paper: 0,2,4,6,8), "odd", or "0,3,5"
     download: bool = True  # let torchvision download missing files (needs internet)
-    # your own images (data.name parquet or imagefolder; README "Your own data")
+    # your own images (data.name parquet or imagefolder; docs/own-data.md)
     path: str | None = None  # parquet: a .parquet file, a directory of them or s3://...; imagefolder: the root
     test_path: str | None = None  # a labeled test set in the same format; None: hold out test_fraction of labeled rows
     test_fraction: float = 0.2  # without test_path: share of the labeled rows held out (by a hash of the id)
@@ -124,7 +124,7 @@ class BackendConfig:
 @dataclass(frozen=True)
 class Config:
     seed: int = 0  # fixes the initial set, candidates, inits, augmentation and selection
-    task: str = "classification"  # or "segmentation" (per-pixel labels: mIoU, mean pixel CE; README "Segmentation")
+    task: str = "classification"  # or "segmentation" (per-pixel labels: mIoU, mean pixel CE; docs/segmentation.md)
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     num_threads: int | None = None  # torch CPU threads (None: torch default)
     data: DataConfig = field(default_factory=DataConfig)

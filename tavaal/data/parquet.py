@@ -163,7 +163,7 @@ def own_data(name: str, cfg: DataConfig, pool: OwnRows, test: OwnRows | None) ->
 
 @DATASETS.register("parquet")
 def parquet(cfg: DataConfig) -> ALData:
-    """A Parquet pool at ``data.path`` (README "Your own data"); test set at ``data.test_path`` or held out."""
+    """A Parquet pool at ``data.path`` (docs/own-data.md); test set at ``data.test_path`` or held out."""
     if not cfg.path:
         raise ConfigError("config field 'data.path' must name the Parquet pool for data.name=parquet")
     test = read_parquet_rows(cfg.test_path, cfg) if cfg.test_path else None
