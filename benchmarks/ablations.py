@@ -29,6 +29,7 @@ variant on the balanced pool (the whole training split) with random, ``lloss_ran
 Writes ``<out>/<name>.md``: AUC (mean ± std), paired differences with seeds ahead, and the game's health
 (``tavaal.core.health``) averaged over query stages and seeds, next to each other.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,9 @@ import os
 import sys
 from pathlib import Path
 
-import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
-
 import numpy as np
+
+import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves import PROTOCOLS, auc, invocation_line, load_raw, mean_std, paired, raw_path, run_recorded  # noqa: E402
@@ -61,8 +62,15 @@ VARIANTS = {  # name -> (overrides on top of the protocol and the imbalanced poo
     "fit_bf16": (FIT + BF16, ("random", "lloss_rank", "vaal", "tavaal"), "fit_bf16"),
 }
 # the variant each one changes one thing of: "vs itself" compares a strategy with its own runs there
-REFERENCE = {"batch_bn": "standard", "fit": "standard", "fit_batch_bn": "fit", "vaal_schedule": "standard",
-             "fit_vaal_schedule": "fit", "fit_batch_bn_balanced": "fit_balanced", "fit_bf16": "fit"}
+REFERENCE = {
+    "batch_bn": "standard",
+    "fit": "standard",
+    "fit_batch_bn": "fit",
+    "vaal_schedule": "standard",
+    "fit_vaal_schedule": "fit",
+    "fit_batch_bn_balanced": "fit_balanced",
+    "fit_bf16": "fit",
+}
 IMBALANCED = ("data.imbalance_ratio=10",)
 RIVALS = ("random", "lloss_rank", "vaal")
 HEALTH = ("disc_loss_tail", "disc_auroc", "rhat_auroc", "score_rhat_spearman")
@@ -75,8 +83,11 @@ def variant_configs(balanced: str | None) -> dict[str, tuple[tuple[str, ...], tu
     if balanced is not None:
         sets, strategies, base = VARIANTS[balanced]
         own = strategies if balanced == base else ()
-        out[f"{base}_balanced"] = (VARIANTS[base][0], (*RIVALS, *(s for s in own if s not in RIVALS)),
-                                   f"{base}_balanced")
+        out[f"{base}_balanced"] = (
+            VARIANTS[base][0],
+            (*RIVALS, *(s for s in own if s not in RIVALS)),
+            f"{base}_balanced",
+        )
         if balanced != base:
             out[f"{balanced}_balanced"] = (sets, strategies, f"{base}_balanced")
     return out
@@ -87,9 +98,26 @@ def plan(variants: dict, seeds: int, threads: int, extra: list[str], protocol: s
     preset's synthetic images (tests)."""
     base, sets0 = PROTOCOLS[protocol]
     data = "synthetic" if protocol == "smoke" else "fashionmnist"
-    return [(name, strategy, seed, base, [*sets0, f"data.name={data}", *sets, f"num_threads={threads}",
-                                          f"al.strategy={strategy}", f"seed={seed}", *extra])
-            for seed in range(seeds) for name, (sets, strategies, _) in variants.items() for strategy in strategies]
+    return [
+        (
+            name,
+            strategy,
+            seed,
+            base,
+            [
+                *sets0,
+                f"data.name={data}",
+                *sets,
+                f"num_threads={threads}",
+                f"al.strategy={strategy}",
+                f"seed={seed}",
+                *extra,
+            ],
+        )
+        for seed in range(seeds)
+        for name, (sets, strategies, _) in variants.items()
+        for strategy in strategies
+    ]
 
 
 def rival_runs(raw: dict, variants: dict, setting: str, rival: str) -> dict:
@@ -125,28 +153,40 @@ def report(out: Path, name: str, variants: dict) -> Path:
     meta = json.loads((run_dir / "run.json").read_text())
     raw = load_raw(run_dir)
     protocol = meta.get("protocol", "cpu")
-    lines = [f"# TA-VAAL ablations ({', '.join(v for v in variants if v in raw)})", "",
-             f"- protocol: curves.py's {protocol} protocol (`{PROTOCOLS[protocol][0]}` with "
-             f"{', '.join(PROTOCOLS[protocol][1]) or 'no overrides'}) on "
-             f"{'synthetic images' if protocol == 'smoke' else 'Fashion-MNIST'}; each variant's overrides below",
-             "- AUC: trapezoid of test accuracy over labels / label range, in %; std over seeds with ddof 0; "
-             "differences paired by seed (seed k: the same pool and initial labels for every strategy)",
-             "- health (mean over the query stages, then mean ± std over seeds): discriminator loss over the last "
-             "tenth of the iterations (chance 1.386), discriminator AUROC of labeled vs candidates (chance 0.5), "
-             "r̂ AUROC of candidates above labeled, Spearman of the query score with r̂; train acc: accuracy of a "
-             "stage's task model on its own labeled set, mean and lowest over stages and seeds",
-             "- vs itself: the strategy's AUC minus its own in the variant this one changes one thing of"]
+    lines = [
+        f"# TA-VAAL ablations ({', '.join(v for v in variants if v in raw)})",
+        "",
+        f"- protocol: curves.py's {protocol} protocol (`{PROTOCOLS[protocol][0]}` with "
+        f"{', '.join(PROTOCOLS[protocol][1]) or 'no overrides'}) on "
+        f"{'synthetic images' if protocol == 'smoke' else 'Fashion-MNIST'}; each variant's overrides below",
+        "- AUC: trapezoid of test accuracy over labels / label range, in %; std over seeds with ddof 0; "
+        "differences paired by seed (seed k: the same pool and initial labels for every strategy)",
+        "- health (mean over the query stages, then mean ± std over seeds): discriminator loss over the last "
+        "tenth of the iterations (chance 1.386), discriminator AUROC of labeled vs candidates (chance 0.5), "
+        "r̂ AUROC of candidates above labeled, Spearman of the query score with r̂; train acc: accuracy of a "
+        "stage's task model on its own labeled set, mean and lowest over stages and seeds",
+        "- vs itself: the strategy's AUC minus its own in the variant this one changes one thing of",
+    ]
     lines += [invocation_line(inv) for inv in meta["invocations"]]
-    lines += ["", "| variant | overrides | strategy | seeds | AUC | vs random | vs lloss_rank | vs vaal | vs itself in "
-              "the reference variant | train acc (mean / min) | label entropy (norm), last | disc loss (last 10%) | "
-              "disc AUROC | r̂ AUROC | spearman(score, r̂) |", "| --- |" + " --- |" * 14]
+    lines += [
+        "",
+        "| variant | overrides | strategy | seeds | AUC | vs random | vs lloss_rank | vs vaal | vs itself in "
+        "the reference variant | train acc (mean / min) | label entropy (norm), last | disc loss (last 10%) | "
+        "disc AUROC | r̂ AUROC | spearman(score, r̂) |",
+        "| --- |" + " --- |" * 14,
+    ]
     for setting, (sets, strategies, _) in variants.items():
         for strategy in strategies:
             runs = raw.get(setting, {}).get(strategy)
             if not runs:
                 continue
-            cells = [setting, ", ".join(sets) or "—", strategy, str(len(runs)),
-                     mean_std([auc(e["records"]) * 100 for e in runs.values()])]
+            cells = [
+                setting,
+                ", ".join(sets) or "—",
+                strategy,
+                str(len(runs)),
+                mean_std([auc(e["records"]) * 100 for e in runs.values()]),
+            ]
             for rival in RIVALS:
                 theirs = rival_runs(raw, variants, setting, rival)
                 if rival == strategy or not theirs:
@@ -155,8 +195,10 @@ def report(out: Path, name: str, variants: dict) -> Path:
                 cells.append(paired_cell(runs, theirs))
             ref = raw.get(REFERENCE.get(setting, ""), {}).get(strategy)
             cells.append(f"{paired_cell(runs, ref)} vs {REFERENCE[setting]}" if ref else "—")
-            cells += [train_accuracy(runs), mean_std_plain(
-                [e["records"][-1]["label_entropy_norm"] for e in runs.values()])]
+            cells += [
+                train_accuracy(runs),
+                mean_std_plain([e["records"][-1]["label_entropy_norm"] for e in runs.values()]),
+            ]
             cells += [stage_health(runs, key) for key in HEALTH]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Per-stage accuracy of every run: `raw/*.json` (records; `health` holds the per-stage numbers).", ""]
@@ -174,18 +216,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: %(default)s)")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--balanced", choices=list(VARIANTS), help="also run this variant on the balanced pool")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="experiments in parallel (1 thread each "
-                    "with the default of one per core)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="experiments in parallel (1 thread each with the default of one per core)",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
-    ap.add_argument("--protocol", choices=["cpu", "smoke"], default="cpu",
-                    help="cpu: curves.py's CPU protocol on Fashion-MNIST; smoke: the smoke preset (seconds, tests)")
+    ap.add_argument(
+        "--protocol",
+        choices=["cpu", "smoke"],
+        default="cpu",
+        help="cpu: curves.py's CPU protocol on Fashion-MNIST; smoke: the smoke preset (seconds, tests)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     ap.add_argument("--name", default=f"ablations-{datetime.date.today():%Y-%m-%d}")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
-    variants = {k: v for k, v in variant_configs(args.balanced).items()
-                if k in args.variants or k.endswith("_balanced")}
+    variants = {
+        k: v for k, v in variant_configs(args.balanced).items() if k in args.variants or k.endswith("_balanced")
+    }
     for name in list(variants):  # a variant's baseline runs with it
         base = variants[name][2]
         if base not in variants:
@@ -200,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"protocol": args.protocol, "invocations": []}
     if meta.get("protocol", "cpu") != args.protocol:
-        print(f"error: {run_dir} ran the {meta['protocol']} protocol; resume it with --protocol {meta['protocol']}",
-              file=sys.stderr)
+        print(
+            f"error: {run_dir} ran the {meta['protocol']} protocol; resume it with --protocol {meta['protocol']}",
+            file=sys.stderr,
+        )
         return 2
     cpus = os.cpu_count() or 1
     threads = max(1, cpus // args.jobs)
@@ -209,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     skipped = [t for t in todo if raw_path(run_dir, *t[:3]).exists()]
     todo = [t for t in todo if t not in skipped]
     (run_dir / "raw").mkdir(parents=True, exist_ok=True)
-    print(f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped, {args.jobs} jobs x {threads} threads",
-          flush=True)
+    print(
+        f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped, {args.jobs} jobs x {threads} threads",
+        flush=True,
+    )
     command = "python benchmarks/ablations.py " + " ".join(sys.argv[1:] if argv is None else argv)
     failed = run_recorded(todo, run_dir, meta, command, args.jobs, threads, len(skipped), 0)
     print(f"wrote {report(out, args.name, variants)}")

@@ -63,6 +63,7 @@ improvement over random with seeds ahead, a summary line per comparison) and ``<
 summary of the data it saw) go to ``<out>/<name>/raw/<setting>-<strategy>-seed<k>.json`` as soon as it finishes;
 ``<out>/<name>/run.json`` holds each setting's preset and overrides, which ``--resume`` must match.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,10 +77,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
-
 import numpy as np
 
+import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 from tavaal.config import Config, load_config
 from tavaal.core.metrics import objective_metrics, stage_quality
 from tavaal.errors import TavaalError
@@ -102,20 +102,41 @@ class Setting:
 
 
 # shapes at 96 images of 16x16, 16 + 16 labels, 1 epoch, 4 VAE iterations: ~2 s per experiment
-SHAPES_SMOKE = ("data.num_train=96", "data.num_test=32", "data.image_size=16", "train.epochs=1", "vae.iterations=4",
-                "al.initial=16", "al.budget=16", "al.stages=2", "al.subset_size=48", "train.batch_size=16",
-                "vae.batch_size=16")
+SHAPES_SMOKE = (
+    "data.num_train=96",
+    "data.num_test=32",
+    "data.image_size=16",
+    "train.epochs=1",
+    "vae.iterations=4",
+    "al.initial=16",
+    "al.budget=16",
+    "al.stages=2",
+    "al.subset_size=48",
+    "train.batch_size=16",
+    "vae.batch_size=16",
+)
 SETTINGS = {
     "balanced": Setting(),
     "imbalanced": Setting(("data.imbalance_ratio=10",)),  # minority: the even classes (paper)
-    "shapes": Setting(preset="configs/shapes_seg_cpu.yaml", smoke=SHAPES_SMOKE,
-                      strategies=("random", "entropy", "lloss", "vaal", "tavaal")),
+    "shapes": Setting(
+        preset="configs/shapes_seg_cpu.yaml",
+        smoke=SHAPES_SMOKE,
+        strategies=("random", "entropy", "lloss", "vaal", "tavaal"),
+    ),
 }
 DEFAULT_SETTINGS = ("balanced", "imbalanced")
 SYNTHETIC_DATA = ("shapes_seg", "synthetic", "toy2d")  # generated in memory: "synthetic" in the description
 RIVALS = ("random", "vaal", "lloss", "lloss_rank")  # tavaal's summary lines
-CPU_PROTOCOL = ["al.initial=100", "al.budget=100", "al.stages=6", "al.subset_size=1000", "train.epochs=30",
-                "train.milestones=[24]", "train.ranker_stop_grad_epoch=18", "vae.iterations=100"]
+CPU_PROTOCOL = [
+    "al.initial=100",
+    "al.budget=100",
+    "al.stages=6",
+    "al.subset_size=1000",
+    "train.epochs=30",
+    "train.milestones=[24]",
+    "train.ranker_stop_grad_epoch=18",
+    "vae.iterations=100",
+]
 PROTOCOLS = {  # name -> (preset, overrides); --data sets data.name on top
     "cpu": ("configs/fashionmnist_tavaal_cpu.yaml", CPU_PROTOCOL),
     "paper": ("configs/cifar10_tavaal.yaml", []),
@@ -135,8 +156,13 @@ def run_one(base: str, overrides: list[str], path: str) -> dict:
     data = data_summary(cfg)
     t = time.perf_counter()
     records = run_experiment(cfg, out_dir=None, log=lambda msg: None)
-    result = {"config": cfg.to_dict(), "overrides": overrides, "data": data,
-              "minutes": (time.perf_counter() - t) / 60, "records": [r.to_dict() for r in records]}
+    result = {
+        "config": cfg.to_dict(),
+        "overrides": overrides,
+        "data": data,
+        "minutes": (time.perf_counter() - t) / 60,
+        "records": [r.to_dict() for r in records],
+    }
     atomic_write(path, lambda p: p.write_text(json.dumps(result)))
     return result
 
@@ -149,9 +175,15 @@ def data_summary(cfg: Config) -> dict:
 
     data = build_dataset(cfg.data, cfg.seed)
     counts = label_counts(data.train_targets, np.arange(len(data.train)), data.num_classes)
-    return {"name": data.name, "task": data.task, "pool": len(data.train), "test": len(data.test),
-            "input_shape": list(data.input_shape), "class_names": list(data.class_names),
-            "class_share": (counts / max(1, counts.sum())).tolist()}
+    return {
+        "name": data.name,
+        "task": data.task,
+        "pool": len(data.train),
+        "test": len(data.test),
+        "input_shape": list(data.input_shape),
+        "class_names": list(data.class_names),
+        "class_share": (counts / max(1, counts.sum())).tolist(),
+    }
 
 
 def _init_worker(gpus) -> None:
@@ -164,10 +196,12 @@ def plan(args, configs: dict[str, tuple[str, list[str]]], threads: int) -> list[
     """(setting, strategy, seed, preset, overrides) for every experiment, seed by seed so a partial run is useful;
     ``configs``: setting -> (preset, overrides) from ``setting_configs``."""
     per_run = [f"num_threads={threads}"] if threads else []
-    return [(setting, strategy, seed, base,
-             [*sets, *per_run, f"al.strategy={strategy}", f"seed={seed}", *args.set])
-            for seed in range(args.seeds) for setting, (base, sets) in configs.items()
-            for strategy in args.strategies or SETTINGS[setting].strategies]
+    return [
+        (setting, strategy, seed, base, [*sets, *per_run, f"al.strategy={strategy}", f"seed={seed}", *args.set])
+        for seed in range(args.seeds)
+        for setting, (base, sets) in configs.items()
+        for strategy in args.strategies or SETTINGS[setting].strategies
+    ]
 
 
 def raw_path(run_dir: Path, setting: str, strategy: str, seed: int) -> Path:
@@ -199,9 +233,12 @@ def run_all(todo: list, run_dir: Path, jobs: int, gpus: int) -> int:
         last = result["records"][-1]
         done.setdefault(key, []).append(result["minutes"])
         metric = "acc" if last.get("miou") is None else "mIoU"
-        print(f"[{i}/{len(todo)}] {setting} {strategy} seed {seed}: {metric} {stage_quality(last) * 100:.2f}% at "
-              f"{last['num_labeled']} labels, {result['minutes']:.1f} min; elapsed {elapsed:.1f} min, "
-              f"ETA {eta_minutes(done, left, jobs):.0f} min", flush=True)
+        print(
+            f"[{i}/{len(todo)}] {setting} {strategy} seed {seed}: {metric} {stage_quality(last) * 100:.2f}% at "
+            f"{last['num_labeled']} labels, {result['minutes']:.1f} min; elapsed {elapsed:.1f} min, "
+            f"ETA {eta_minutes(done, left, jobs):.0f} min",
+            flush=True,
+        )
 
     if jobs == 1:
         for i, (setting, strategy, seed, base, sets) in enumerate(todo, 1):
@@ -218,8 +255,10 @@ def run_all(todo: list, run_dir: Path, jobs: int, gpus: int) -> int:
         for k in range(jobs):
             queue.put(k % gpus)
     with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
-        futures = {pool.submit(run_one, base, sets, str(raw_path(run_dir, setting, strategy, seed))):
-                   (setting, strategy, seed) for setting, strategy, seed, base, sets in todo}
+        futures = {
+            pool.submit(run_one, base, sets, str(raw_path(run_dir, setting, strategy, seed))): (setting, strategy, seed)
+            for setting, strategy, seed, base, sets in todo
+        }
         try:
             for i, fut in enumerate(cf.as_completed(futures), 1):
                 try:
@@ -233,17 +272,27 @@ def run_all(todo: list, run_dir: Path, jobs: int, gpus: int) -> int:
     return failed
 
 
-def run_recorded(todo: list, run_dir: Path, meta: dict, command: str, jobs: int, threads: int, skipped: int,
-                 gpus: int) -> int:
+def run_recorded(
+    todo: list, run_dir: Path, meta: dict, command: str, jobs: int, threads: int, skipped: int, gpus: int
+) -> int:
     """``run_all`` with the invocation (command, date, git, machine, counts, minutes, load before and after)
     appended to ``meta`` and ``<run_dir>/run.json`` written before and after; returns the number that failed."""
     from scoring import git_rev, machine  # same header fields as the other benchmarks; here, not at the top:
     # worker processes re-import this module and need none of scoring.py's imports (ray)
 
     meta_path = run_dir / "run.json"
-    inv = {"command": command, "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "git": git_rev(),
-           "machine": machine(), "jobs": jobs, "threads": threads, "ran": len(todo), "skipped": skipped,
-           "minutes": 0.0, "load": [os.getloadavg()[0], float("nan")]}
+    inv = {
+        "command": command,
+        "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}",
+        "git": git_rev(),
+        "machine": machine(),
+        "jobs": jobs,
+        "threads": threads,
+        "ran": len(todo),
+        "skipped": skipped,
+        "minutes": 0.0,
+        "load": [os.getloadavg()[0], float("nan")],
+    }
     meta["invocations"].append(inv)
     meta_path.write_text(json.dumps(meta, indent=1))
     t0 = time.perf_counter()
@@ -255,10 +304,12 @@ def run_recorded(todo: list, run_dir: Path, meta: dict, command: str, jobs: int,
 
 def invocation_line(inv: dict) -> str:
     """A report's line for one invocation recorded by ``run_recorded``."""
-    return (f"- run: `{inv['command']}` on {inv['date']}, git {inv['git']}, {inv['machine']}; {inv['jobs']} jobs x "
-            f"{inv['threads'] or 'default'} threads, {inv['ran']} experiments ({inv['skipped']} skipped), "
-            f"{inv['minutes']:.1f} min, load average (1 min) before / after: {inv['load'][0]:.2f} / "
-            f"{inv['load'][1]:.2f}")
+    return (
+        f"- run: `{inv['command']}` on {inv['date']}, git {inv['git']}, {inv['machine']}; {inv['jobs']} jobs x "
+        f"{inv['threads'] or 'default'} threads, {inv['ran']} experiments ({inv['skipped']} skipped), "
+        f"{inv['minutes']:.1f} min, load average (1 min) before / after: {inv['load'][0]:.2f} / "
+        f"{inv['load'][1]:.2f}"
+    )
 
 
 # ---------------------------------------------------------------- report
@@ -270,7 +321,8 @@ def load_raw(run_dir: Path) -> dict[str, dict[str, dict[int, dict]]]:
     for path in sorted((run_dir / "raw").glob("*.json")):
         setting, strategy, seed = path.stem.rsplit("-", 2)
         out.setdefault(setting, {}).setdefault(strategy, {})[int(seed.removeprefix("seed"))] = json.loads(
-            path.read_text())
+            path.read_text()
+        )
     return out
 
 
@@ -286,7 +338,7 @@ def paired(runs: dict, a: str, b: str, metric) -> tuple[float, int, int]:
 
 
 def metric_name(runs: dict) -> str:
-    """"mIoU" or "accuracy": what ``stage_quality`` measures in a setting (``runs``: strategy -> seed -> JSON)."""
+    """ "mIoU" or "accuracy": what ``stage_quality`` measures in a setting (``runs``: strategy -> seed -> JSON)."""
     first = next(iter(next(iter(runs.values())).values()))
     return "accuracy" if first["records"][0].get("miou") is None else "mIoU"
 
@@ -310,13 +362,18 @@ def describe(runs: dict) -> str:
     if metric_name(runs) == "mIoU":
         d = first["data"]
         share = max(range(len(d["class_share"])), key=d["class_share"].__getitem__)
-        return (f"{d['name']}: {d['pool']:,} {'synthetic ' * (d['name'] in SYNTHETIC_DATA)}pool images "
-                f"({d['input_shape'][1]}x{d['input_shape'][2]}, {len(d['class_share'])} pixel classes, "
-                f"~{d['class_share'][share]:.0%} {d['class_names'][share]}), test split of {d['test']:,}; label "
-                "entropy: of the labeled set's pixel classes.")
-    what = ("the whole training split as the pool" if data["imbalance_ratio"] <= 1 else
-            f"imbalance ratio {data['imbalance_ratio']:g}: minority classes ({data['minority_classes']}) keep "
-            f"1/{data['imbalance_ratio']:g} of their training images; test split balanced")
+        return (
+            f"{d['name']}: {d['pool']:,} {'synthetic ' * (d['name'] in SYNTHETIC_DATA)}pool images "
+            f"({d['input_shape'][1]}x{d['input_shape'][2]}, {len(d['class_share'])} pixel classes, "
+            f"~{d['class_share'][share]:.0%} {d['class_names'][share]}), test split of {d['test']:,}; label "
+            "entropy: of the labeled set's pixel classes."
+        )
+    what = (
+        "the whole training split as the pool"
+        if data["imbalance_ratio"] <= 1
+        else f"imbalance ratio {data['imbalance_ratio']:g}: minority classes ({data['minority_classes']}) keep "
+        f"1/{data['imbalance_ratio']:g} of their training images; test split balanced"
+    )
     return f"{data['name']}, {what}."
 
 
@@ -332,24 +389,52 @@ def setting_section(setting: str, runs: dict, name: str, config: dict | None = N
     rule = "| --- |" + " --- |" * len(names)
     lines = [f"## {setting}", "", describe(runs), ""]
     if config is not None:
-        lines += [f"Preset: `{config['base']}` with {', '.join(config['overrides']) or 'no overrides'} (+ al.strategy, "
-                  "seed, num_threads).", ""]
-    lines += ["Minutes per experiment (mean): " + ", ".join(
-        f"{s} {np.mean([e['minutes'] for e in runs[s].values()]):.1f}" for s in names) + ".", "",
-              f"Test {metric} (%), mean ± std over seeds:", "", head, rule]
+        lines += [
+            f"Preset: `{config['base']}` with {', '.join(config['overrides']) or 'no overrides'} (+ al.strategy, "
+            "seed, num_threads).",
+            "",
+        ]
+    lines += [
+        "Minutes per experiment (mean): "
+        + ", ".join(f"{s} {np.mean([e['minutes'] for e in runs[s].values()]):.1f}" for s in names)
+        + ".",
+        "",
+        f"Test {metric} (%), mean ± std over seeds:",
+        "",
+        head,
+        rule,
+    ]
     for i, n in enumerate(labels):
-        lines.append(f"| {n} | " + " | ".join(f"{table[s][i]['mean'] * 100:.2f} ± {table[s][i]['std'] * 100:.2f}"
-                                               if i < len(table[s]) else "—" for s in names) + " |")
-    lines.append("| **AUC** | " + " | ".join(mean_std([auc(e["records"]) * 100 for e in runs[s].values()])
-                                             for s in names) + " |")
-    lines.append("| label entropy (norm), last stage | " + " | ".join(
-        f"{np.mean([e['records'][-1]['label_entropy_norm'] for e in runs[s].values()]):.3f} ± "
-        f"{np.std([e['records'][-1]['label_entropy_norm'] for e in runs[s].values()]):.3f}" for s in names) + " |")
+        lines.append(
+            f"| {n} | "
+            + " | ".join(
+                f"{table[s][i]['mean'] * 100:.2f} ± {table[s][i]['std'] * 100:.2f}" if i < len(table[s]) else "—"
+                for s in names
+            )
+            + " |"
+        )
+    lines.append(
+        "| **AUC** | " + " | ".join(mean_std([auc(e["records"]) * 100 for e in runs[s].values()]) for s in names) + " |"
+    )
+    lines.append(
+        "| label entropy (norm), last stage | "
+        + " | ".join(
+            f"{np.mean([e['records'][-1]['label_entropy_norm'] for e in runs[s].values()]):.3f} ± "
+            f"{np.std([e['records'][-1]['label_entropy_norm'] for e in runs[s].values()]):.3f}"
+            for s in names
+        )
+        + " |"
+    )
     lines.append("| seeds | " + " | ".join(str(len(runs[s])) for s in names) + " |")
     others = [s for s in names if s != "random"]
     if "random" in runs and others:
-        lines += ["", f"Improvement over random ({pt}, mean over paired seeds; seeds ahead / seeds):", "",
-                  "| labels | " + " | ".join(others) + " |", "| --- |" + " --- |" * len(others)]
+        lines += [
+            "",
+            f"Improvement over random ({pt}, mean over paired seeds; seeds ahead / seeds):",
+            "",
+            "| labels | " + " | ".join(others) + " |",
+            "| --- |" + " --- |" * len(others),
+        ]
         for i, n in enumerate(labels):
             lines.append(f"| {n} | " + " | ".join(_diff(runs, s, "random", at_stage(i)) for s in others) + " |")
         lines.append("| **AUC** | " + " | ".join(_diff(runs, s, "random", auc) for s in others) + " |")
@@ -357,14 +442,19 @@ def setting_section(setting: str, runs: dict, name: str, config: dict | None = N
     for rival in (r for r in RIVALS if r in runs and "tavaal" in runs):
         d, ahead, n = paired(runs, "tavaal", rival, auc)
         f, f_ahead, _ = paired(runs, "tavaal", rival, at_stage(len(labels) - 1))
-        lines.append(f"- tavaal vs {rival}: {d * 100:+.1f} {pt} AUC ({ahead}/{n} seeds ahead), {f * 100:+.1f} {pt} "
-                     f"at {labels[-1]} labels ({f_ahead}/{n} seeds ahead)")
-    ent = {s: [e["records"][-1]["label_entropy_norm"] for e in runs[s].values()] for s in ("tavaal", "random")
-           if s in runs}
+        lines.append(
+            f"- tavaal vs {rival}: {d * 100:+.1f} {pt} AUC ({ahead}/{n} seeds ahead), {f * 100:+.1f} {pt} "
+            f"at {labels[-1]} labels ({f_ahead}/{n} seeds ahead)"
+        )
+    ent = {
+        s: [e["records"][-1]["label_entropy_norm"] for e in runs[s].values()] for s in ("tavaal", "random") if s in runs
+    }
     if len(ent) == 2:
-        lines.append(f"- label entropy (norm) of the labeled set{' (pixels)' * (metric == 'mIoU')} at {labels[-1]} "
-                     f"labels (paper Fig. 7a): tavaal {np.mean(ent['tavaal']):.3f} ± {np.std(ent['tavaal']):.3f}, "
-                     f"random {np.mean(ent['random']):.3f} ± {np.std(ent['random']):.3f}")
+        lines.append(
+            f"- label entropy (norm) of the labeled set{' (pixels)' * (metric == 'mIoU')} at {labels[-1]} "
+            f"labels (paper Fig. 7a): tavaal {np.mean(ent['tavaal']):.3f} ± {np.std(ent['tavaal']):.3f}, "
+            f"random {np.mean(ent['random']):.3f} ± {np.std(ent['random']):.3f}"
+        )
     lines += ["", f"![{setting}]({name}/{setting}.png)", ""]
     return lines
 
@@ -396,8 +486,11 @@ def write_figure(setting: str, runs: dict, path: Path) -> None:
     metric = metric_name(runs)
     fig = Figure(figsize=(15, 4.2), dpi=100)
     FigureCanvasAgg(fig)
-    panels = (("mean", 100, f"test {metric} (%)"), ("vs_random", 100, f"{metric} - random (pt)"),
-              ("entropy_norm", 1, "pixel-label entropy / log C" if metric == "mIoU" else "label entropy / log C"))
+    panels = (
+        ("mean", 100, f"test {metric} (%)"),
+        ("vs_random", 100, f"{metric} - random (pt)"),
+        ("entropy_norm", 1, "pixel-label entropy / log C" if metric == "mIoU" else "label entropy / log C"),
+    )
     for i, (key, scale, ylabel) in enumerate(panels):
         ax = fig.add_subplot(1, 3, i + 1)
         plot_table(ax, table, key, scale)
@@ -418,14 +511,20 @@ def write_report(out: Path, name: str) -> Path:
     if not raw:
         raise SystemExit(f"error: no finished experiments in {run_dir / 'raw'}")
     metrics = sorted({metric_name(runs) for runs in raw.values()})
-    lines = [f"# Active-learning curves: {', '.join(ordered({s for r in raw.values() for s in r}))}", "",
-             f"- protocol: {meta['protocol']}: " + (
-                 f"`{meta['base']}` with {', '.join(meta['overrides']) or 'no overrides'} (+ the setting's "
-                 "overrides, al.strategy, seed)" if "settings" not in meta else
-                 "each setting's preset and overrides under its heading"),
-             "- std over seeds with ddof 0 (as `tavaal.report`); AUC: trapezoid of "
-             f"{'accuracy (segmentation settings: mIoU)' if len(metrics) > 1 else metrics[0]} over labels "
-             "divided by the label range (`tavaal.core.metrics.objective_metrics`), in %"]
+    lines = [
+        f"# Active-learning curves: {', '.join(ordered({s for r in raw.values() for s in r}))}",
+        "",
+        f"- protocol: {meta['protocol']}: "
+        + (
+            f"`{meta['base']}` with {', '.join(meta['overrides']) or 'no overrides'} (+ the setting's "
+            "overrides, al.strategy, seed)"
+            if "settings" not in meta
+            else "each setting's preset and overrides under its heading"
+        ),
+        "- std over seeds with ddof 0 (as `tavaal.report`); AUC: trapezoid of "
+        f"{'accuracy (segmentation settings: mIoU)' if len(metrics) > 1 else metrics[0]} over labels "
+        "divided by the label range (`tavaal.core.metrics.objective_metrics`), in %",
+    ]
     lines += [invocation_line(inv) for inv in meta["invocations"]]
     lines.append("")
     for setting in [s for s in SETTINGS if s in raw] + sorted(set(raw) - set(SETTINGS)):
@@ -441,23 +540,44 @@ def write_report(out: Path, name: str) -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--strategies", nargs="+", default=None, choices=STRATEGIES, metavar="NAME",
-                    help="for every setting (default: each setting's: all seven; shapes: "
-                         f"{' '.join(SETTINGS['shapes'].strategies)})")
+    ap.add_argument(
+        "--strategies",
+        nargs="+",
+        default=None,
+        choices=STRATEGIES,
+        metavar="NAME",
+        help="for every setting (default: each setting's: all seven; shapes: "
+        f"{' '.join(SETTINGS['shapes'].strategies)})",
+    )
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per strategy and setting (default: 3)")
-    ap.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(SETTINGS),
-                    help=f"default: {' '.join(DEFAULT_SETTINGS)}")
-    ap.add_argument("--jobs", type=int, default=None,
-                    help="experiments in parallel, each with num_threads = cores // jobs (default: one per core, "
-                         "1 thread each; --paper: one per GPU); 1 runs them in this process")
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        default=list(DEFAULT_SETTINGS),
+        choices=list(SETTINGS),
+        help=f"default: {' '.join(DEFAULT_SETTINGS)}",
+    )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="experiments in parallel, each with num_threads = cores // jobs (default: one per core, "
+        "1 thread each; --paper: one per GPU); 1 runs them in this process",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     ap.add_argument("--paper", action="store_true", help="the paper's protocol (configs/cifar10_tavaal.yaml): GPUs")
-    ap.add_argument("--data", default="fashionmnist",
-                    help="data set of the balanced and imbalanced settings (default: %(default)s; synthetic: the "
-                         "smoke preset's tiny images, and every setting with its own preset in a tiny version: tests)")
+    ap.add_argument(
+        "--data",
+        default="fashionmnist",
+        help="data set of the balanced and imbalanced settings (default: %(default)s; synthetic: the "
+        "smoke preset's tiny images, and every setting with its own preset in a tiny version: tests)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"), help="default: benchmarks/results")
-    ap.add_argument("--name", default=f"curves-{datetime.date.today():%Y-%m-%d}",
-                    help="run name: <out>/<name>.md and <out>/<name>/ (default: curves-<today>)")
+    ap.add_argument(
+        "--name",
+        default=f"curves-{datetime.date.today():%Y-%m-%d}",
+        help="run name: <out>/<name>.md and <out>/<name>/ (default: curves-<today>)",
+    )
     ap.add_argument("--resume", action="store_true", help="continue the run <name>: skip experiments with raw JSON")
     ap.add_argument("--report-only", action="store_true", help="rebuild <name>.md and the PNGs from raw JSON")
     args = ap.parse_args(argv)
@@ -494,8 +614,11 @@ def recorded_settings(meta: dict) -> dict[str, dict]:
     holds the protocol's preset and overrides, which its settings extended with their own."""
     if "settings" in meta:
         return meta["settings"]
-    return {name: {"base": meta["base"], "overrides": [*meta["overrides"], *s.overrides]}
-            for name, s in SETTINGS.items() if s.preset is None}
+    return {
+        name: {"base": meta["base"], "overrides": [*meta["overrides"], *s.overrides]}
+        for name, s in SETTINGS.items()
+        if s.preset is None
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,19 +632,26 @@ def main(argv: list[str] | None = None) -> int:
     protocol = protocol_of(args)[0]
     configs = setting_configs(args)
     meta_path = run_dir / "run.json"
-    meta = {"protocol": protocol, "settings": {s: {"base": b, "overrides": o} for s, (b, o) in configs.items()},
-            "invocations": []}
+    meta = {
+        "protocol": protocol,
+        "settings": {s: {"base": b, "overrides": o} for s, (b, o) in configs.items()},
+        "invocations": [],
+    }
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         if not args.resume:
-            print(f"error: {run_dir} holds a run; pass --resume to continue it or --name for a new one",
-                  file=sys.stderr)
+            print(
+                f"error: {run_dir} holds a run; pass --resume to continue it or --name for a new one", file=sys.stderr
+            )
             return 2
         before = recorded_settings(old)
         for s, (b, o) in configs.items():
             if s in before and (before[s]["base"], before[s]["overrides"]) != (b, o):
-                print(f"error: {run_dir} ran {s} with {before[s]['base']} + {before[s]['overrides']}; resume it "
-                      "with the same protocol and --set values", file=sys.stderr)
+                print(
+                    f"error: {run_dir} ran {s} with {before[s]['base']} + {before[s]['overrides']}; resume it "
+                    "with the same protocol and --set values",
+                    file=sys.stderr,
+                )
                 return 2
         meta = {**old, "settings": {**before, **meta["settings"]}}  # a setting new to the run joins it
     gpus = 0
@@ -542,10 +672,17 @@ def main(argv: list[str] | None = None) -> int:
     skipped = [t for t in todo if raw_path(run_dir, *t[:3]).exists()]
     todo = [t for t in todo if t not in skipped]
     (run_dir / "raw").mkdir(parents=True, exist_ok=True)
-    print(f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped (finished before), "
-          f"{min(jobs, max(1, len(todo)))} jobs x {threads} threads", flush=True)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT) if argv is None else "benchmarks/curves.py",
-                                    *(sys.argv[1:] if argv is None else argv)])
+    print(
+        f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped (finished before), "
+        f"{min(jobs, max(1, len(todo)))} jobs x {threads} threads",
+        flush=True,
+    )
+    command = "python " + " ".join(
+        [
+            os.path.relpath(sys.argv[0], ROOT) if argv is None else "benchmarks/curves.py",
+            *(sys.argv[1:] if argv is None else argv),
+        ]
+    )
     failed = run_recorded(todo, run_dir, meta, command, jobs, threads, len(skipped), gpus)
     print(f"wrote {write_report(out, args.name)}")
     if failed:

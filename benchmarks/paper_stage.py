@@ -23,11 +23,12 @@ candidates); scoring (discriminator, candidates + labeled); selection; the stage
 minor faults (``getrusage``) per VAE iteration. The projection puts the preset's epochs (200) and the official
 iteration count (8,593 at 1,000 labels) on the measured per-iteration times. Quality: test accuracy after the
 shortened stage, the VAE loss of the last iteration, the discriminator loss over the last tenth, and the share of
-the selected set also selected by fp32; ``--noise-seeds`` reruns the last setting with other seeds (other labels,
-candidates and inits) to show how far accuracy moves between runs of the same setting. ``--profile`` adds a
-``torch.profiler`` table of the VAE iteration for the first and the last setting. Writes
+the selected set also selected by fp32; ``--noise-seeds`` reruns the last setting (``--noise-all``: every setting)
+with other seeds (other labels, candidates and inits) to show how far accuracy moves between runs of the same
+setting. ``--profile`` adds a ``torch.profiler`` table of the VAE iteration for the first and the last setting. Writes
 ``benchmarks/results/paper-stage-<date>.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 
-import numpy as np
+# isort: split
 import torch
 
 from tavaal.backends import build_backend
@@ -67,8 +68,12 @@ from stage_time import TimedBackend  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 PAPER = ["data.name=fashionmnist", "vae.latent_dim=28", "device=cpu"]
-LEVERS = {"bf16": ["train.precision=bf16"], "channels_last": ["train.channels_last=true"], "vae28": [],
-          "batch128": ["al.score_batch_size=128"]}
+LEVERS = {
+    "bf16": ["train.precision=bf16"],
+    "channels_last": ["train.channels_last=true"],
+    "vae28": [],
+    "batch128": ["al.score_batch_size=128"],
+}
 SETTINGS = {"fp32": [], **{k: [k] for k in LEVERS}, "all": list(LEVERS), "all+malloc": [*LEVERS, "malloc"]}
 PARTS = ("task training / it", "evaluation", "r̂", "VAE + D / it", "scoring", "selection", "**stage**")
 
@@ -147,17 +152,29 @@ def per_part(r: dict, cfg) -> dict:
     """Seconds per part as the table shows them (training and VAE per iteration)."""
     t = r["times"]
     steps = cfg.train.epochs * math.ceil(cfg.al.initial / cfg.train.batch_size)
-    return {"task training / it": t["task + ranker training"] / steps, "evaluation": t["evaluation"],
-            "r̂": t["r̂"], "VAE + D / it": t["VAE + discriminator"] / r["job"].iterations, "scoring": t["scoring"],
-            "selection": t["selection"], "**stage**": t["stage"]}
+    return {
+        "task training / it": t["task + ranker training"] / steps,
+        "evaluation": t["evaluation"],
+        "r̂": t["r̂"],
+        "VAE + D / it": t["VAE + discriminator"] / r["job"].iterations,
+        "scoring": t["scoring"],
+        "selection": t["selection"],
+        "**stage**": t["stage"],
+    }
 
 
 def projection(p: dict, paper) -> float:
     """The full published stage from per-part times: the preset's epochs and the official VAE iteration count."""
     steps = paper.train.epochs * math.ceil(paper.al.initial / paper.train.batch_size)
     iters = vae_iterations(paper.vae, paper.al.initial, paper.al.subset_size)
-    return (steps * p["task training / it"] + p["evaluation"] + p["r̂"] + iters * p["VAE + D / it"] + p["scoring"]
-            + p["selection"])
+    return (
+        steps * p["task training / it"]
+        + p["evaluation"]
+        + p["r̂"]
+        + iters * p["VAE + D / it"]
+        + p["scoring"]
+        + p["selection"]
+    )
 
 
 def profile_vae(job, data, levers: list[str], iterations: int) -> str:
@@ -178,8 +195,15 @@ def setting_config(base: str, sets: list[str], levers: list[str]):
 
 
 # the untimed warm-up stage before each setting: its kernels, batch shapes and allocations, at a small size
-WARM = ["train.epochs=1", "vae.iterations=2", "al.initial=256", "al.budget=128", "al.subset_size=512",
-        "data.num_train=2000", "data.num_test=512"]
+WARM = [
+    "train.epochs=1",
+    "vae.iterations=2",
+    "al.initial=256",
+    "al.budget=128",
+    "al.subset_size=512",
+    "data.num_train=2000",
+    "data.num_test=512",
+]
 
 
 def run_settings(settings: list[str], base: Path, sets: list[str], data, warm_data, profile: int) -> tuple:
@@ -207,6 +231,9 @@ def main() -> None:
     ap.add_argument("--vae-iterations", type=int, default=4, help="VAE/discriminator iterations (official: 8,593)")
     ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     ap.add_argument("--noise-seeds", type=int, default=1, help="extra seeds of the last setting (accuracy noise)")
+    ap.add_argument(
+        "--noise-all", action="store_true", help="the extra seeds for every setting, not only the last (accuracy)"
+    )
     ap.add_argument("--profile", type=int, default=2, help="VAE iterations profiled per setting (0: no profile)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     ap.add_argument("--smoke", action="store_true", help="configs/smoke.yaml with tiny counts (the test's run)")
@@ -214,31 +241,49 @@ def main() -> None:
     ap.add_argument("--name", default="paper-stage", help="results file: <out>/<name>-<date>.md")
     args = ap.parse_args()
     base = ROOT / "configs/smoke.yaml" if args.smoke else Path(args.config)
-    sets = ([] if args.smoke else PAPER) + [f"train.epochs={args.epochs}", f"vae.iterations={args.vae_iterations}",
-                                              "al.stages=2", *args.set]
+    sets = ([] if args.smoke else PAPER) + [
+        f"train.epochs={args.epochs}",
+        f"vae.iterations={args.vae_iterations}",
+        "al.stages=2",
+        *args.set,
+    ]
     torch.set_num_threads(os.cpu_count() or 1)
     paper = load_config(base, ([] if args.smoke else PAPER) + args.set)  # the full stage, for the projection
     data = build_dataset(load_config(base, sets).data, 0)
     warm_data = build_dataset(load_config(base, sets + WARM).data, 0)
     load0 = os.getloadavg()
     runs, profiles = run_settings(args.settings, base, sets, data, warm_data, args.profile)
-    last = args.settings[-1]
-    noise = [run_setting(dataclasses.replace(runs[last]["cfg"], seed=s), data, runs[last]["levers"])["record"]
-             for s in range(1, args.noise_seeds + 1)]
+    noisy = args.settings if args.noise_all else args.settings[-1:]
+    noise = {
+        name: [
+            run_setting(dataclasses.replace(runs[name]["cfg"], seed=s), data, runs[name]["levers"])["record"]
+            for s in range(1, args.noise_seeds + 1)
+        ]
+        for name in noisy
+    }
     load1 = os.getloadavg()
-    table = render(runs, paper, noise, last)
-    details = [f"config: {os.path.relpath(base, ROOT)} with {', '.join(sets)}; torch {torch.__version__}, "
-               f"{torch.get_num_threads()} threads, bf16 supported (mkldnn): "
-               f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}",
-               f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load0)}, after "
-               f"{tuple(round(x, 2) for x in load1)}"]
+    table = render(runs, paper, noise)
+    details = [
+        f"config: {os.path.relpath(base, ROOT)} with {', '.join(sets)}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, bf16 supported (mkldnn): "
+        f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}",
+        f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load0)}, after "
+        f"{tuple(round(x, 2) for x in load1)}",
+    ]
     for n, text in profiles.items():
         table += f"\n\n## torch.profiler: {args.profile} VAE iterations, setting {n}\n\n```\n{text}\n```"
-    write_results(args.out, args.name, f"One TA-VAAL stage ({base.name}), shortened: speed levers side by side",
-                  details, table, load0, load1)
+    write_results(
+        args.out,
+        args.name,
+        f"One TA-VAAL stage ({base.name}), shortened: speed levers side by side",
+        details,
+        table,
+        load0,
+        load1,
+    )
 
 
-def render(runs: dict, paper, noise: list, last: str) -> str:
+def render(runs: dict, paper, noise: dict[str, list]) -> str:
     """The per-part table (seconds and ratio to the first setting), the projection and the quality rows."""
     names = list(runs)
     parts = {n: per_part(runs[n], runs[n]["cfg"]) for n in names}
@@ -246,28 +291,47 @@ def render(runs: dict, paper, noise: list, last: str) -> str:
     head = "| part | " + " | ".join(names) + " |\n| --- |" + " --- |" * len(names)
     rows = [head]
     for p in PARTS:
-        cells = [f"{parts[n][p]:.2f} ({parts[n][p] / parts[ref][p]:.2f}x)" if parts[ref][p] > 0 else
-                 f"{parts[n][p]:.2f}" for n in names]
+        cells = [
+            f"{parts[n][p]:.2f} ({parts[n][p] / parts[ref][p]:.2f}x)" if parts[ref][p] > 0 else f"{parts[n][p]:.2f}"
+            for n in names
+        ]
         rows.append(f"| {p} | " + " | ".join(cells) + " |")
     proj = {n: projection(parts[n], paper) for n in names}
-    rows.append("| **projected full stage** (h) | " + " | ".join(
-        f"{proj[n] / 3600:.2f} ({proj[n] / proj[ref]:.2f}x)" for n in names) + " |")
+    rows.append(
+        "| **projected full stage** (h) | "
+        + " | ".join(f"{proj[n] / 3600:.2f} ({proj[n] / proj[ref]:.2f}x)" for n in names)
+        + " |"
+    )
     faults = {n: runs[n]["faults"].get("VAE + discriminator", 0) / runs[n]["job"].iterations for n in names}
     rows.append("| page faults / VAE it | " + " | ".join(f"{faults[n]:,.0f}" for n in names) + " |")
     rows.append("| load average (1 min) at its end | " + " | ".join(f"{runs[n]['load']:.2f}" for n in names) + " |")
     recs = {n: runs[n]["record"] for n in names}
     rows.append("| test accuracy | " + " | ".join(f"{recs[n].accuracy:.4f}" for n in names) + " |")
-    rows.append("| VAE loss (last it) | " + " | ".join(f"{recs[n].info.get('vae_loss', float('nan')):.4f}"
-                                                        for n in names) + " |")
-    rows.append("| disc loss (last tenth) | " + " | ".join(
-        f"{recs[n].health.get('disc_loss_tail') or float('nan'):.4f}" for n in names) + " |")
+    rows.append(
+        "| VAE loss (last it) | "
+        + " | ".join(f"{recs[n].info.get('vae_loss', float('nan')):.4f}" for n in names)
+        + " |"
+    )
+    rows.append(
+        "| disc loss (last tenth) | "
+        + " | ".join(f"{recs[n].health.get('disc_loss_tail') or float('nan'):.4f}" for n in names)
+        + " |"
+    )
     sel = set(recs[ref].selected)
-    rows.append(f"| selected also by {ref} | " + " | ".join(
-        f"{len(sel & set(recs[n].selected)) / max(len(sel), 1):.3f}" for n in names) + " |")
-    if noise:
-        accs = [recs[last].accuracy] + [r.accuracy for r in noise]
-        rows.append(f"\naccuracy of `{last}` over seeds 0..{len(noise)} (other labels, candidates, inits): "
-                    + ", ".join(f"{a:.4f}" for a in accs) + f" (spread {max(accs) - min(accs):.4f})")
+    rows.append(
+        f"| selected also by {ref} | "
+        + " | ".join(f"{len(sel & set(recs[n].selected)) / max(len(sel), 1):.3f}" for n in names)
+        + " |"
+    )
+    for name, others in noise.items():
+        if not others:
+            continue
+        accs = [recs[name].accuracy] + [r.accuracy for r in others]
+        rows.append(
+            f"\naccuracy of `{name}` over seeds 0..{len(others)} (other labels, candidates, inits): "
+            + ", ".join(f"{a:.4f}" for a in accs)
+            + f" (mean {sum(accs) / len(accs):.4f}, spread {max(accs) - min(accs):.4f})"
+        )
     return "\n".join(rows)
 
 

@@ -19,6 +19,7 @@ worker (start-up: process, imports, models); "steady img/s" counts the rows scor
 running, from per-batch timestamps taken in the workers, divided by that window.
 Writes the table to benchmarks/results/scoring-<date>.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 
+# isort: split
 import numpy as np
 import ray
 import torch
@@ -96,7 +98,7 @@ def build_stage(args) -> tuple:
     cfg = load_config(ROOT / "configs/fashionmnist_tavaal_cpu.yaml", ["train.epochs=1"])
     data = build_dataset(DataConfig(name="fashionmnist", download=False), seed=0)
     perm = np.random.default_rng(0).permutation(len(data.train))
-    labeled, cand = np.sort(perm[:1000]), np.sort(perm[1000:1000 + args.candidates])
+    labeled, cand = np.sort(perm[:1000]), np.sort(perm[1000 : 1000 + args.candidates])
     spec = ModelSpec("small_cnn", data.input_shape, data.num_classes, cfg.model.ranker_hidden)
     task = train_task(TaskJob(spec, cfg.train, labeled, "rank", seed=1), data, CPU)
     both = np.union1d(labeled, cand)
@@ -118,39 +120,59 @@ def run_local(scorer, data, cand, bs) -> tuple[dict, float]:
 def run_ray(scorer, ref, cand, bs, workers, n, compute) -> tuple[dict, float, float, float]:
     t_ref = time.time()
     t = time.perf_counter()
-    out = score_with_ray_data(Timed(scorer, t_ref), ref, cand, bs, concurrency=workers, cpus_per_actor=1,
-                              threads_per_actor=1, pool_size=n, compute=compute)
+    out = score_with_ray_data(
+        Timed(scorer, t_ref),
+        ref,
+        cand,
+        bs,
+        concurrency=workers,
+        cpus_per_actor=1,
+        threads_per_actor=1,
+        pool_size=n,
+        compute=compute,
+    )
     wall = time.perf_counter() - t
     rate, startup = steady_rate(out)
     return out, wall, rate, startup
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{os.cpu_count()} cores, {model}, {platform.system()} {platform.release()}"
 
 
 def git_rev() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
         return rev + (" (with uncommitted changes)" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def write_results(out: str | Path, stem: str, title: str, details: list[str], table: str,
-                  load0: tuple, load1: tuple) -> Path:
+def write_results(
+    out: str | Path, stem: str, title: str, details: list[str], table: str, load0: tuple, load1: tuple
+) -> Path:
     """Print ``table`` and write it to ``out/<stem>-<date>.md`` under a header that says how to rerun it:
     command, date, machine, git revision, load average before / after, then one line per ``details`` item."""
     command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     now = datetime.datetime.now()
-    header = (f"# {title}\n\n"
-              f"- command: `{command}`\n- date: {now:%Y-%m-%d %H:%M}\n- machine: {machine()}\n"
-              f"- git revision: {git_rev()}\n- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f}\n"
-              + "".join(f"- {line}\n" for line in details) + "\n")
+    header = (
+        f"# {title}\n\n"
+        f"- command: `{command}`\n- date: {now:%Y-%m-%d %H:%M}\n- machine: {machine()}\n"
+        f"- git revision: {git_rev()}\n- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f}\n"
+        + "".join(f"- {line}\n" for line in details)
+        + "\n"
+    )
     print("\n" + table)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,13 +184,22 @@ def write_results(out: str | Path, stem: str, title: str, details: list[str], ta
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--candidates", type=int, default=59_000,
-                    help="candidates scored (<= 59,000; the issue asks >= 20,000; more gives longer, steadier windows)")
+    ap.add_argument(
+        "--candidates",
+        type=int,
+        default=59_000,
+        help="candidates scored (<= 59,000; the issue asks >= 20,000; more gives longer, steadier windows)",
+    )
     ap.add_argument("--batch-size", type=int, default=512, help="scoring batch size (al.score_batch_size)")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per configuration (medians reported)")
     ap.add_argument("--vae-iterations", type=int, default=50)
-    ap.add_argument("--compute", nargs="+", default=["tasks", "actors"], choices=["tasks", "actors"],
-                    help="Ray Data compute modes to measure (backend.score_compute)")
+    ap.add_argument(
+        "--compute",
+        nargs="+",
+        default=["tasks", "actors"],
+        choices=["tasks", "actors"],
+        help="Ray Data compute modes to measure (backend.score_compute)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = ap.parse_args()
     torch.set_num_threads(1)  # the local loop: 1 torch thread, like each actor
@@ -177,9 +208,14 @@ def main() -> None:
     n, bs = len(data.train), args.batch_size
     tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
     cpus = max(2, os.cpu_count() or 2)
-    ray.init(num_cpus=cpus, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}},
-             _system_config=local_system_config(cpus))  # as the Ray backend starts a local Ray
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        _temp_dir=tmp,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}},
+        _system_config=local_system_config(cpus),
+    )  # as the Ray backend starts a local Ray
     ref = ray.put(data)  # once: every actor reads the same copy from the object store
     times: dict[tuple, list] = {}
     try:
@@ -196,8 +232,11 @@ def main() -> None:
                         assert err <= 1e-5, f"{name}: Ray Data differs from the local loop by {err}"
                         if round_:
                             times.setdefault((name, compute, workers), []).append((wall, rate, startup))
-                        print(f"round {round_} {name} ray {compute} x{workers}: {wall:.1f} s, steady {rate:,.0f} "
-                              f"img/s, first batch after {startup:.1f} s, max |ray - local| {err:.1e}", flush=True)
+                        print(
+                            f"round {round_} {name} ray {compute} x{workers}: {wall:.1f} s, steady {rate:,.0f} "
+                            f"img/s, first batch after {startup:.1f} s, max |ray - local| {err:.1e}",
+                            flush=True,
+                        )
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -215,18 +254,31 @@ def main() -> None:
         rows = [("local (score_pool)", 1, local, "1.00 (reference)")]
         for compute in args.compute:
             r1, r2 = med[(name, compute, 1)], med[(name, compute, 2)]
-            rows += [(f"Ray Data, {compute}", 1, r1, f"{local[0] / r1[0]:.2f}x local (target >= 0.8)"),
-                     (f"Ray Data, {compute}", 2, r2, f"{r1[0] / r2[0]:.2f}x 1 worker (target >= 1.5)")]
+            rows += [
+                (f"Ray Data, {compute}", 1, r1, f"{local[0] / r1[0]:.2f}x local (target >= 0.8)"),
+                (f"Ray Data, {compute}", 2, r2, f"{r1[0] / r2[0]:.2f}x 1 worker (target >= 1.5)"),
+            ]
         for path, workers, (wall, rate, startup), ratio in rows:
-            lines.append(f"| {name} | {path} | {workers} | {wall:.2f} | {len(cand) / wall:,.0f} | {ratio} | "
-                         f"{rate:,.0f} | {startup:.1f} |")
+            lines.append(
+                f"| {name} | {path} | {workers} | {wall:.2f} | {len(cand) / wall:,.0f} | {ratio} | "
+                f"{rate:,.0f} | {startup:.1f} |"
+            )
     table = "\n".join(lines)
-    write_results(args.out, "scoring", "Pool scoring: local loop vs Ray Data", [
-        f"{len(cand):,} Fashion-MNIST candidates, batch {bs}, median of {args.rounds} rounds after a warm-up round; "
-        f"torch {torch.__version__}, ray {ray.__version__}",
-        "ratios: end to end (candidates / wall time of the whole call, start-up included); steady img/s: rows "
-        "scored while all workers ran / that window (local: candidates / wall); first batch after: from the call "
-        "to the first batch starting in a worker"], table, load0, load1)
+    write_results(
+        args.out,
+        "scoring",
+        "Pool scoring: local loop vs Ray Data",
+        [
+            f"{len(cand):,} Fashion-MNIST candidates, batch {bs}, median of {args.rounds} rounds after a warm-up "
+            f"round; torch {torch.__version__}, ray {ray.__version__}",
+            "ratios: end to end (candidates / wall time of the whole call, start-up included); steady img/s: rows "
+            "scored while all workers ran / that window (local: candidates / wall); first batch after: from the call "
+            "to the first batch starting in a worker",
+        ],
+        table,
+        load0,
+        load1,
+    )
 
 
 if __name__ == "__main__":

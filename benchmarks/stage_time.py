@@ -21,6 +21,7 @@ Stage 1 runs on a cold Ray (worker processes start); the later query stages show
 per stage and part, local seconds, Ray seconds and Ray/local (our target: at most 1.3 for a stage of at
 least 30 s), and writes the table to ``benchmarks/results/stage-time-<date>.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 
+# isort: split
 import torch
 
 from tavaal import experiment
@@ -99,13 +101,16 @@ def run(cfg, out_dir: Path) -> tuple[dict, list]:
         part["selection"] = record.time_query - part["VAE + discriminator"] - part["scoring"]
         part["stage"] = record.time_stage + part["checkpoint"]
         backend.stage = record.stage + 1
-        print(f"  {cfg.backend.name} stage {record.stage + 1}: {part['stage']:.1f} s, acc {record.accuracy:.4f}",
-              flush=True)
+        print(
+            f"  {cfg.backend.name} stage {record.stage + 1}: {part['stage']:.1f} s, acc {record.accuracy:.4f}",
+            flush=True,
+        )
 
     experiment.checkpoint.save_stage = timed_save
     try:
-        records = experiment.run_experiment(cfg, backend=backend, out_dir=out_dir, log=lambda m: None,
-                                            on_stage=on_stage)
+        records = experiment.run_experiment(
+            cfg, backend=backend, out_dir=out_dir, log=lambda m: None, on_stage=on_stage
+        )
     finally:
         experiment.checkpoint.save_stage = save
     return times, records
@@ -116,14 +121,25 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "configs/fashionmnist_tavaal_cpu.yaml"))
     ap.add_argument("--stages", type=int, default=3, help="AL stages per backend (all but the last query)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    ap.add_argument("--ray-modes", nargs="+", choices=list(RAY_MODES), default=list(RAY_MODES),
-                    help="jobs: a TorchTrainer.fit() per training job; kept: backend.keep_workers (default: both)")
+    ap.add_argument(
+        "--ray-modes",
+        nargs="+",
+        choices=list(RAY_MODES),
+        default=list(RAY_MODES),
+        help="jobs: a TorchTrainer.fit() per training job; kept: backend.keep_workers (default: both)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = ap.parse_args()
     cpus = os.cpu_count() or 1
     common = [f"al.stages={args.stages}", *args.set]
-    ray_sets = ["backend.name=ray", "backend.num_workers=1", "backend.cpus_per_worker=1",
-                "backend.score_cpus_per_actor=1", f"backend.threads_per_worker={cpus}", "backend.score_concurrency=1"]
+    ray_sets = [
+        "backend.name=ray",
+        "backend.num_workers=1",
+        "backend.cpus_per_worker=1",
+        "backend.score_cpus_per_actor=1",
+        f"backend.threads_per_worker={cpus}",
+        "backend.score_concurrency=1",
+    ]
     modes = [("local", [])] + [(f"Ray, {m}", ray_sets + RAY_MODES[m]) for m in args.ray_modes]
     load0 = os.getloadavg()
     results = {}
@@ -136,8 +152,10 @@ def main() -> None:
     t_local, rec_local = results["local"]
     ray_names = [name for name, _ in modes[1:]]
     same = all([r.selected for r in rec_local] == [r.selected for r in results[n][1]] for n in ray_names)
-    lines = ["| stage | part | local s | " + " | ".join(f"{n} s | {n} / local" for n in ray_names) + " |",
-             "| --- | --- | --- |" + " --- | --- |" * len(ray_names)]
+    lines = [
+        "| stage | part | local s | " + " | ".join(f"{n} s | {n} / local" for n in ray_names) + " |",
+        "| --- | --- | --- |" + " --- | --- |" * len(ray_names),
+    ]
     for stage in range(args.stages):
         for part in (*PARTS, "stage"):
             a = t_local[stage].get(part, 0.0)
@@ -148,11 +166,20 @@ def main() -> None:
             label = f"**{part}**" if part == "stage" else part
             lines.append(f"| {stage + 1} | {label} | {a:.2f} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    write_results(args.out, "stage-time", "One TA-VAAL stage, part by part: local backend vs Ray backend (1 worker)", [
-        f"config: {os.path.relpath(args.config, ROOT)} with {', '.join(common)}; Ray: {', '.join(ray_sets)} "
-        f"(kept: + {', '.join(RAY_MODES['kept'])}); torch {torch.__version__}",
-        f"same selections with every backend: {'yes' if same else 'NO'}",
-        "target: Ray / local <= 1.3 for a stage of at least 30 s"], table, load0, load1)
+    write_results(
+        args.out,
+        "stage-time",
+        "One TA-VAAL stage, part by part: local backend vs Ray backend (1 worker)",
+        [
+            f"config: {os.path.relpath(args.config, ROOT)} with {', '.join(common)}; Ray: {', '.join(ray_sets)} "
+            f"(kept: + {', '.join(RAY_MODES['kept'])}); torch {torch.__version__}",
+            f"same selections with every backend: {'yes' if same else 'NO'}",
+            "target: Ray / local <= 1.3 for a stage of at least 30 s",
+        ],
+        table,
+        load0,
+        load1,
+    )
 
 
 if __name__ == "__main__":

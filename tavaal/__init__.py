@@ -1,4 +1,5 @@
 """tavaal: Task-Aware Variational Adversarial Active Learning (TA-VAAL) and its baselines."""
+
 import os
 
 # OpenMP threads that spin while waiting make torch 25-150x slower whenever another busy process shares

@@ -6,6 +6,7 @@ whose files do not match it is reported as damaged, and ``load_latest`` falls ba
 is good (the resumed run redoes the stages after it; a damaged directory is moved aside to
 ``stage-NNNN.damaged-<time>``, never deleted). Loading uses ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,9 +15,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -62,7 +64,11 @@ def _sha256(path: Path) -> str:
 
 
 def save_stage(
-    out_dir: str | Path, stage: int, pool: PoolState, records: list[dict], states: dict[str, dict],
+    out_dir: str | Path,
+    stage: int,
+    pool: PoolState,
+    records: list[dict],
+    states: dict[str, dict],
     config: dict[str, Any],
     meta: dict[str, Any] | None = None,
 ) -> Path:
@@ -88,8 +94,10 @@ def save_stage(
     if PAUSE_ENV in os.environ:  # tests: widen the window in which a kill lands mid-write
         time.sleep(float(os.environ[PAUSE_ENV]))
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-             for name in ("state.pt", "config.json")}
+    files = {
+        name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        for name in ("state.pt", "config.json")
+    }
     (tmp / "manifest.json").write_text(json.dumps({"stage": stage, "files": files}, indent=2))
     for name in ("state.pt", "config.json", "manifest.json"):
         fsync(tmp / name)
@@ -112,8 +120,9 @@ def verify_stage(path: Path) -> None:
         if not f.is_file():
             raise CheckpointError(f"checkpoint file {f} is missing; {_FALLBACK}")
         if f.stat().st_size != meta["bytes"] or _sha256(f) != meta["sha256"]:
-            raise CheckpointError(f"checkpoint file {f} is damaged (size or SHA-256 differs from its manifest); "
-                                  f"{_FALLBACK}")
+            raise CheckpointError(
+                f"checkpoint file {f} is damaged (size or SHA-256 differs from its manifest); {_FALLBACK}"
+            )
 
 
 def load_stage(path: str | Path) -> StageCheckpoint:
@@ -124,8 +133,15 @@ def load_stage(path: str | Path) -> StageCheckpoint:
         config = json.loads((path / "config.json").read_text())
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}); {_FALLBACK}") from None
-    return StageCheckpoint(int(payload["stage"]), PoolState.from_dict(payload["pool"]), list(payload["records"]),
-                           dict(payload["states"]), config, path, dict(payload.get("meta", {})))
+    return StageCheckpoint(
+        int(payload["stage"]),
+        PoolState.from_dict(payload["pool"]),
+        list(payload["records"]),
+        dict(payload["states"]),
+        config,
+        path,
+        dict(payload.get("meta", {})),
+    )
 
 
 def load_latest(out_dir: str | Path, log: Callable[[str], None] | None = None) -> StageCheckpoint:
@@ -136,11 +152,13 @@ def load_latest(out_dir: str | Path, log: Callable[[str], None] | None = None) -
     """
     stages = list_stages(out_dir)
     if not Path(out_dir).is_dir():
-        raise CheckpointError(f"checkpoint directory '{out_dir}' does not exist; pass the --out directory of "
-                              "an earlier run to --resume")
+        raise CheckpointError(
+            f"checkpoint directory '{out_dir}' does not exist; pass the --out directory of an earlier run to --resume"
+        )
     if not stages:
-        raise CheckpointError(f"no stage checkpoint in '{out_dir}'; pass the --out directory of an earlier run "
-                              "to --resume")
+        raise CheckpointError(
+            f"no stage checkpoint in '{out_dir}'; pass the --out directory of an earlier run to --resume"
+        )
     damaged: list[str] = []
     for stage in reversed(stages):
         try:
@@ -153,8 +171,10 @@ def load_latest(out_dir: str | Path, log: Callable[[str], None] | None = None) -
         if damaged and log is not None:
             log(f"warning: falling back to {ck.path.name}, the newest good checkpoint; the stages after it are redone")
         return ck
-    raise CheckpointError(f"no good stage checkpoint in '{out_dir}' ({len(damaged)} damaged, the newest: "
-                          f"{damaged[0]}); start again with a new --out")
+    raise CheckpointError(
+        f"no good stage checkpoint in '{out_dir}' ({len(damaged)} damaged, the newest: "
+        f"{damaged[0]}); start again with a new --out"
+    )
 
 
 def latest_config(out_dir: str | Path) -> dict[str, Any]:

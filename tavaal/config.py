@@ -3,6 +3,7 @@
 Every field says which paper symbol or which piece of the official code its default comes from.
 Defaults are the paper's CIFAR-10 protocol (TA-VAAL, Kim et al. 2021; official code cubeyoung/TA-VAAL).
 """
+
 from __future__ import annotations
 
 import copy
@@ -273,8 +274,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
     """Load a YAML preset (or the defaults), apply dotted overrides, validate."""
     d: dict[str, Any] = read_yaml(path, "config file", "configs/smoke.yaml") if path is not None else {}
     if not isinstance(d, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, train:, al:, ...), got a "
-                          f"{type(d).__name__}; see configs/smoke.yaml")
+        raise ConfigError(
+            f"config file '{path}' must hold a mapping of sections (data:, train:, al:, ...), got a "
+            f"{type(d).__name__}; see configs/smoke.yaml"
+        )
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     cfg = from_dict(apply_overrides(d, overrides or {}))
@@ -306,41 +309,82 @@ def validate(cfg: Config) -> None:
     _check(0 <= cfg.seed < 2**63, "seed", "an integer in [0, 2^63)", cfg.seed)
     _check(cfg.task in ("classification", "segmentation"), "task", "classification or segmentation", cfg.task)
     if cfg.task == "segmentation":  # both act on one class per row
-        _check(cfg.data.imbalance_ratio == 1, "data.imbalance_ratio", "1 for segmentation (pools are cut by image "
-               "class, which a mask does not have)", cfg.data.imbalance_ratio)
-        _check(cfg.al.oracle != "manual", "al.oracle", "simulated or auto for segmentation (the manual oracle takes "
-               "one class name per image)", cfg.al.oracle)
+        _check(
+            cfg.data.imbalance_ratio == 1,
+            "data.imbalance_ratio",
+            "1 for segmentation (pools are cut by image class, which a mask does not have)",
+            cfg.data.imbalance_ratio,
+        )
+        _check(
+            cfg.al.oracle != "manual",
+            "al.oracle",
+            "simulated or auto for segmentation (the manual oracle takes one class name per image)",
+            cfg.al.oracle,
+        )
     dev = cfg.device
-    _check(dev in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", dev) is not None, "device",
-           "auto, cpu, cuda or cuda:N", dev)
+    _check(
+        dev in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", dev) is not None,
+        "device",
+        "auto, cpu, cuda or cuda:N",
+        dev,
+    )
     _check(cfg.num_threads is None or cfg.num_threads >= 1, "num_threads", ">= 1", cfg.num_threads)
     d = cfg.data
-    _check(d.num_train is None or 1 <= d.num_train <= MAX_POOL, "data.num_train", f"in [1, {MAX_POOL:_}] or null",
-           d.num_train)
-    _check(d.num_test is None or 1 <= d.num_test <= MAX_POOL, "data.num_test", f"in [1, {MAX_POOL:_}] or null",
-           d.num_test)
-    _check(d.imbalance_ratio >= 1 and math.isfinite(d.imbalance_ratio), "data.imbalance_ratio",
-           ">= 1 (10 or 100 as in the paper; 1 = as is)", d.imbalance_ratio)
-    _check(d.minority_classes in ("even", "odd") or all(c.strip().isdigit() for c in d.minority_classes.split(",")),
-           "data.minority_classes", "'even', 'odd' or a comma list of class ids", d.minority_classes)
+    _check(
+        d.num_train is None or 1 <= d.num_train <= MAX_POOL,
+        "data.num_train",
+        f"in [1, {MAX_POOL:_}] or null",
+        d.num_train,
+    )
+    _check(
+        d.num_test is None or 1 <= d.num_test <= MAX_POOL, "data.num_test", f"in [1, {MAX_POOL:_}] or null", d.num_test
+    )
+    _check(
+        d.imbalance_ratio >= 1 and math.isfinite(d.imbalance_ratio),
+        "data.imbalance_ratio",
+        ">= 1 (10 or 100 as in the paper; 1 = as is)",
+        d.imbalance_ratio,
+    )
+    _check(
+        d.minority_classes in ("even", "odd") or all(c.strip().isdigit() for c in d.minority_classes.split(",")),
+        "data.minority_classes",
+        "'even', 'odd' or a comma list of class ids",
+        d.minority_classes,
+    )
     own = d.name in ("parquet", "imagefolder")
-    _check(not own or bool(d.path), "data.path", f"a Parquet file/directory or an image folder for data.name={d.name}",
-           d.path)
+    _check(
+        not own or bool(d.path),
+        "data.path",
+        f"a Parquet file/directory or an image folder for data.name={d.name}",
+        d.path,
+    )
     _check(0 <= d.test_fraction < 1, "data.test_fraction", "in [0, 1)", d.test_fraction)
     _check(1 <= d.image_size <= MAX_WIDTH, "data.image_size", f"in [1, {MAX_WIDTH}]", d.image_size)
     _check(d.channels in (1, 3), "data.channels", "1 or 3", d.channels)
     _check(len(set(d.classes)) == len(d.classes), "data.classes", "distinct class names", list(d.classes))
-    _check(1 <= cfg.model.ranker_hidden <= MAX_WIDTH, "model.ranker_hidden", f"in [1, {MAX_WIDTH}]",
-           cfg.model.ranker_hidden)
+    _check(
+        1 <= cfg.model.ranker_hidden <= MAX_WIDTH,
+        "model.ranker_hidden",
+        f"in [1, {MAX_WIDTH}]",
+        cfg.model.ranker_hidden,
+    )
     t = cfg.train
     _check(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
-    _check(2 <= t.batch_size <= MAX_BATCH and t.batch_size % 2 == 0, "train.batch_size",
-           f"an even integer in [2, {MAX_BATCH}] (the ranking loss pairs the two halves of a batch)", t.batch_size)
+    _check(
+        2 <= t.batch_size <= MAX_BATCH and t.batch_size % 2 == 0,
+        "train.batch_size",
+        f"an even integer in [2, {MAX_BATCH}] (the ranking loss pairs the two halves of a batch)",
+        t.batch_size,
+    )
     _check(t.lr > 0, "train.lr", "> 0", t.lr)
     _check(0 <= t.momentum < 1, "train.momentum", "in [0, 1)", t.momentum)
     _check(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
-    _check(all(m >= 1 for m in t.milestones) and list(t.milestones) == sorted(t.milestones),
-           "train.milestones", "increasing epochs >= 1", list(t.milestones))
+    _check(
+        all(m >= 1 for m in t.milestones) and list(t.milestones) == sorted(t.milestones),
+        "train.milestones",
+        "increasing epochs >= 1",
+        list(t.milestones),
+    )
     _check(0 < t.gamma <= 1, "train.gamma", "in (0, 1]", t.gamma)
     _check(t.eta >= 0, "train.eta", ">= 0", t.eta)
     _check(t.margin >= 0, "train.margin", ">= 0", t.margin)
@@ -348,10 +392,13 @@ def validate(cfg: Config) -> None:
     _check(t.precision in ("fp32", "bf16", "auto"), "train.precision", "fp32, bf16 or auto", t.precision)
     v = cfg.vae
     _check(1 <= v.latent_dim <= MAX_WIDTH, "vae.latent_dim", f"in [1, {MAX_WIDTH}]", v.latent_dim)
-    _check(1 <= v.base_channels <= MAX_WIDTH // 8, "vae.base_channels", f"in [1, {MAX_WIDTH // 8}] (widths go to 8x)",
-           v.base_channels)
-    _check(v.iterations is None or v.iterations >= 1, "vae.iterations", ">= 1 or null (official formula)",
-           v.iterations)
+    _check(
+        1 <= v.base_channels <= MAX_WIDTH // 8,
+        "vae.base_channels",
+        f"in [1, {MAX_WIDTH // 8}] (widths go to 8x)",
+        v.base_channels,
+    )
+    _check(v.iterations is None or v.iterations >= 1, "vae.iterations", ">= 1 or null (official formula)", v.iterations)
     _check(v.iteration_epochs >= 1, "vae.iteration_epochs", ">= 1", v.iteration_epochs)
     _check(1 <= v.batch_size <= MAX_BATCH, "vae.batch_size", f"in [1, {MAX_BATCH}]", v.batch_size)
     _check(v.vae_steps is None or v.vae_steps >= 1, "vae.vae_steps", ">= 1 or null", v.vae_steps)
@@ -362,15 +409,23 @@ def validate(cfg: Config) -> None:
     _check(v.kl_reduction in (None, "mean", "sum"), "vae.kl_reduction", "mean, sum or null", v.kl_reduction)
     _check(v.score_bn in ("running", "batch"), "vae.score_bn", "running or batch", v.score_bn)
     _check(1 <= v.disc_hidden <= MAX_WIDTH, "vae.disc_hidden", f"in [1, {MAX_WIDTH}]", v.disc_hidden)
-    _check(v.input_size is None or 16 <= v.input_size <= 4096, "vae.input_size", "in [16, 4096] or null (the data's "
-           "size)", v.input_size)
+    _check(
+        v.input_size is None or 16 <= v.input_size <= 4096,
+        "vae.input_size",
+        "in [16, 4096] or null (the data's size)",
+        v.input_size,
+    )
     a = cfg.al
     _check(a.initial >= 1, "al.initial", ">= 1", a.initial)
     _check(a.budget >= 1, "al.budget", ">= 1", a.budget)
     _check(a.stages >= 1, "al.stages", ">= 1", a.stages)
     _check(a.subset_size >= a.budget, "al.subset_size", f">= al.budget ({a.budget})", a.subset_size)
-    _check(a.score_batch_size is None or 1 <= a.score_batch_size <= MAX_BATCH, "al.score_batch_size",
-           f"in [1, {MAX_BATCH}] or null (per device)", a.score_batch_size)
+    _check(
+        a.score_batch_size is None or 1 <= a.score_batch_size <= MAX_BATCH,
+        "al.score_batch_size",
+        f"in [1, {MAX_BATCH}] or null (per device)",
+        a.score_batch_size,
+    )
     _check(a.keep_checkpoints >= 0, "al.keep_checkpoints", ">= 0 (0 keeps all)", a.keep_checkpoints)
     _check(a.oracle in ("auto", "simulated", "manual"), "al.oracle", "auto, simulated or manual", a.oracle)
     b = cfg.backend
@@ -378,14 +433,22 @@ def validate(cfg: Config) -> None:
     _check(b.num_workers >= 1, "backend.num_workers", ">= 1", b.num_workers)
     _check(b.cpus_per_worker > 0, "backend.cpus_per_worker", "> 0", b.cpus_per_worker)
     _check(b.gpus_per_worker >= 0, "backend.gpus_per_worker", ">= 0", b.gpus_per_worker)
-    _check(b.threads_per_worker is None or b.threads_per_worker >= 1, "backend.threads_per_worker", ">= 1 or null",
-           b.threads_per_worker)
+    _check(
+        b.threads_per_worker is None or b.threads_per_worker >= 1,
+        "backend.threads_per_worker",
+        ">= 1 or null",
+        b.threads_per_worker,
+    )
     _check(b.max_failures >= 0, "backend.max_failures", ">= 0", b.max_failures)
     _check(b.score_concurrency >= 1, "backend.score_concurrency", ">= 1", b.score_concurrency)
     _check(b.score_cpus_per_actor > 0, "backend.score_cpus_per_actor", "> 0", b.score_cpus_per_actor)
     _check(b.score_gpus_per_actor >= 0, "backend.score_gpus_per_actor", ">= 0", b.score_gpus_per_actor)
-    _check(b.score_compute in ("auto", "tasks", "actors"), "backend.score_compute", "auto, tasks or actors",
-           b.score_compute)
+    _check(
+        b.score_compute in ("auto", "tasks", "actors"),
+        "backend.score_compute",
+        "auto, tasks or actors",
+        b.score_compute,
+    )
 
 
 def check_pool_size(cfg: Config, pool_size: int) -> None:

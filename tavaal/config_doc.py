@@ -6,6 +6,7 @@ Sections and their order come from how ``Config`` nests its dataclasses; types a
     python -m tavaal.config_doc > docs/configuration.md    # regenerate
     python -m tavaal.config_doc --check                    # exit 1 if the committed page is stale
 """
+
 from __future__ import annotations
 
 import ast
@@ -66,8 +67,9 @@ def comments(source: str) -> dict[int, tuple[str, bool]]:
     return out
 
 
-def field_notes(cls: type, tree: ast.Module, notes: dict[int, tuple[str, bool]],
-                lines: list[str]) -> dict[str, tuple[str, str]]:
+def field_notes(
+    cls: type, tree: ast.Module, notes: dict[int, tuple[str, bool]], lines: list[str]
+) -> dict[str, tuple[str, str]]:
     """Field name -> (heading comment above it, its trailing comment plus the comment lines continuing it)."""
     node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
     out: dict[str, tuple[str, str]] = {}
@@ -110,8 +112,12 @@ def render() -> str:
     for prefix, cls in sections():
         described = field_notes(cls, tree, notes, lines)
         title = f"`{prefix.rstrip('.')}`" if prefix else "top level"
-        out += [f"## {title} ({cls.__name__})", "", "| field | type | default | what it is / where the default comes from |",
-                "| --- | --- | --- | --- |"]
+        out += [
+            f"## {title} ({cls.__name__})",
+            "",
+            "| field | type | default | what it is / where the default comes from |",
+            "| --- | --- | --- | --- |",
+        ]
         for f in dataclasses.fields(cls):
             if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
                 continue  # a nested section: its own table

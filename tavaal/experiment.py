@@ -4,12 +4,13 @@ Stage ``s`` trains on the labeled set, evaluates on the test split and, unless i
 scores a fresh random candidate subset and labels the top-K (``labeled_at = s + 1``). Every source of
 randomness in a stage derives from (seed, stage), so a resumed run makes exactly the same picks.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,8 +31,17 @@ from tavaal.strategies import QueryContext, Strategy, build_strategy
 from tavaal.tracking import NullTracker, Tracker
 
 # fields that may differ between a run and its resume (they do not change what gets selected)
-RESUMABLE_FIELDS = ("device", "num_threads", "backend", "al.stages", "al.score_batch_size", "al.keep_checkpoints",
-                    "data.data_dir", "data.download", "data.new_classes")
+RESUMABLE_FIELDS = (
+    "device",
+    "num_threads",
+    "backend",
+    "al.stages",
+    "al.score_batch_size",
+    "al.keep_checkpoints",
+    "data.data_dir",
+    "data.download",
+    "data.new_classes",
+)
 
 
 @dataclass
@@ -88,8 +98,10 @@ def run_experiment(
     oracle = oracle or build_oracle(cfg, data, out_dir, labels, log)
     data, initial = oracle.start(data)  # checks the labeling plan against the pool
     if len(data.test) == 0:
-        log("note: the test split is empty (no labeled rows to hold out): accuracy is not measured (nan); "
-            "set data.test_path to a labeled test set")
+        log(
+            "note: the test split is empty (no labeled rows to hold out): accuracy is not measured (nan); "
+            "set data.test_path to a labeled test set"
+        )
     strategy = build_strategy(cfg.al.strategy)
     # every check before anything is written or started: a model that cannot take the data leaves nothing behind
     check_compatible(cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden))
@@ -111,13 +123,15 @@ def run_experiment(
         for record in records:  # idempotent: stages checkpointed but not yet tracked (killed in between) get sent
             tracker.log_stage(record.to_dict())
         for stage in range(len(records), cfg.al.stages):
-            record, pool, states = run_stage(cfg, stage, pool, data, spec, strategy, backend, device,
-                                             log if verbose else _quiet)
+            record, pool, states = run_stage(
+                cfg, stage, pool, data, spec, strategy, backend, device, log if verbose else _quiet
+            )
             records.append(record)
             stage_path = None
             if out_dir is not None:
-                stage_path = checkpoint.save_stage(out_dir, stage, pool, [r.to_dict() for r in records], states,
-                                                   cfg.to_dict(), meta)
+                stage_path = checkpoint.save_stage(
+                    out_dir, stage, pool, [r.to_dict() for r in records], states, cfg.to_dict(), meta
+                )
                 checkpoint.prune(out_dir, cfg.al.keep_checkpoints)
             tracker.log_stage(record.to_dict())
             log(format_record(record, cfg.al.stages))
@@ -147,15 +161,19 @@ def check_compatible(cfg: Config, data: ALData, spec: ModelSpec) -> None:
     """Build the stage's models once on the data's input shape: a model that cannot take the data is a
     ConfigError now, not a traceback after the first stage's training."""
     if cfg.task != data.task:
-        raise ConfigError(f"config field 'task' is '{cfg.task}' but data '{cfg.data.name}' is a {data.task} data set; "
-                          f"set task: {data.task} (--set task={data.task})")
+        raise ConfigError(
+            f"config field 'task' is '{cfg.task}' but data '{cfg.data.name}' is a {data.task} data set; "
+            f"set task: {data.task} (--set task={data.task})"
+        )
     try:
         with torch.device("meta"):  # shapes only: nothing is allocated or initialized
             _build_stage_models(cfg, data, spec)
     except ValueError as e:
-        raise ConfigError(f"{e}; choose model.name for data '{cfg.data.name}' (small_cnn or resnet18 for images, mlp "
-                          "for vectors, seg_small or deeplabv3_resnet50 for segmentation; see python -m tavaal.run "
-                          "--list)") from None
+        raise ConfigError(
+            f"{e}; choose model.name for data '{cfg.data.name}' (small_cnn or resnet18 for images, mlp "
+            "for vectors, seg_small or deeplabv3_resnet50 for segmentation; see python -m tavaal.run "
+            "--list)"
+        ) from None
 
 
 def _build_stage_models(cfg: Config, data: ALData, spec: ModelSpec) -> None:
@@ -165,19 +183,25 @@ def _build_stage_models(cfg: Config, data: ALData, spec: ModelSpec) -> None:
 
     model, _ = spec.build(with_ranker=build_strategy(cfg.al.strategy).ranker_loss is not None)
     if model_task(model) != data.task:
-        raise ValueError(f"model '{cfg.model.name}' solves {model_task(model)} but data '{cfg.data.name}' is a "
-                         f"{data.task} data set")
+        raise ValueError(
+            f"model '{cfg.model.name}' solves {model_task(model)} but data '{cfg.data.name}' is a {data.task} data set"
+        )
     if cfg.al.strategy in ("vaal", "tavaal"):
-        VAE(vae_input_shape(data.input_shape, cfg.vae.input_size), cfg.vae.latent_dim, cfg.vae.base_channels,
-            cond_dim=int(cfg.al.strategy == "tavaal"))
+        VAE(
+            vae_input_shape(data.input_shape, cfg.vae.input_size),
+            cfg.vae.latent_dim,
+            cfg.vae.base_channels,
+            cond_dim=int(cfg.al.strategy == "tavaal"),
+        )
 
 
 def _quiet(msg: str) -> None:
     pass
 
 
-def _start(cfg: Config, data: ALData, out_dir, resume: bool, log,
-           initial: PoolState) -> tuple[PoolState, list[StageRecord], dict]:
+def _start(
+    cfg: Config, data: ALData, out_dir, resume: bool, log, initial: PoolState
+) -> tuple[PoolState, list[StageRecord], dict]:
     """Fresh: the initial labels. Resume: the pool and records of the newest complete stage."""
     if resume:
         if out_dir is None:
@@ -189,13 +213,17 @@ def _start(cfg: Config, data: ALData, out_dir, resume: bool, log,
         ck = checkpoint.load_latest(out_dir, log=log)
         check_resumable(ck.config, cfg)
         if len(ck.pool) != len(data.train):
-            raise CheckpointError(f"checkpoint {ck.path} has a pool of {len(ck.pool)} samples but the data set has "
-                                  f"{len(data.train)}; resume with the data the run started with")
+            raise CheckpointError(
+                f"checkpoint {ck.path} has a pool of {len(ck.pool)} samples but the data set has "
+                f"{len(data.train)}; resume with the data the run started with"
+            )
         log(f"resuming from {ck.path} (stage {ck.stage} complete, {ck.pool.num_labeled} labeled)")
         return ck.pool, [StageRecord(**r) for r in ck.records], dict(ck.meta)
     if out_dir is not None and (checkpoint.list_stages(out_dir) or has_initial_request(out_dir)):
-        raise CheckpointError(f"'{out_dir}' already holds stage checkpoints; pass --resume {out_dir} to continue "
-                              "that run, or choose a new --out")
+        raise CheckpointError(
+            f"'{out_dir}' already holds stage checkpoints; pass --resume {out_dir} to continue "
+            "that run, or choose a new --out"
+        )
     return initial, [], {}
 
 
@@ -206,13 +234,22 @@ def check_resumable(saved: dict, cfg: Config) -> None:
         if any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS):
             continue
         if old.get(key) != new.get(key):
-            raise ConfigError(f"config field '{key}' is {new.get(key)!r} but the checkpoint was made with "
-                              f"{old.get(key)!r}; resume with the same config (or start a new --out)")
+            raise ConfigError(
+                f"config field '{key}' is {new.get(key)!r} but the checkpoint was made with "
+                f"{old.get(key)!r}; resume with the same config (or start a new --out)"
+            )
 
 
 def run_stage(
-    cfg: Config, stage: int, pool: PoolState, data: ALData, spec: ModelSpec, strategy: Strategy,
-    backend: Backend, device: torch.device, log: Callable[[str], None],
+    cfg: Config,
+    stage: int,
+    pool: PoolState,
+    data: ALData,
+    spec: ModelSpec,
+    strategy: Strategy,
+    backend: Backend,
+    device: torch.device,
+    log: Callable[[str], None],
 ) -> tuple[StageRecord, PoolState, dict]:
     """Train on the labeled set, evaluate, and query unless this is the last stage."""
     t0 = time.perf_counter()
@@ -221,23 +258,28 @@ def run_stage(
     every = max(1, cfg.train.epochs // 5)
     task = backend.train_task(
         TaskJob(spec, cfg.train, labeled, strategy.ranker_loss, seed),
-        on_epoch_end=lambda s: log(f"  epoch {s['epoch'] + 1}/{cfg.train.epochs} ce {s.get('ce', 0):.4f}")
-        if (s["epoch"] + 1) % every == 0 else None,
+        on_epoch_end=lambda s: (
+            log(f"  epoch {s['epoch'] + 1}/{cfg.train.epochs} ce {s.get('ce', 0):.4f}")
+            if (s["epoch"] + 1) % every == 0
+            else None
+        ),
     )
     t_train = time.perf_counter() - t0
     model, _ = spec.build(with_ranker=False)
     model.load_state_dict(task.model_state)
     t = cfg.train
-    metrics = evaluate(model.to(device), data, device, cfg.al.score_batch_size, t.precision,
-                       channels_last=t.channels_last)
+    metrics = evaluate(
+        model.to(device), data, device, cfg.al.score_batch_size, t.precision, channels_last=t.channels_last
+    )
     fit = evaluate(model, data, device, cfg.al.score_batch_size, t.precision, "train", labeled, t.channels_last)
     states = {"model": task.model_state} | ({"ranker": task.ranker_state} if task.ranker_state else {})
     selected, info, health, t1 = np.empty(0, dtype=np.int64), {}, {}, time.perf_counter()
     if stage < cfg.al.stages - 1:
         candidates = draw_candidates(pool, cfg.al.subset_size, numpy_rng(cfg.seed, "candidates", stage))
         budget = min(cfg.al.budget, candidates.size)
-        result = strategy.query(QueryContext(cfg, data, backend, spec, task, labeled, candidates, budget, stage,
-                                             seed, log))
+        result = strategy.query(
+            QueryContext(cfg, data, backend, spec, task, labeled, candidates, budget, stage, seed, log)
+        )
         selected = np.asarray(result.selected, dtype=np.int64)
         check_selection(selected, candidates, budget, strategy.name)
         pool = pool.label(selected, stage + 1)
@@ -247,11 +289,22 @@ def run_stage(
     h, h_norm = label_entropy(counts)
     now = time.perf_counter()
     record = StageRecord(
-        stage=stage, num_labeled=int(labeled.size), accuracy=metrics["accuracy"],
-        balanced_accuracy=metrics["balanced_accuracy"], per_class_accuracy=metrics["per_class_accuracy"],
-        label_counts=[int(c) for c in counts], label_entropy=h, label_entropy_norm=h_norm,
-        selected=[int(i) for i in selected], time_train=t_train, time_query=now - t1, time_stage=now - t0,
-        info=info, miou=metrics.get("miou"), per_class_iou=metrics.get("per_class_iou", []), health=health,
+        stage=stage,
+        num_labeled=int(labeled.size),
+        accuracy=metrics["accuracy"],
+        balanced_accuracy=metrics["balanced_accuracy"],
+        per_class_accuracy=metrics["per_class_accuracy"],
+        label_counts=[int(c) for c in counts],
+        label_entropy=h,
+        label_entropy_norm=h_norm,
+        selected=[int(i) for i in selected],
+        time_train=t_train,
+        time_query=now - t1,
+        time_stage=now - t0,
+        info=info,
+        miou=metrics.get("miou"),
+        per_class_iou=metrics.get("per_class_iou", []),
+        health=health,
         train_accuracy=fit["accuracy"],
     )
     return record, pool, states
@@ -260,13 +313,17 @@ def run_stage(
 def check_selection(selected: np.ndarray, candidates: np.ndarray, budget: int, name: str) -> None:
     """A strategy must return ``budget`` distinct candidates: anything else is a bug, not user error."""
     if selected.size != budget or np.unique(selected).size != selected.size or not np.isin(selected, candidates).all():
-        raise RuntimeError(f"strategy '{name}' returned an invalid selection of {selected.size} indices "
-                           f"(expected {budget} distinct candidates)")
+        raise RuntimeError(
+            f"strategy '{name}' returned an invalid selection of {selected.size} indices "
+            f"(expected {budget} distinct candidates)"
+        )
 
 
 def format_record(r: StageRecord, stages: int) -> str:
     quality = f"acc {r.accuracy:.4f}" if r.miou is None else f"miou {r.miou:.4f}  pixel_acc {r.accuracy:.4f}"
-    return (f"stage {r.stage + 1}/{stages}  labeled {r.num_labeled}  {quality}  "
-            f"bal_acc {r.balanced_accuracy:.4f}  label_entropy {r.label_entropy:.3f} "
-            f"({r.label_entropy_norm:.3f})  time {r.time_stage:.1f}s (train {r.time_train:.1f}s, "
-            f"query {r.time_query:.1f}s)")
+    return (
+        f"stage {r.stage + 1}/{stages}  labeled {r.num_labeled}  {quality}  "
+        f"bal_acc {r.balanced_accuracy:.4f}  label_entropy {r.label_entropy:.3f} "
+        f"({r.label_entropy_norm:.3f})  time {r.time_stage:.1f}s (train {r.time_train:.1f}s, "
+        f"query {r.time_query:.1f}s)"
+    )

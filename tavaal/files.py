@@ -1,10 +1,11 @@
 """Durable file writes: fsync, and write-to-a-temporary-name-then-rename, so a kill leaves the old file or the new
 one, never half of one."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def fsync(path: str | Path) -> None:

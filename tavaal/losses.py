@@ -3,6 +3,7 @@
 Pairing (LL4AL and TA-VAAL): a batch of B samples (B even) is split into pairs (i, B-1-i), i < B/2;
 with a shuffled loader these are random pairs. Targets (the per-sample task loss) are detached.
 """
+
 from __future__ import annotations
 
 import torch

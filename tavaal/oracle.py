@@ -16,6 +16,7 @@ whose labels the data already has; if there are none, ``al.initial`` random rows
 oracle draws them, asked for as the batch of stage 0 (so a manual run answered with the true labels selects
 what the simulated run selects).
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -49,12 +50,16 @@ def resolve_oracle(cfg: Config, data: ALData) -> str:
     unknown = np.flatnonzero(~known)
     mode = cfg.al.oracle if cfg.al.oracle != "auto" else ("manual" if unknown.size else "simulated")
     if mode == "simulated" and unknown.size:
-        raise ConfigError(f"{unknown.size} of {known.size} pool rows of {data.name} have no label (e.g. id "
-                          f"'{row_ids(data, unknown[:1])[0]}'); the simulated oracle needs them all: run with "
-                          "--oracle manual to have people label them")
+        raise ConfigError(
+            f"{unknown.size} of {known.size} pool rows of {data.name} have no label (e.g. id "
+            f"'{row_ids(data, unknown[:1])[0]}'); the simulated oracle needs them all: run with "
+            "--oracle manual to have people label them"
+        )
     if mode == "manual" and not unknown.size:
-        raise ConfigError(f"every pool row of {data.name} already has a label: nothing is left to ask people; "
-                          "use --oracle simulated (or leave the labels of the pool out of the data)")
+        raise ConfigError(
+            f"every pool row of {data.name} already has a label: nothing is left to ask people; "
+            "use --oracle simulated (or leave the labels of the pool out of the data)"
+        )
     return mode
 
 
@@ -135,16 +140,19 @@ def _image_paths(folder: Path, data: ALData, positions: np.ndarray) -> list[str]
 
 def request_message(csv_path: Path, out_dir: str | Path, stage: int, n: int, data: ALData) -> str:
     classes = ", ".join(data.class_names) if data.class_names else "(none yet)"
-    return (f"stage {stage} needs labels for {n} images (manual oracle). Fill in the 'label' column of {csv_path} "
-            f"with one of: {classes}; then continue with:\n"
-            f"  python -m tavaal.run --resume {out_dir} --labels {csv_path}")
+    return (
+        f"stage {stage} needs labels for {n} images (manual oracle). Fill in the 'label' column of {csv_path} "
+        f"with one of: {classes}; then continue with:\n"
+        f"  python -m tavaal.run --resume {out_dir} --labels {csv_path}"
+    )
 
 
 # ---------------------------------------------------------------- the answers: validate all, then store
 
 
-def read_labels(file: str | Path, requested: list[str], pool_ids: set[str], classes: tuple[str, ...],
-                allow_new: bool, request: Path) -> dict[str, str]:
+def read_labels(
+    file: str | Path, requested: list[str], pool_ids: set[str], classes: tuple[str, ...], allow_new: bool, request: Path
+) -> dict[str, str]:
     """``{id: class name}`` from a CSV with columns ``id`` and ``label`` (others are ignored).
 
     Every requested id must get exactly one label, and nothing else may be labeled; a label must be a known
@@ -158,12 +166,15 @@ def read_labels(file: str | Path, requested: list[str], pool_ids: set[str], clas
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):
-            raise DataError(f"labels file '{f}' is empty; expected a header line with 'id' and 'label' and one "
-                            f"line per requested id; {fix}")
+            raise DataError(
+                f"labels file '{f}' is empty; expected a header line with 'id' and 'label' and one "
+                f"line per requested id; {fix}"
+            )
         cols = [h.strip() for h in header]
         if "id" not in cols or "label" not in cols:
-            raise DataError(f"labels file '{f}' line 1: columns are {', '.join(cols)}; expected columns 'id' "
-                            f"and 'label'; {fix}")
+            raise DataError(
+                f"labels file '{f}' line 1: columns are {', '.join(cols)}; expected columns 'id' and 'label'; {fix}"
+            )
         i_id, i_label = cols.index("id"), cols.index("label")
         wanted, known = set(requested), set(classes)
         out: dict[str, str] = {}
@@ -179,34 +190,48 @@ def read_labels(file: str | Path, requested: list[str], pool_ids: set[str], clas
             if rid not in pool_ids:
                 raise DataError(f"{where}: id '{rid}' is not in the pool; {fix}")
             if rid not in wanted:
-                raise DataError(f"{where}: id '{rid}' was not requested (only the ids of the request may be "
-                                f"labeled); {fix}")
+                raise DataError(
+                    f"{where}: id '{rid}' was not requested (only the ids of the request may be labeled); {fix}"
+                )
             if rid in out:
                 raise DataError(f"{where}: id '{rid}' is labeled twice (first on line {first_line[rid]}); {fix}")
             if not label:
                 raise DataError(f"{where}: id '{rid}' has no label; every requested id needs one; {fix}")
             if label not in known and not allow_new:
-                raise DataError(f"{where}: label '{label}' is not a known class ({', '.join(classes)}); correct "
-                                "it, or allow new classes with --set data.new_classes=true")
+                raise DataError(
+                    f"{where}: label '{label}' is not a known class ({', '.join(classes)}); correct "
+                    "it, or allow new classes with --set data.new_classes=true"
+                )
             out[rid], first_line[rid] = label, line
     missing = [i for i in requested if i not in out]
     if missing:
-        raise DataError(f"labels file '{f}' has no line for {len(missing)} of the {len(requested)} requested ids "
-                        f"(e.g. '{missing[0]}'); every requested id needs a label; {fix}")
+        raise DataError(
+            f"labels file '{f}' has no line for {len(missing)} of the {len(requested)} requested ids "
+            f"(e.g. '{missing[0]}'); every requested id needs a label; {fix}"
+        )
     return out
 
 
-def ingest_labels(file: str | Path, out_dir: str | Path, stage: int, data: ALData, positions: np.ndarray,
-                  allow_new: bool) -> ALData:
+def ingest_labels(
+    file: str | Path, out_dir: str | Path, stage: int, data: ALData, positions: np.ndarray, allow_new: bool
+) -> ALData:
     """Validate the whole labels file for the pending ``positions``, store it as ``labels/stage_K.json``,
     and return the data set with those labels. A bad file raises before anything is written."""
     target = Path(out_dir) / LABELS_DIR / f"stage_{stage}.json"
     if target.exists():
-        raise CheckpointError(f"{target} exists but the rows it labels are still pending; it does not belong to "
-                              "this run's data: move it away and resume again")
+        raise CheckpointError(
+            f"{target} exists but the rows it labels are still pending; it does not belong to "
+            "this run's data: move it away and resume again"
+        )
     request = Path(out_dir) / REQUEST_DIR / f"stage_{stage}.csv"
-    labels = read_labels(file, row_ids(data, positions), set(row_ids(data, np.arange(len(data.train)))),
-                         data.class_names, allow_new, request)
+    labels = read_labels(
+        file,
+        row_ids(data, positions),
+        set(row_ids(data, np.arange(len(data.train)))),
+        data.class_names,
+        allow_new,
+        request,
+    )
     record = {"stage": stage, "source": str(Path(file).resolve()), "labels": labels}
     atomic_write(target, lambda p: p.write_text(json.dumps(record, indent=1)))
     return with_labels(data, labels, allow_new, str(target))
@@ -223,8 +248,9 @@ def stored_labels(out_dir: str | Path | None) -> list[tuple[str, dict[str, str]]
         try:
             out.append((str(p), dict(json.loads(p.read_text())["labels"])))
         except (OSError, ValueError, KeyError, TypeError):
-            raise CheckpointError(f"labels file {p} cannot be read; restore it (or delete it to be asked for "
-                                  "those labels again)") from None
+            raise CheckpointError(
+                f"labels file {p} cannot be read; restore it (or delete it to be asked for those labels again)"
+            ) from None
     return out
 
 
@@ -236,12 +262,15 @@ def with_labels(data: ALData, labels: dict[str, str], allow_new: bool, source: s
     y = data.train.y.clone()
     for rid, name in labels.items():
         if rid not in position:
-            raise CheckpointError(f"{source} labels id '{rid}', which is not in the pool; resume with the data "
-                                  "the run started with")
+            raise CheckpointError(
+                f"{source} labels id '{rid}', which is not in the pool; resume with the data the run started with"
+            )
         if name not in index:
             if not allow_new:
-                raise ConfigError(f"{source} uses class '{name}', which is not in the class list; resume with "
-                                  "--set data.new_classes=true")
+                raise ConfigError(
+                    f"{source} uses class '{name}', which is not in the class list; resume with "
+                    "--set data.new_classes=true"
+                )
             index[name] = len(classes)
             classes.append(name)
         y[position[rid]] = index[name]
@@ -270,8 +299,13 @@ class Oracle:
 
     mode = "simulated"  # al.oracle
 
-    def __init__(self, cfg: Config, out_dir: str | Path | None = None, labels: str | Path | None = None,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        out_dir: str | Path | None = None,
+        labels: str | Path | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.cfg, self.out_dir, self.labels, self.log = cfg, out_dir, labels, log
 
     def start(self, data: ALData) -> tuple[ALData, PoolState]:
@@ -295,8 +329,10 @@ class Oracle:
             raise ConfigError("--labels needs the run's directory: pass --resume DIR")
         missing = pending(pool, data)
         if not missing.size:
-            raise ConfigError(f"no labels are pending in '{self.out_dir}' (stage {stage} has every label it needs); "
-                              "resume without --labels")
+            raise ConfigError(
+                f"no labels are pending in '{self.out_dir}' (stage {stage} has every label it needs); "
+                "resume without --labels"
+            )
         return ingest_labels(labels, self.out_dir, stage, data, missing, self.cfg.data.new_classes)
 
     def _ask(self, stage: int, data: ALData, pool: PoolState) -> bool:
@@ -333,8 +369,13 @@ class ManualOracle(Oracle):
         return PoolState.empty(len(data.train)).label(known, 0)
 
 
-def build_oracle(cfg: Config, data: ALData, out_dir: str | Path | None = None, labels: str | Path | None = None,
-                 log: Callable[[str], None] = print) -> Oracle:
+def build_oracle(
+    cfg: Config,
+    data: ALData,
+    out_dir: str | Path | None = None,
+    labels: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Oracle:
     """The run's oracle: ``al.oracle`` made concrete (``resolve_oracle``) and checked against the data."""
     cls = ManualOracle if resolve_oracle(cfg, data) == "manual" else SimulatedOracle
     return cls(cfg, out_dir, labels, log)

@@ -3,10 +3,12 @@
 Each registry loads the package whose modules fill it (``tavaal.data``, ``tavaal.models``, ``tavaal.strategies``)
 the first time it is asked for a name, so code that only checks names (``tavaal.config``) imports none of them.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from tavaal.errors import ConfigError
 

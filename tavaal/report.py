@@ -8,6 +8,7 @@ Groups the finished runs by strategy (param ``al.strategy``; seeds are averaged)
 class entropy per stage, Fig. 7a) and ``report.md`` (the same numbers as tables). Segmentation runs (those
 that logged ``test/miou``) are plotted and tabulated by mIoU instead of (pixel) accuracy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,15 +28,19 @@ def collect(tracking_uri: str, experiment: str) -> dict[str, dict[int, dict[str,
     client = connect(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise TrackingError(f"no MLflow experiment '{experiment}' at {tracking_uri}; pass --experiment with an "
-                            "existing name (see `mlflow ui`)")
+        raise TrackingError(
+            f"no MLflow experiment '{experiment}' at {tracking_uri}; pass --experiment with an "
+            "existing name (see `mlflow ui`)"
+        )
     out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in client.search_runs([exp.experiment_id], max_results=5000):
         strategy = run.data.params.get("al.strategy")
         if strategy is None:  # a sweep's parent run
             continue
-        hist = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
-                for key in ("labels/count", "test/accuracy", "test/miou", "labels/entropy", "labels/entropy_norm")}
+        hist = {
+            key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+            for key in ("labels/count", "test/accuracy", "test/miou", "labels/entropy", "labels/entropy_norm")
+        }
         quality = hist["test/miou"] or hist["test/accuracy"]  # segmentation runs: mIoU
         for step, count in hist["labels/count"].items():
             if step in quality:
@@ -56,10 +61,17 @@ def summarize(data: dict) -> dict[str, list[dict]]:
         rows = []
         for n in sorted(by_n):
             acc = np.asarray(by_n[n]["accuracy"])
-            rows.append({"labels": n, "seeds": int(acc.size), "mean": float(acc.mean()), "std": float(acc.std()),
-                         "vs_random": float(acc.mean() - random_mean[n]) if n in random_mean else None,
-                         "entropy": float(np.nanmean(by_n[n]["entropy"])),
-                         "entropy_norm": float(np.nanmean(by_n[n]["entropy_norm"]))})
+            rows.append(
+                {
+                    "labels": n,
+                    "seeds": int(acc.size),
+                    "mean": float(acc.mean()),
+                    "std": float(acc.std()),
+                    "vs_random": float(acc.mean() - random_mean[n]) if n in random_mean else None,
+                    "entropy": float(np.nanmean(by_n[n]["entropy"])),
+                    "entropy_norm": float(np.nanmean(by_n[n]["entropy_norm"])),
+                }
+            )
         table[strategy] = rows
     return table
 
@@ -70,21 +82,28 @@ def write_report(table: dict[str, list[dict]], out: Path, title: str) -> list[Pa
 
     out.mkdir(parents=True, exist_ok=True)
     written = strategy_figures(table, out, title)
-    lines = [f"# {title}", "", "| strategy | labels | seeds | accuracy (mean ± std) | vs random | label entropy "
-             "(norm) |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# {title}",
+        "",
+        "| strategy | labels | seeds | accuracy (mean ± std) | vs random | label entropy (norm) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for strategy, rows in table.items():
         for r in rows:
             vs = f"{r['vs_random'] * 100:+.2f} pt" if r["vs_random"] is not None else "—"
-            lines.append(f"| {strategy} | {r['labels']} | {r['seeds']} | {r['mean'] * 100:.2f} ± {r['std'] * 100:.2f} "
-                         f"| {vs} | {r['entropy']:.3f} ({r['entropy_norm']:.3f}) |")
+            lines.append(
+                f"| {strategy} | {r['labels']} | {r['seeds']} | {r['mean'] * 100:.2f} ± {r['std'] * 100:.2f} "
+                f"| {vs} | {r['entropy']:.3f} ({r['entropy_norm']:.3f}) |"
+            )
     (out / "report.md").write_text("\n".join(lines) + "\n")
     written.append(out / "report.md")
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tavaal.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m tavaal.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--experiment", required=True, help="MLflow experiment name")
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="default: %(default)s")
     p.add_argument("--out", default="reports", help="output directory (default: %(default)s)")

@@ -1,11 +1,12 @@
 """python -m tavaal.run — one active-learning experiment (the local backend by default, or --backend ray).
 
-  python -m tavaal.run --config configs/fashionmnist_tavaal_cpu.yaml --out runs/fm
-  python -m tavaal.run --resume runs/fm              # continue after a kill, from the last complete stage
-  python -m tavaal.run --config configs/smoke.yaml --set al.strategy=random --set train.lr=0.05
-  python -m tavaal.run --set data.name=parquet --set data.path=pool.parquet --oracle manual --out runs/mine
-  python -m tavaal.run --resume runs/mine --labels runs/mine/to_label/stage_1.csv   # answers, then continues
+python -m tavaal.run --config configs/fashionmnist_tavaal_cpu.yaml --out runs/fm
+python -m tavaal.run --resume runs/fm              # continue after a kill, from the last complete stage
+python -m tavaal.run --config configs/smoke.yaml --set al.strategy=random --set train.lr=0.05
+python -m tavaal.run --set data.name=parquet --set data.path=pool.parquet --oracle manual --out runs/mine
+python -m tavaal.run --resume runs/mine --labels runs/mine/to_label/stage_1.csv   # answers, then continues
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,21 +26,35 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m tavaal.run", description=__doc__,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(
+        prog="python -m tavaal.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", help="YAML preset (configs/*.yaml); default: the paper's CIFAR-10 protocol")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set train.lr=0.05 (repeatable)")
-    p.add_argument("--out", help="output directory for per-stage checkpoints (default: runs/<strategy>-<data>-"
-                                 "seed<N>-<time>)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.lr=0.05 (repeatable)",
+    )
+    p.add_argument(
+        "--out", help="output directory for per-stage checkpoints (default: runs/<strategy>-<data>-seed<N>-<time>)"
+    )
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last complete stage")
-    p.add_argument("--oracle", choices=["auto", "simulated", "manual"],
-                   help="where labels come from: simulated (the data's own labels, benchmarks), manual (the run "
-                        "stops and writes DIR/to_label/stage_K.csv for people to label); default auto: simulated "
-                        "when every pool label is known (shortcut for --set al.oracle=...)")
-    p.add_argument("--labels", metavar="FILE.csv",
-                   help="with --resume: the labels people gave for the pending batch (columns id, label: the "
-                        "request CSV with its label column filled in); checked in full before anything is written")
+    p.add_argument(
+        "--oracle",
+        choices=["auto", "simulated", "manual"],
+        help="where labels come from: simulated (the data's own labels, benchmarks), manual (the run "
+        "stops and writes DIR/to_label/stage_K.csv for people to label); default auto: simulated "
+        "when every pool label is known (shortcut for --set al.oracle=...)",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="FILE.csv",
+        help="with --resume: the labels people gave for the pending batch (columns id, label: the "
+        "request CSV with its label column filled in); checked in full before anything is written",
+    )
     p.add_argument("--strategy", help="shortcut for --set al.strategy=...")
     p.add_argument("--seed", type=int, help="shortcut for --set seed=...")
     p.add_argument("--data-dir", help="shortcut for --set data.data_dir=...")
@@ -49,17 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, help="Ray Train workers per stage (backend.num_workers)")
     p.add_argument("--cpus-per-worker", type=float, help="CPUs per Ray Train worker (backend.cpus_per_worker)")
     p.add_argument("--gpus-per-worker", type=float, help="GPUs per Ray Train worker (backend.gpus_per_worker)")
-    p.add_argument("--keep-workers", action="store_const", const=True,
-                   help="one Ray Train worker group for the whole experiment (backend.keep_workers=true)")
-    p.add_argument("--tracking-uri", help="track the run in MLflow at this URI (e.g. sqlite:///mlflow.db, "
-                                          "http://127.0.0.1:5000); default: no tracking")
+    p.add_argument(
+        "--keep-workers",
+        action="store_const",
+        const=True,
+        help="one Ray Train worker group for the whole experiment (backend.keep_workers=true)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="track the run in MLflow at this URI (e.g. sqlite:///mlflow.db, "
+        "http://127.0.0.1:5000); default: no tracking",
+    )
     p.add_argument("--experiment", default="tavaal", help="MLflow experiment name (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the stage records to FILE as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="progress lines for epochs and VAE iterations")
     p.add_argument("--list", action="store_true", help="list datasets, models and strategies, then exit")
-    p.add_argument("--check", action="store_true",
-                   help="check the config and the data (pool size, files), print the plan, and exit without "
-                        "training or writing anything")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config and the data (pool size, files), print the plan, and exit without "
+        "training or writing anything",
+    )
     return p
 
 
@@ -67,11 +92,19 @@ def resolve_config(args: argparse.Namespace):
     from tavaal.config import apply_overrides, from_dict, load_config, parse_override, validate
 
     overrides = dict(parse_override(o) for o in args.overrides)
-    for flag, key in (("strategy", "al.strategy"), ("seed", "seed"), ("data_dir", "data.data_dir"),
-                      ("oracle", "al.oracle"), ("device", "device"), ("backend", "backend.name"),
-                      ("address", "backend.address"),
-                      ("num_workers", "backend.num_workers"), ("cpus_per_worker", "backend.cpus_per_worker"),
-                      ("gpus_per_worker", "backend.gpus_per_worker"), ("keep_workers", "backend.keep_workers")):
+    for flag, key in (
+        ("strategy", "al.strategy"),
+        ("seed", "seed"),
+        ("data_dir", "data.data_dir"),
+        ("oracle", "al.oracle"),
+        ("device", "device"),
+        ("backend", "backend.name"),
+        ("address", "backend.address"),
+        ("num_workers", "backend.num_workers"),
+        ("cpus_per_worker", "backend.cpus_per_worker"),
+        ("gpus_per_worker", "backend.gpus_per_worker"),
+        ("keep_workers", "backend.keep_workers"),
+    ):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.resume and not args.config:
@@ -95,9 +128,11 @@ def check_only(cfg) -> int:
     build_oracle(cfg, data).initial_state(data)  # the labeling plan against the pool
     check_compatible(cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden))
     a = cfg.al
-    print(f"config OK: {a.strategy} on {cfg.data.name} ({len(data.train)} pool, {len(data.test)} test samples), "
-          f"{a.initial} initial labels + {a.budget} per stage x {a.stages - 1} queries = "
-          f"{a.initial + a.budget * (a.stages - 1)} labels; backend {cfg.backend.name}")
+    print(
+        f"config OK: {a.strategy} on {cfg.data.name} ({len(data.train)} pool, {len(data.test)} test samples), "
+        f"{a.initial} initial labels + {a.budget} per stage x {a.stages - 1} queries = "
+        f"{a.initial + a.budget * (a.stages - 1)} labels; backend {cfg.backend.name}"
+    )
     return 0
 
 
@@ -127,18 +162,26 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
         if args.check:
             return check_only(cfg)
-        out = out or (
-            f"runs/{cfg.al.strategy}-{cfg.data.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-        print(f"tavaal: {cfg.al.strategy} on {cfg.data.name}, {cfg.al.stages} stages, seed {cfg.seed}; "
-              f"checkpoints in {out}", flush=True)
+        out = out or (f"runs/{cfg.al.strategy}-{cfg.data.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        print(
+            f"tavaal: {cfg.al.strategy} on {cfg.data.name}, {cfg.al.stages} stages, seed {cfg.seed}; "
+            f"checkpoints in {out}",
+            flush=True,
+        )
         tracker = None
         if args.tracking_uri:
             from tavaal.tracking import MLflowTracker
 
             tracker = MLflowTracker(args.tracking_uri, args.experiment, run_name=Path(out).name)
-        records = run_experiment(cfg, tracker=tracker, out_dir=out, resume=bool(args.resume),
-                                 log=lambda m: print(m, flush=True), verbose=args.verbose,
-                                 labels=args.labels)
+        records = run_experiment(
+            cfg,
+            tracker=tracker,
+            out_dir=out,
+            resume=bool(args.resume),
+            log=lambda m: print(m, flush=True),
+            verbose=args.verbose,
+            labels=args.labels,
+        )
     except TavaalError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

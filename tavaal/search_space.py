@@ -8,6 +8,7 @@ Distributions: uniform [lo, hi], loguniform [lo, hi], quniform [lo, hi, q], rand
 qrandint [lo, hi, q], choice [v1, v2, ...]. Every key must be a config field, every range non-empty, and
 both ends (every choice) must pass the config's validation: errors come before any trial starts.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,9 @@ def read_space(path: str | Path) -> dict[str, tuple[str, list]]:
     space = {}
     for key, spec in raw.items():
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-            raise ConfigError(f"search space '{p}': '{key}' must be one of {{{', '.join(DISTRIBUTIONS)}: [...]}}, "
-                              f"got {spec!r}")
+            raise ConfigError(
+                f"search space '{p}': '{key}' must be one of {{{', '.join(DISTRIBUTIONS)}: [...]}}, got {spec!r}"
+            )
         dist, args = next(iter(spec.items()))
         if not isinstance(args, list):
             raise ConfigError(f"search space '{p}': '{key}' {dist} needs a list, got {args!r}")
@@ -42,8 +44,10 @@ def check_space(space: dict[str, tuple[str, list]], base: dict[str, Any], where:
     known = set(from_dict(base).flat())
     for key, (dist, args) in space.items():
         if key not in known:
-            raise ConfigError(f"search space '{where}': unknown config key '{key}'; use dotted config fields such "
-                              "as train.eta or vae.latent_dim")
+            raise ConfigError(
+                f"search space '{where}': unknown config key '{key}'; use dotted config fields such "
+                "as train.eta or vae.latent_dim"
+            )
         if dist == "choice":
             if not args:
                 raise ConfigError(f"search space '{where}': '{key}' has an empty choice list")
@@ -54,8 +58,10 @@ def check_space(space: dict[str, tuple[str, list]], base: dict[str, Any], where:
                 raise ConfigError(f"search space '{where}': '{key}' {dist} needs {need} numbers, got {args}")
             lo, hi = args[0], args[1]
             if not lo < hi:
-                raise ConfigError(f"search space '{where}': '{key}' has an empty range [{lo}, {hi}]; "
-                                  "the low end must be below the high end")
+                raise ConfigError(
+                    f"search space '{where}': '{key}' has an empty range [{lo}, {hi}]; "
+                    "the low end must be below the high end"
+                )
             if dist == "loguniform" and lo <= 0:
                 raise ConfigError(f"search space '{where}': '{key}' loguniform needs a low end > 0, got {lo}")
             ends = [lo, hi - 1] if dist == "randint" else [lo, hi]

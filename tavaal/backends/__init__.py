@@ -1,4 +1,5 @@
 """Where the heavy steps of a stage run: in-process (``local``) or on Ray (``ray``)."""
+
 from tavaal.backends.base import Backend
 from tavaal.backends.local import LocalBackend
 from tavaal.config import BackendConfig, DataConfig

@@ -1,7 +1,9 @@
 """The Backend protocol: the three heavy steps of a stage, behind one seam."""
+
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch

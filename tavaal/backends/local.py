@@ -1,7 +1,8 @@
 """In-process backend: the core functions, called directly."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

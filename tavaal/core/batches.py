@@ -1,8 +1,9 @@
 """Mini-batches straight from the in-memory data set (no DataLoader workers: 2-core machines and
 Ray workers both do better without them for data that fits in memory)."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ def iter_batches(
         indices = indices[torch.randperm(indices.size, generator=generator).numpy()]
     stop = indices.size - (indices.size % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
-        idx = indices[start:start + batch_size]
+        idx = indices[start : start + batch_size]
         x, y = data.batch(split, idx, augment=augment, generator=generator)
         yield x, y, idx
 

@@ -4,6 +4,7 @@ does r̂ tell the labeled set from the candidates, and does the query follow r̂
 All numbers are plain functions of arrays, so a stage record (and MLflow) can show a collapsed game: a
 discriminator loss at 2 ln 2 and a discriminator AUROC at 0.5 mean it learned nothing of labeled vs unlabeled.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     if pos.size == 0 or neg.size == 0:
         return float("nan")
     ranks = average_ranks(np.concatenate([pos, neg]))
-    u = ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2.0
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0
     return float(u / (pos.size * neg.size))
 
 
@@ -50,9 +51,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
 
 
-def game_health(disc_loss_tail: float | None, logit_labeled: np.ndarray, logit_candidates: np.ndarray,
-                pick_counts: np.ndarray, rhat_labeled: np.ndarray | None = None,
-                rhat_candidates: np.ndarray | None = None) -> dict:
+def game_health(
+    disc_loss_tail: float | None,
+    logit_labeled: np.ndarray,
+    logit_candidates: np.ndarray,
+    pick_counts: np.ndarray,
+    rhat_labeled: np.ndarray | None = None,
+    rhat_candidates: np.ndarray | None = None,
+) -> dict:
     """One stage's health numbers (a StageRecord's ``health``).
 
     - ``disc_loss_tail``: the discriminator loss averaged over the last tenth of the iterations (chance:

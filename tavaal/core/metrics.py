@@ -1,5 +1,6 @@
 """Per-stage metrics: test accuracy (overall, balanced, per class), segmentation IoU, and the labeled set's
 class entropy (of its samples' classes, or for segmentation of its pixels' classes)."""
+
 from __future__ import annotations
 
 import math

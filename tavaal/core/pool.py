@@ -1,4 +1,5 @@
 """Active-learning state: one integer per pool sample, the stage at which it was labeled (-1: unlabeled)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ class PoolState:
     labeled_at: np.ndarray  # int64 [N]
 
     @classmethod
-    def empty(cls, n: int) -> "PoolState":
+    def empty(cls, n: int) -> PoolState:
         return cls(np.full(n, -1, dtype=np.int64))
 
     def __len__(self) -> int:
@@ -38,7 +39,7 @@ class PoolState:
         """Indices labeled exactly at ``stage`` (stage 0: the initial set)."""
         return np.flatnonzero(self.labeled_at == stage)
 
-    def label(self, idx: np.ndarray, stage: int) -> "PoolState":
+    def label(self, idx: np.ndarray, stage: int) -> PoolState:
         """Return a new state with ``idx`` labeled at ``stage``; raises on double or out-of-range labels."""
         idx = np.asarray(idx, dtype=np.int64)
         if stage < 0:
@@ -58,7 +59,7 @@ class PoolState:
         return {"labeled_at": torch.from_numpy(self.labeled_at.copy())}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PoolState":
+    def from_dict(cls, d: dict) -> PoolState:
         return cls(np.asarray(d["labeled_at"], dtype=np.int64).copy())
 
 

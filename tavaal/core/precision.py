@@ -4,6 +4,7 @@ bf16 autocast halves conv cost on CPUs with avx512_bf16 (AMD EPYC here; some Int
 with bf16 units; ``auto`` picks it where the device supports it, else fp32. channels_last (NHWC) lets oneDNN
 and cuDNN skip the layout reorders around every convolution.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,7 +71,7 @@ def for_device(cfg, device: torch.device | str):
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu."""
+    """ "auto" -> cuda when available, else cpu."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

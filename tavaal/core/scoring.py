@@ -3,6 +3,7 @@
 A scorer is a picklable object (weights + how to rebuild the models) with ``setup(device)`` and
 ``__call__(x, idx) -> {name: Tensor[B, ...]}``; the same scorer runs in-process and on Ray Data actors.
 """
+
 from __future__ import annotations
 
 from typing import Protocol

@@ -1,5 +1,6 @@
 """Seeds derived from (run seed, stage, purpose): each stage's randomness is fixed by the run seed alone,
 so a resumed run draws exactly what an uninterrupted one would have."""
+
 from __future__ import annotations
 
 import zlib

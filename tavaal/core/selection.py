@@ -1,4 +1,5 @@
 """Turn per-candidate scores into a query: top-k (higher score = query first) or k-center greedy."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,11 +33,11 @@ def k_center_greedy(labeled: np.ndarray, candidates: np.ndarray, k: int, chunk: 
     k = min(k, cand.shape[0])
     min_dist = torch.full((cand.shape[0],), float("inf"))
     for start in range(0, lab.shape[0], chunk):
-        min_dist = torch.minimum(min_dist, torch.cdist(cand, lab[start:start + chunk]).min(dim=1).values)
+        min_dist = torch.minimum(min_dist, torch.cdist(cand, lab[start : start + chunk]).min(dim=1).values)
     picked = []
     for _ in range(k):
         j = int(torch.argmax(min_dist))  # first maximum: lowest position on ties
         picked.append(j)
-        min_dist = torch.minimum(min_dist, torch.cdist(cand, cand[j:j + 1]).squeeze(1))
+        min_dist = torch.minimum(min_dist, torch.cdist(cand, cand[j : j + 1]).squeeze(1))
         min_dist[j] = -1.0
     return np.asarray(picked, dtype=np.int64)

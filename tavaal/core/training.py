@@ -4,10 +4,11 @@ One short trainer that knows nothing of strategies: ``ranker_loss`` says whether
 beside the task model ("rank": TA-VAAL's eq. 1; "margin": LL4AL; None: no ranker, as for the
 baselines that do not use one).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -130,7 +131,7 @@ def train_epoch(
     # DDP needs the same number of steps on every worker: equal shards (the few samples left over go
     # to no worker this epoch; the next shuffle differs) and batches of batch_size // world per worker
     per = order.size // world
-    mine = order[rank * per:(rank + 1) * per]
+    mine = order[rank * per : (rank + 1) * per]
     batch_size = max(2, job.train.batch_size // world)
     aug = gen if world == 1 else torch_generator(job.seed, "epoch", epoch, "rank", rank)  # same shuffle, own crops
     precision = resolve_precision(job.train.precision, device)
@@ -181,8 +182,14 @@ def cpu_state(module: torch.nn.Module) -> dict:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, data: ALData, device: torch.device, batch_size: int = 512, precision: str = "fp32",
-    split: str = "test", indices: np.ndarray | None = None, channels_last: bool = False,
+    model: torch.nn.Module,
+    data: ALData,
+    device: torch.device,
+    batch_size: int = 512,
+    precision: str = "fp32",
+    split: str = "test",
+    indices: np.ndarray | None = None,
+    channels_last: bool = False,
 ) -> dict:
     """Accuracy, balanced accuracy and per-class accuracy on ``split`` (its ``indices``; default the whole test
     split), in eval mode without augmentation.
@@ -204,7 +211,12 @@ def evaluate(
             preds.append(pred)
     if data.is_segmentation:
         m = segmentation_metrics(cm)
-        return {"accuracy": m["pixel_accuracy"], "balanced_accuracy": m["mean_class_accuracy"],
-                "per_class_accuracy": m["per_class_accuracy"], "miou": m["miou"], "per_class_iou": m["per_class_iou"]}
+        return {
+            "accuracy": m["pixel_accuracy"],
+            "balanced_accuracy": m["mean_class_accuracy"],
+            "per_class_accuracy": m["per_class_accuracy"],
+            "miou": m["miou"],
+            "per_class_iou": m["per_class_iou"],
+        }
     pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
     return classification_metrics(pred, getattr(data, split).y.numpy()[idx], data.num_classes)

@@ -7,11 +7,12 @@ aligned) and it is looked up here instead of re-running the task model every ite
 With ``vae.input_size`` set, images are resized (bilinear, antialiased) to that square before the VAE sees
 them, in training and in scoring alike (segmentation images are often too large for the published VAE).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -66,8 +67,10 @@ class VAEJob:
             torch.manual_seed(seed)
         cond = 1 if self.conditional else 0
         v = self.vae
-        return (VAE(self.input_shape, v.latent_dim, v.base_channels, cond),
-                Discriminator(v.latent_dim, cond, v.disc_hidden))
+        return (
+            VAE(self.input_shape, v.latent_dim, v.base_channels, cond),
+            Discriminator(v.latent_dim, cond, v.disc_hidden),
+        )
 
 
 @dataclass
@@ -118,7 +121,7 @@ class VAETraining:
         self._bs = max(1, v.batch_size // world)
         self._gen_keys: tuple = () if world == 1 else (rank, 0)
 
-    def bind(self, data: ALData) -> "VAETraining":
+    def bind(self, data: ALData) -> VAETraining:
         g, keys, bs = self.job.seed, self._gen_keys, self._bs
         self.lab = endless_batches(data, self.job.labeled, bs, torch_generator(g, "vae-labeled", *keys))
         self.unl = endless_batches(data, self.job.unlabeled, bs, torch_generator(g, "vae-unlabeled", *keys))
@@ -126,8 +129,14 @@ class VAETraining:
         return self
 
     def state_dict(self) -> dict:
-        return {"vae": self.vae.state_dict(), "disc": self.disc.state_dict(), "opt_v": self.opt_v.state_dict(),
-                "opt_d": self.opt_d.state_dict(), "iteration": self.iteration, "disc_tail": list(self._tail)}
+        return {
+            "vae": self.vae.state_dict(),
+            "disc": self.disc.state_dict(),
+            "opt_v": self.opt_v.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "iteration": self.iteration,
+            "disc_tail": list(self._tail),
+        }
 
     def load_state_dict(self, d: dict, data: ALData) -> None:
         self.vae.load_state_dict(d["vae"])

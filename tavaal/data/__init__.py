@@ -3,6 +3,7 @@
 Importing this package registers every data set in ``tavaal.registry.DATASETS``; ``build_dataset`` turns a
 ``DataConfig`` into the pool (train split) and the held-out test split of one run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,18 @@ import numpy as np
 import torch
 
 from tavaal.config import DataConfig
-from tavaal.data import cifar, fashionmnist, imagefolder, parquet, svhn, synthetic, toy2d  # noqa: F401 (registration)
-from tavaal.data import caltech101, cityscapes, shapes  # noqa: F401 (registration)
+from tavaal.data import (  # noqa: F401 (registration)
+    caltech101,
+    cifar,
+    cityscapes,
+    fashionmnist,
+    imagefolder,
+    parquet,
+    shapes,
+    svhn,
+    synthetic,
+    toy2d,
+)
 from tavaal.data.base import ALData, Split
 from tavaal.data.imbalance import make_imbalanced
 from tavaal.errors import ConfigError
@@ -52,7 +63,9 @@ def build_dataset(cfg: DataConfig, seed: int) -> ALData:
     )
     if cfg.imbalance_ratio > 1:
         if (data.train.y < 0).any():
-            raise ConfigError("config field 'data.imbalance_ratio' needs every pool label; this pool has rows "
-                              "without one: leave it at 1")
+            raise ConfigError(
+                "config field 'data.imbalance_ratio' needs every pool label; this pool has rows "
+                "without one: leave it at 1"
+            )
         data = make_imbalanced(data, cfg.imbalance_ratio, cfg.minority_classes, seed)
     return data

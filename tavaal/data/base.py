@@ -4,6 +4,7 @@ Images are kept as uint8 tensors ``[N, C, H, W]`` and normalized per batch; trai
 (random crop with zero padding, horizontal flip) is applied per batch with an explicit generator so
 that a seed fixes it. Scoring, VAE/discriminator training and evaluation call ``batch(augment=False)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def subset(self, idx: torch.Tensor) -> "Split":
+    def subset(self, idx: torch.Tensor) -> Split:
         """Rows ``idx`` (LongTensor) of this split; a lazy ``x`` stays lazy instead of being rendered."""
         x = self.x.subset(idx) if hasattr(self.x, "subset") else self.x[idx]
         return Split(x, self.y[idx], None if self.ids is None else self.ids[np.asarray(idx)])

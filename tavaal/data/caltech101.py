@@ -15,6 +15,7 @@ to 1..n-1, in the test split (one image of each class in each split at least); a
 the pool. Training augmentation: random crop with padding ``image_size // 8`` (4 at 32 px, as CIFAR's) and
 horizontal flip (natural photos). Normalization: ImageNet's mean/std.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -35,8 +36,10 @@ BACKGROUND = "BACKGROUND_Google"  # clutter images, not a class (torchvision dro
 EXTENSIONS = {".jpg", ".jpeg", ".png"}  # the real data is all .jpg
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _SEED = 101  # fixed: the held-out test images are the same in every run
-HINT = (f"extract 101_ObjectCategories.tar.gz (https://data.caltech.edu/records/20086) so that "
-        f"'<data_dir>/caltech101/{FOLDER}/<category>/' holds the images")
+HINT = (
+    f"extract 101_ObjectCategories.tar.gz (https://data.caltech.edu/records/20086) so that "
+    f"'<data_dir>/caltech101/{FOLDER}/<category>/' holds the images"
+)
 
 
 def _find(cfg: DataConfig) -> Path:
@@ -47,11 +50,15 @@ def _find(cfg: DataConfig) -> Path:
             return d
     where = root / "caltech101" / FOLDER
     if cfg.data_dir is not None and not root.is_dir():
-        raise DataError(f"data directory '{root}' does not exist; point data.data_dir at the folder holding "
-                        f"caltech101/{FOLDER}/ or omit it")
+        raise DataError(
+            f"data directory '{root}' does not exist; point data.data_dir at the folder holding "
+            f"caltech101/{FOLDER}/ or omit it"
+        )
     if not cfg.download:
-        raise DataError(f"Caltech-101 files not found in '{where}' and data.download is false; {HINT}, pass "
-                        f"--data-dir, or set data.download=true")
+        raise DataError(
+            f"Caltech-101 files not found in '{where}' and data.download is false; {HINT}, pass "
+            f"--data-dir, or set data.download=true"
+        )
     try:
         from torchvision.datasets import Caltech101
 
@@ -69,12 +76,13 @@ def _list(folder: Path) -> tuple[tuple[str, ...], list[list[Path]]]:
     names = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name != BACKGROUND))
     if not names:
         raise DataError(f"Caltech-101 folder '{folder}' holds no category folders; {HINT}")
-    files = [sorted(p for p in (folder / n).iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
-             for n in names]
+    files = [sorted(p for p in (folder / n).iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS) for n in names]
     for name, paths in zip(names, files):
         if not paths:
-            raise DataError(f"Caltech-101 category folder '{folder / name}' holds no images "
-                            f"({', '.join(sorted(EXTENSIONS))}); remove it or restore its images")
+            raise DataError(
+                f"Caltech-101 category folder '{folder / name}' holds no images "
+                f"({', '.join(sorted(EXTENSIONS))}); remove it or restore its images"
+            )
     return names, files
 
 
@@ -84,8 +92,9 @@ def _decode(path: Path, size: int) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
     except Exception as e:  # UnidentifiedImageError, OSError (truncated), ...: a bad file
-        raise DataError(f"cannot read Caltech-101 image '{path}' ({type(e).__name__}); replace it with a good "
-                        "copy or delete it") from None
+        raise DataError(
+            f"cannot read Caltech-101 image '{path}' ({type(e).__name__}); replace it with a good copy or delete it"
+        ) from None
 
 
 def held_out(name: str, n: int, fraction: float) -> np.ndarray:
@@ -112,8 +121,10 @@ def caltech101(cfg: DataConfig) -> ALData:
     if cfg.channels != 3:
         raise ConfigError(f"config field 'data.channels' must be 3 for caltech101 (RGB), got {cfg.channels}")
     if cfg.test_fraction <= 0:
-        raise ConfigError("config field 'data.test_fraction' must be > 0 for caltech101 (it has no official test "
-                          f"split; the default 0.2 holds out a fifth of each class), got {cfg.test_fraction}")
+        raise ConfigError(
+            "config field 'data.test_fraction' must be > 0 for caltech101 (it has no official test "
+            f"split; the default 0.2 holds out a fifth of each class), got {cfg.test_fraction}"
+        )
     names, files = _list(_find(cfg))
     rows: dict[bool, list[tuple[Path, int]]] = {False: [], True: []}  # is_test -> (path, class), sorted order
     for c, (name, paths) in enumerate(zip(names, files)):

@@ -7,6 +7,7 @@ Each batch is a pickled dict with ``data`` uint8 ``[N, 3072]`` (1024 red, 1024 g
 row-major) and a label list. We read the pickles ourselves rather than through torchvision, whose md5 check
 would reject the tiny files the tests write; torchvision is used only to download when files are missing.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -35,8 +36,10 @@ def _unpickle(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="latin1")  # the originals were pickled by Python 2
     except Exception as e:  # UnpicklingError, EOFError, ValueError...: a truncated or foreign file
-        raise DataError(f"cannot read CIFAR file '{path}' ({type(e).__name__}); replace it with a good copy "
-                        "or delete it to download again") from None
+        raise DataError(
+            f"cannot read CIFAR file '{path}' ({type(e).__name__}); replace it with a good copy "
+            "or delete it to download again"
+        ) from None
     if not isinstance(d, dict):
         raise DataError(f"CIFAR file '{path}' does not hold a dict; replace it with a good copy")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
@@ -51,8 +54,10 @@ def _read_batches(paths: list[Path], label_key: str, num_classes: int) -> Split:
             raise DataError(f"CIFAR file '{path}' lacks the 'data' or '{label_key}' entry; replace it with a good copy")
         x, y = np.asarray(d["data"], dtype=np.uint8), np.asarray(d[label_key], dtype=np.int64)
         if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or x.shape[0] != y.shape[0]:
-            raise DataError(f"CIFAR file '{path}' has data of shape {x.shape} for {y.shape[0]} labels, expected "
-                            f"[N, 3072]; replace it with a good copy")
+            raise DataError(
+                f"CIFAR file '{path}' has data of shape {x.shape} for {y.shape[0]} labels, expected "
+                f"[N, 3072]; replace it with a good copy"
+            )
         if y.size and (y.min() < 0 or y.max() >= num_classes):
             raise DataError(f"CIFAR file '{path}' has labels outside 0..{num_classes - 1}; replace it")
         xs.append(x.reshape(-1, 3, 32, 32))  # the 3072 values are already channel-major: C, H, W
@@ -74,18 +79,23 @@ def _find(cfg: DataConfig, folder: str, required: list[str], title: str, tv_clas
     where = f"'{root / folder}'"
     if not cfg.download:
         if cfg.data_dir is not None and not root.is_dir():
-            raise DataError(f"data directory '{root}' does not exist; pass --data-dir with the {folder} folder "
-                            f"or omit it")
-        raise DataError(f"{title} files not found in {where} (need {', '.join(required)}); extract the python "
-                        f"version there, pass --data-dir, or set data.download=true")
+            raise DataError(
+                f"data directory '{root}' does not exist; pass --data-dir with the {folder} folder or omit it"
+            )
+        raise DataError(
+            f"{title} files not found in {where} (need {', '.join(required)}); extract the python "
+            f"version there, pass --data-dir, or set data.download=true"
+        )
     try:
         import torchvision.datasets as tvd
 
         getattr(tvd, tv_class)(root=str(root), train=True, download=True)
     except Exception as e:  # network, disk, checksum: all end the same way for the user
         msg = (str(e).strip().splitlines() or [""])[0]
-        raise DataError(f"could not download {title} into '{root}' ({type(e).__name__}: {msg}); extract the "
-                        f"python version from https://www.cs.toronto.edu/~kriz/cifar.html into {where}") from None
+        raise DataError(
+            f"could not download {title} into '{root}' ({type(e).__name__}: {msg}); extract the "
+            f"python version from https://www.cs.toronto.edu/~kriz/cifar.html into {where}"
+        ) from None
     if not all((root / folder / name).is_file() for name in required):
         raise DataError(f"the {title} download left no complete {where}; delete it and retry")
     return root / folder

@@ -12,6 +12,7 @@ nearest neighbour (labels are never interpolated) to ``data.image_size`` x ``2 *
 so that indices are stable. Cityscapes needs a login to download, so there is no automatic download and
 ``data.download`` is ignored. Normalization: ImageNet's mean/std (the backbones' pretraining statistics).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,15 +29,32 @@ from tavaal.registry import DATASETS
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_SUFFIX, MASK_SUFFIX = "_leftImg8bit.png", "_gtFine_labelIds.png"
 MAX_BYTES = 32 * 2**30  # images + masks of one split held in memory (4 bytes a pixel)
-HINT = ("download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from cityscapes-dataset.com (it needs "
-        "a login, so it cannot be downloaded automatically) and extract both into one folder")
+HINT = (
+    "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from cityscapes-dataset.com (it needs "
+    "a login, so it cannot be downloaded automatically) and extract both into one folder"
+)
 
 # cityscapesScripts labels.py: (labelId, trainId, name) of the 19 classes used for training and evaluation
 TRAIN_CLASSES = (
-    (7, 0, "road"), (8, 1, "sidewalk"), (11, 2, "building"), (12, 3, "wall"), (13, 4, "fence"),
-    (17, 5, "pole"), (19, 6, "traffic light"), (20, 7, "traffic sign"), (21, 8, "vegetation"),
-    (22, 9, "terrain"), (23, 10, "sky"), (24, 11, "person"), (25, 12, "rider"), (26, 13, "car"),
-    (27, 14, "truck"), (28, 15, "bus"), (31, 16, "train"), (32, 17, "motorcycle"), (33, 18, "bicycle"),
+    (7, 0, "road"),
+    (8, 1, "sidewalk"),
+    (11, 2, "building"),
+    (12, 3, "wall"),
+    (13, 4, "fence"),
+    (17, 5, "pole"),
+    (19, 6, "traffic light"),
+    (20, 7, "traffic sign"),
+    (21, 8, "vegetation"),
+    (22, 9, "terrain"),
+    (23, 10, "sky"),
+    (24, 11, "person"),
+    (25, 12, "rider"),
+    (26, 13, "car"),
+    (27, 14, "truck"),
+    (28, 15, "bus"),
+    (31, 16, "train"),
+    (32, 17, "motorcycle"),
+    (33, 18, "bicycle"),
 )
 CLASS_NAMES = tuple(name for _, _, name in TRAIN_CLASSES)
 LABEL_TO_TRAIN = np.full(256, IGNORE_INDEX, dtype=np.uint8)  # any uint8 labelId -> trainId (255: ignore)
@@ -46,12 +64,16 @@ for _label, _train, _ in TRAIN_CLASSES:
 
 def _root(cfg: DataConfig) -> Path:
     if cfg.data_dir is None:
-        raise DataError(f"cityscapes needs data.data_dir (--data-dir) pointing at the folder holding leftImg8bit/ "
-                        f"and gtFine/; {HINT}")
+        raise DataError(
+            f"cityscapes needs data.data_dir (--data-dir) pointing at the folder holding leftImg8bit/ "
+            f"and gtFine/; {HINT}"
+        )
     root = Path(cfg.data_dir).expanduser()
     if not root.is_dir():
-        raise DataError(f"data directory '{root}' does not exist; point data.data_dir at the folder holding "
-                        f"leftImg8bit/ and gtFine/; {HINT}")
+        raise DataError(
+            f"data directory '{root}' does not exist; point data.data_dir at the folder holding "
+            f"leftImg8bit/ and gtFine/; {HINT}"
+        )
     return root
 
 
@@ -60,19 +82,26 @@ def _pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     image_dir, mask_dir = root / "leftImg8bit" / split, root / "gtFine" / split
     for d in (image_dir, mask_dir):
         if not d.is_dir():
-            raise DataError(f"cityscapes folder '{d}' not found; data.data_dir must hold leftImg8bit/{split}/ and "
-                            f"gtFine/{split}/; {HINT}")
-    images = {p.relative_to(image_dir).as_posix()[: -len(IMAGE_SUFFIX)]: p
-              for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}")}
+            raise DataError(
+                f"cityscapes folder '{d}' not found; data.data_dir must hold leftImg8bit/{split}/ and "
+                f"gtFine/{split}/; {HINT}"
+            )
+    images = {
+        p.relative_to(image_dir).as_posix()[: -len(IMAGE_SUFFIX)]: p for p in image_dir.glob(f"*/*{IMAGE_SUFFIX}")
+    }
     masks = {p.relative_to(mask_dir).as_posix()[: -len(MASK_SUFFIX)]: p for p in mask_dir.glob(f"*/*{MASK_SUFFIX}")}
     no_mask, no_image = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
     if no_mask:
-        raise DataError(f"cityscapes image '{images[no_mask[0]]}' has no mask "
-                        f"'{mask_dir / (no_mask[0] + MASK_SUFFIX)}'; extract gtFine_trainvaltest.zip into '{root}' too")
+        raise DataError(
+            f"cityscapes image '{images[no_mask[0]]}' has no mask "
+            f"'{mask_dir / (no_mask[0] + MASK_SUFFIX)}'; extract gtFine_trainvaltest.zip into '{root}' too"
+        )
     if no_image:
-        raise DataError(f"cityscapes mask '{masks[no_image[0]]}' has no image "
-                        f"'{image_dir / (no_image[0] + IMAGE_SUFFIX)}'; extract leftImg8bit_trainvaltest.zip into "
-                        f"'{root}' too")
+        raise DataError(
+            f"cityscapes mask '{masks[no_image[0]]}' has no image "
+            f"'{image_dir / (no_image[0] + IMAGE_SUFFIX)}'; extract leftImg8bit_trainvaltest.zip into "
+            f"'{root}' too"
+        )
     if not images:
         raise DataError(f"cityscapes folder '{image_dir}' holds no <city>/*{IMAGE_SUFFIX} files; {HINT}")
     return [(images[s], masks[s]) for s in sorted(images)]
@@ -86,14 +115,18 @@ def _decode(path: Path, size: tuple[int, int], mask: bool) -> tuple[tuple[int, i
             if not mask:
                 return im.size, np.asarray(im.convert("RGB").resize(size, Image.BILINEAR)).transpose(2, 0, 1)
             if im.mode not in ("L", "P", "I", "I;16"):
-                raise DataError(f"cityscapes mask '{path}' has PIL mode {im.mode}, expected a one-channel "
-                                f"*{MASK_SUFFIX} (labelIds, not the colour or instanceIds image)")
+                raise DataError(
+                    f"cityscapes mask '{path}' has PIL mode {im.mode}, expected a one-channel "
+                    f"*{MASK_SUFFIX} (labelIds, not the colour or instanceIds image)"
+                )
             return im.size, _train_ids(im.resize(size, Image.NEAREST))
     except DataError:
         raise
     except Exception as e:  # UnidentifiedImageError, OSError (truncated), SyntaxError, ...: a bad file
-        raise DataError(f"cannot read cityscapes PNG '{path}' ({type(e).__name__}); replace it with a good copy "
-                        "from the original zip") from None
+        raise DataError(
+            f"cannot read cityscapes PNG '{path}' ({type(e).__name__}); replace it with a good copy "
+            "from the original zip"
+        ) from None
 
 
 def _train_ids(mask: Image.Image) -> np.ndarray:
@@ -112,8 +145,10 @@ def _read_split(pairs: list[tuple[Path, Path]], height: int, width: int) -> Spli
         image_size, x[i] = _decode(image_path, (width, height), mask=False)
         mask_size, y[i] = _decode(mask_path, (width, height), mask=True)
         if image_size != mask_size:
-            raise DataError(f"cityscapes mask '{mask_path}' is {mask_size[0]}x{mask_size[1]} but its image is "
-                            f"{image_size[0]}x{image_size[1]}; replace the pair with good copies")
+            raise DataError(
+                f"cityscapes mask '{mask_path}' is {mask_size[0]}x{mask_size[1]} but its image is "
+                f"{image_size[0]}x{image_size[1]}; replace the pair with good copies"
+            )
     return Split(torch.from_numpy(x), torch.from_numpy(y))
 
 
@@ -127,8 +162,10 @@ def cityscapes(cfg: DataConfig) -> ALData:
     train_pairs, val_pairs = _pairs(root, "train"), _pairs(root, "val")
     need = max(len(train_pairs), len(val_pairs)) * 4 * height * width
     if need > MAX_BYTES:
-        raise ConfigError(f"config field 'data.image_size' is {height}: a cityscapes split of {height}x{width} "
-                          f"images needs {need / 2**30:.0f} GiB in memory (at most {MAX_BYTES // 2**30}); lower it")
+        raise ConfigError(
+            f"config field 'data.image_size' is {height}: a cityscapes split of {height}x{width} "
+            f"images needs {need / 2**30:.0f} GiB in memory (at most {MAX_BYTES // 2**30}); lower it"
+        )
     return ALData(
         name="cityscapes",
         train=_read_split(train_pairs, height, width),

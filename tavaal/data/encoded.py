@@ -5,11 +5,12 @@ decodes the requested rows only, ``x.subset(idx)`` is a lazy view. Its column of
 picklable ``load`` function the first time a process needs it and is never pickled, so putting the data set in
 Ray's object store ships a file path, and each worker reads the column itself.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -58,8 +59,17 @@ class EncodedImages:
     """A lazily decoded image column: ``kind`` "bytes" (encoded images) or "path" (files, resolved against
     ``base_dir``); ``rows`` maps positions of this view to rows of the column (None: identity)."""
 
-    def __init__(self, load: Callable[[], pa.Array], length: int, kind: str, size: int, channels: int,
-                 base_dir: str | None = None, where: str = "", rows: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        load: Callable[[], pa.Array],
+        length: int,
+        kind: str,
+        size: int,
+        channels: int,
+        base_dir: str | None = None,
+        where: str = "",
+        rows: np.ndarray | None = None,
+    ) -> None:
         self.load, self.length, self.kind = load, length, kind
         self.size, self.channels, self.base_dir, self.where = size, channels, base_dir, where
         self.rows = rows
@@ -87,8 +97,10 @@ class EncodedImages:
         """Rows of the underlying column for positions ``idx`` (an integer array or a slice)."""
         pos = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64)
         if pos.size and (pos.min() < 0 or pos.max() >= len(self)):
-            raise IndexError(f"index {int(pos.max() if pos.max() >= len(self) else pos.min())} is out of bounds "
-                             f"for EncodedImages of size {len(self)}")
+            raise IndexError(
+                f"index {int(pos.max() if pos.max() >= len(self) else pos.min())} is out of bounds "
+                f"for EncodedImages of size {len(self)}"
+            )
         return pos if self.rows is None else self.rows[pos]
 
     def paths(self, idx) -> list[str] | None:
@@ -115,13 +127,23 @@ class EncodedImages:
                 b = value if self.kind == "bytes" else read_bytes(resolve_path(value, self.base_dir))
                 x[i] = decode_image(b, self.size, self.channels)
             except (UnidentifiedImageError, OSError, ValueError, TypeError) as e:
-                raise DataError(f"row {int(row)} of {self.where} is not a readable image "
-                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); fix or drop "
-                                "that row") from None
+                raise DataError(
+                    f"row {int(row)} of {self.where} is not a readable image "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); fix or drop "
+                    "that row"
+                ) from None
         return torch.from_numpy(x[0] if rows.ndim == 0 else x)
 
-    def subset(self, idx) -> "EncodedImages":
-        view = EncodedImages(self.load, self.length, self.kind, self.size, self.channels, self.base_dir, self.where,
-                             self.source_rows(idx).reshape(-1))
+    def subset(self, idx) -> EncodedImages:
+        view = EncodedImages(
+            self.load,
+            self.length,
+            self.kind,
+            self.size,
+            self.channels,
+            self.base_dir,
+            self.where,
+            self.source_rows(idx).reshape(-1),
+        )
         view._column = self._column
         return view

@@ -4,6 +4,7 @@ Search order: ``cfg.data_dir`` (and its ``FashionMNIST/raw/`` subfolder, torchvi
 Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist/``), then files a
 previous download left in ``~/.cache/tavaal/data``, then torchvision's download when ``cfg.download``.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -26,8 +27,7 @@ FILES = {
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 MEAN, STD = (0.2860,), (0.3530,)  # Fashion-MNIST training-set pixel statistics
 
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT")
@@ -58,8 +58,10 @@ def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=dims, offset=4))
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
-        raise DataError(f"IDX file '{path}' has {len(raw)} bytes, its header says {expected}; "
-                        "it is truncated or garbled, replace it with a good copy")
+        raise DataError(
+            f"IDX file '{path}' has {len(raw)} bytes, its header says {expected}; "
+            "it is truncated or garbled, replace it with a good copy"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -86,8 +88,10 @@ def _candidate_dirs(cfg: DataConfig) -> list[Path]:
     if cfg.data_dir is not None:
         root = Path(cfg.data_dir).expanduser()
         if not root.is_dir():
-            raise DataError(f"data directory '{root}' does not exist; pass --data-dir with the Fashion-MNIST "
-                            f"IDX files ({FILES['train_x']}.gz, ...) or omit it")
+            raise DataError(
+                f"data directory '{root}' does not exist; pass --data-dir with the Fashion-MNIST "
+                f"IDX files ({FILES['train_x']}.gz, ...) or omit it"
+            )
         dirs += [root, root / "FashionMNIST" / "raw"]
     return dirs + [DEBIAN_DIR, CACHE_DIR / "FashionMNIST" / "raw"]
 
@@ -95,8 +99,10 @@ def _candidate_dirs(cfg: DataConfig) -> list[Path]:
 def _download(cfg: DataConfig) -> dict[str, Path]:
     """torchvision's download into the data dir (or the cache); any failure becomes one DataError line."""
     root = Path(cfg.data_dir).expanduser() if cfg.data_dir is not None else CACHE_DIR
-    hint = (f"put {FILES['train_x']}.gz and the other three IDX files in '{root}' or install "
-            f"Debian's dataset-fashion-mnist package ({DEBIAN_DIR})")
+    hint = (
+        f"put {FILES['train_x']}.gz and the other three IDX files in '{root}' or install "
+        f"Debian's dataset-fashion-mnist package ({DEBIAN_DIR})"
+    )
     if not cfg.download:
         raise DataError(f"Fashion-MNIST files not found and data.download is false; {hint}")
     try:
@@ -115,8 +121,10 @@ def _split(x_path: Path, y_path: Path) -> Split:
     """x: uint8 ``[N, 1, 28, 28]``, y: int64 ``[N]``."""
     x, y = read_idx(x_path, ndim=3), read_idx(y_path, ndim=1)
     if x.shape[0] != y.shape[0]:
-        raise DataError(f"'{x_path}' has {x.shape[0]} images but '{y_path}' has {y.shape[0]} labels; "
-                        "replace them with a matching pair")
+        raise DataError(
+            f"'{x_path}' has {x.shape[0]} images but '{y_path}' has {y.shape[0]} labels; "
+            "replace them with a matching pair"
+        )
     if y.size and (y.min() < 0 or y.max() >= len(CLASS_NAMES)):
         raise DataError(f"'{y_path}' has labels outside 0..9; replace it with a good copy")
     return Split(torch.from_numpy(x.astype(np.uint8)).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))

@@ -5,6 +5,7 @@ are ignored. A row's id is its path relative to ROOT (``cat/001.png``), stable a
 test set is ``data.test_path`` (a tree of class folders) or a held-out share of the labeled images, as for
 Parquet pools (``parquet.own_data``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,10 @@ def read_folder_rows(root: str, cfg: DataConfig) -> tuple[OwnRows, list[str]]:
     folders found."""
     top = Path(root)
     if not top.is_dir():
-        raise DataError(f"image folder '{root}' not found; set data.path to a folder of class subfolders "
-                        f"(and an '{UNLABELED}/' subfolder for the pool)")
+        raise DataError(
+            f"image folder '{root}' not found; set data.path to a folder of class subfolders "
+            f"(and an '{UNLABELED}/' subfolder for the pool)"
+        )
     folders = sorted(d.name for d in top.iterdir() if d.is_dir() and d.name != UNLABELED)
     ids, labels, paths = [], [], []
     for name in folders + ([UNLABELED] if (top / UNLABELED).is_dir() else []):
@@ -48,8 +51,7 @@ def read_folder_rows(root: str, cfg: DataConfig) -> tuple[OwnRows, list[str]]:
             labels.append(None if name == UNLABELED else name)
             paths.append(str(p.resolve()))
     if not ids:
-        raise DataError(f"image folder '{root}' holds no images ({', '.join(sorted(EXTENSIONS))}) in its "
-                        "subfolders")
+        raise DataError(f"image folder '{root}' holds no images ({', '.join(sorted(EXTENSIONS))}) in its subfolders")
     load = functools.partial(_constant, pa.array(paths, type=pa.string()))
     images = EncodedImages(load, len(ids), "path", cfg.image_size, cfg.channels, None, f"'{root}'")
     return OwnRows(np.asarray(ids, dtype=object), labels, images, f"'{root}'"), folders

@@ -5,6 +5,7 @@ Paper (imbalanced CIFAR-10): 5,000 images per class, ratio 100, even classes -> 
 images of each minority class; we draw them at random with the seed, so that the kept subset is not tied to
 the file order and different seeds see different minority samples.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,13 +25,16 @@ def parse_minority(minority: str, num_classes: int) -> list[int]:
         return list(range(1, num_classes, 2))
     parts = [p.strip() for p in minority.split(",")]
     if not parts or not all(p.isdigit() for p in parts):
-        raise ConfigError(f"config field 'data.minority_classes' must be 'even', 'odd' or a comma list of class "
-                          f"ids, got {minority!r}")
+        raise ConfigError(
+            f"config field 'data.minority_classes' must be 'even', 'odd' or a comma list of class ids, got {minority!r}"
+        )
     ids = sorted({int(p) for p in parts})
     bad = [c for c in ids if c >= num_classes]
     if bad:
-        raise ConfigError(f"config field 'data.minority_classes' names class {bad[0]}, but the data set has "
-                          f"{num_classes} classes (0..{num_classes - 1}); use ids in that range")
+        raise ConfigError(
+            f"config field 'data.minority_classes' names class {bad[0]}, but the data set has "
+            f"{num_classes} classes (0..{num_classes - 1}); use ids in that range"
+        )
     return ids
 
 
@@ -39,8 +43,9 @@ def minority_size(n_max: int, ratio: float) -> int:
     return max(1, int(round(n_max / ratio)))
 
 
-def imbalanced_indices(labels: np.ndarray, num_classes: int, ratio: float, minority: list[int],
-                       rng: np.random.Generator) -> np.ndarray:
+def imbalanced_indices(
+    labels: np.ndarray, num_classes: int, ratio: float, minority: list[int], rng: np.random.Generator
+) -> np.ndarray:
     """Sorted indices into ``labels`` ``[N]`` to keep: all of the majority classes, a random few of the rest."""
     counts = np.bincount(labels, minlength=num_classes)
     keep_n = minority_size(int(counts.max()), ratio)

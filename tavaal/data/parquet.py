@@ -10,6 +10,7 @@ the image column is read and decoded lazily (``encoded.EncodedImages``).
 class list, labels as class indices (-1 = unknown), and the test split (``data.test_path``, or a held-out
 ``data.test_fraction`` of the labeled rows chosen by a hash of the id, so a row's side never changes).
 """
+
 from __future__ import annotations
 
 import functools
@@ -46,8 +47,10 @@ def open_parquet(path: str):
     try:
         return pads.dataset(path, format="parquet")
     except (OSError, ValueError, pa.ArrowException) as e:
-        raise DataError(f"cannot read Parquet data at '{path}' ({str(e).splitlines()[0]}); set data.path to a "
-                        ".parquet file, a directory of them or an s3:// URI") from None
+        raise DataError(
+            f"cannot read Parquet data at '{path}' ({str(e).splitlines()[0]}); set data.path to a "
+            ".parquet file, a directory of them or an s3:// URI"
+        ) from None
 
 
 def load_column(path: str, column: str) -> pa.ChunkedArray:
@@ -63,8 +66,10 @@ def base_dir(path: str) -> str:
 def label_strings(col: pa.ChunkedArray) -> list[str | None]:
     """Labels as class-name strings (integers, also float-typed ones from pandas, as their decimal form)."""
     values = col.to_pylist()
-    return [None if v is None or v != v else str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
-            for v in values]
+    return [
+        None if v is None or v != v else str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+        for v in values
+    ]
 
 
 def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
@@ -73,22 +78,32 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
     names = ds.schema.names
     for key, col in (("data.id_column", cfg.id_column), ("data.image_column", cfg.image_column)):
         if col not in names:
-            raise DataError(f"Parquet data at '{path}' has no column '{col}' ({key}); its columns are "
-                            f"{', '.join(names)}")
+            raise DataError(
+                f"Parquet data at '{path}' has no column '{col}' ({key}); its columns are {', '.join(names)}"
+            )
     image_type = ds.schema.field(cfg.image_column).type
     if pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type):
         kind = "bytes"
     elif pa.types.is_string(image_type) or pa.types.is_large_string(image_type):
         kind = "path"
     else:
-        raise DataError(f"column '{cfg.image_column}' of '{path}' is {image_type}; expected encoded image bytes "
-                        "(binary) or image paths (string)")
+        raise DataError(
+            f"column '{cfg.image_column}' of '{path}' is {image_type}; expected encoded image bytes "
+            "(binary) or image paths (string)"
+        )
     has_label = cfg.label_column in names
     table = ds.to_table(columns=[cfg.id_column] + ([cfg.label_column] if has_label else []))
     ids = np.asarray(table.column(cfg.id_column).to_pylist(), dtype=object)
     labels = label_strings(table.column(cfg.label_column)) if has_label else [None] * len(ids)
-    images = EncodedImages(functools.partial(load_column, path, cfg.image_column), len(ids), kind, cfg.image_size,
-                           cfg.channels, base_dir(path), f"'{path}'")
+    images = EncodedImages(
+        functools.partial(load_column, path, cfg.image_column),
+        len(ids),
+        kind,
+        cfg.image_size,
+        cfg.channels,
+        base_dir(path),
+        f"'{path}'",
+    )
     return OwnRows(_checked_ids(ids, path), labels, images, f"'{path}'")
 
 
@@ -123,8 +138,10 @@ def class_indices(rows: OwnRows, classes: tuple[str, ...]) -> np.ndarray:
         if label is None:
             continue
         if label not in index:
-            raise DataError(f"row {row} of {rows.where} has label '{label}', which is not in data.classes "
-                            f"({', '.join(classes)}); add it there or fix the row")
+            raise DataError(
+                f"row {row} of {rows.where} has label '{label}', which is not in data.classes "
+                f"({', '.join(classes)}); add it there or fix the row"
+            )
         y[row] = index[label]
     return y
 
@@ -144,8 +161,10 @@ def own_data(name: str, cfg: DataConfig, pool: OwnRows, test: OwnRows | None) ->
     """The ``ALData`` of a user's pool (and test set); labels -1 where unknown."""
     classes = class_list(cfg, pool.labels, test.labels if test is not None else [])
     if not classes and not cfg.new_classes:
-        raise ConfigError(f"no class is known: no row of {pool.where} has a label; name the classes with "
-                          "data.classes (e.g. --set 'data.classes=[cat, dog]') or set data.new_classes=true")
+        raise ConfigError(
+            f"no class is known: no row of {pool.where} has a label; name the classes with "
+            "data.classes (e.g. --set 'data.classes=[cat, dog]') or set data.new_classes=true"
+        )
     y = class_indices(pool, classes)
     if test is not None:
         y_test = class_indices(test, classes)
@@ -157,8 +176,17 @@ def own_data(name: str, cfg: DataConfig, pool: OwnRows, test: OwnRows | None) ->
         out = (y >= 0) & held_out(pool.ids, cfg.test_fraction)
         train, test_split = _split(pool, y, ~out), _split(pool, y, out)
     c = cfg.channels
-    return ALData(name=name, train=train, test=test_split, num_classes=len(classes), mean=(MEAN,) * c,
-                  std=(STD,) * c, crop_pad=max(1, cfg.image_size // 8), flip=False, class_names=classes)
+    return ALData(
+        name=name,
+        train=train,
+        test=test_split,
+        num_classes=len(classes),
+        mean=(MEAN,) * c,
+        std=(STD,) * c,
+        crop_pad=max(1, cfg.image_size // 8),
+        flip=False,
+        class_names=classes,
+    )
 
 
 @DATASETS.register("parquet")

@@ -16,6 +16,7 @@ images of 32x32 on one core) in chunks of ``_CHUNK`` images, chunk k drawn from 
 image i depends only on (split, i), so a smaller ``num_train`` gives a prefix of the larger pool, and every run
 sees the same images (the run seed picks labels and augmentation).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -99,13 +100,16 @@ def shapes_seg(cfg: DataConfig) -> ALData:
     """``cfg.num_train or 2000`` pool / ``cfg.num_test or 500`` test images of side ``cfg.image_size``."""
     side = cfg.image_size
     if not MIN_SIZE <= side <= MAX_SIZE:
-        raise ConfigError(f"config field 'data.image_size' must be in [{MIN_SIZE}, {MAX_SIZE}] for shapes_seg, "
-                          f"got {side}")
+        raise ConfigError(
+            f"config field 'data.image_size' must be in [{MIN_SIZE}, {MAX_SIZE}] for shapes_seg, got {side}"
+        )
     limit = MAX_PIXELS // (side * side)
     for key, n in (("data.num_train", cfg.num_train), ("data.num_test", cfg.num_test)):
         if n is not None and n > limit:
-            raise ConfigError(f"config field '{key}' is {n}, but shapes_seg holds at most {limit:,} images of "
-                              f"{side}x{side} in memory; lower it or data.image_size")
+            raise ConfigError(
+                f"config field '{key}' is {n}, but shapes_seg holds at most {limit:,} images of "
+                f"{side}x{side} in memory; lower it or data.image_size"
+            )
     return ALData(
         name="shapes_seg",
         train=shapes_split(cfg.num_train or 2000, side, 0),

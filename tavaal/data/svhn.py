@@ -3,6 +3,7 @@
 Each .mat holds ``X`` uint8 ``[32, 32, 3, N]`` (height, width, channel, sample) and ``y`` ``[N, 1]`` with
 the digit 0 stored as label 10. The ``extra`` split is not used (the paper uses train/test).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,14 +29,18 @@ def read_svhn_mat(path: Path) -> Split:
     try:
         mat = loadmat(str(path))
     except Exception as e:  # scipy raises ValueError/TypeError/OSError on truncated or foreign files
-        raise DataError(f"cannot read SVHN file '{path}' ({type(e).__name__}); replace it with a good copy "
-                        "or delete it to download again") from None
+        raise DataError(
+            f"cannot read SVHN file '{path}' ({type(e).__name__}); replace it with a good copy "
+            "or delete it to download again"
+        ) from None
     if "X" not in mat or "y" not in mat:
         raise DataError(f"SVHN file '{path}' lacks the 'X' or 'y' entry; replace it with a good copy")
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).astype(np.int64).reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
-        raise DataError(f"SVHN file '{path}' has X of shape {x.shape} for {y.shape[0]} labels, expected "
-                        "[32, 32, 3, N]; replace it with a good copy")
+        raise DataError(
+            f"SVHN file '{path}' has X of shape {x.shape} for {y.shape[0]} labels, expected "
+            "[32, 32, 3, N]; replace it with a good copy"
+        )
     y = np.where(y == 10, 0, y)
     if y.size and (y.min() < 0 or y.max() > 9):
         raise DataError(f"SVHN file '{path}' has labels outside 1..10; replace it with a good copy")
@@ -51,10 +56,14 @@ def _find(cfg: DataConfig) -> Path:
         return root
     if not cfg.download:
         if cfg.data_dir is not None and not root.is_dir():
-            raise DataError(f"data directory '{root}' does not exist; pass --data-dir with "
-                            f"{' and '.join(FILES.values())} or omit it")
-        raise DataError(f"SVHN file '{root / FILES[missing[0]]}' not found; put {' and '.join(FILES.values())} "
-                        "there, pass --data-dir, or set data.download=true")
+            raise DataError(
+                f"data directory '{root}' does not exist; pass --data-dir with "
+                f"{' and '.join(FILES.values())} or omit it"
+            )
+        raise DataError(
+            f"SVHN file '{root / FILES[missing[0]]}' not found; put {' and '.join(FILES.values())} "
+            "there, pass --data-dir, or set data.download=true"
+        )
     try:
         from torchvision.datasets import SVHN
 
@@ -62,8 +71,10 @@ def _find(cfg: DataConfig) -> Path:
             SVHN(root=str(root), split=split, download=True)
     except Exception as e:  # network, disk, checksum: all end the same way for the user
         msg = (str(e).strip().splitlines() or [""])[0]
-        raise DataError(f"could not download SVHN into '{root}' ({type(e).__name__}: {msg}); put "
-                        f"{' and '.join(FILES.values())} from http://ufldl.stanford.edu/housenumbers/ there") from None
+        raise DataError(
+            f"could not download SVHN into '{root}' ({type(e).__name__}: {msg}); put "
+            f"{' and '.join(FILES.values())} from http://ufldl.stanford.edu/housenumbers/ there"
+        ) from None
     return root
 
 

@@ -8,6 +8,7 @@ separates the classes after an epoch or two. Generation is vectorized numpy: a f
 images are a ``LazyImages`` source that renders each requested image from its index and a fixed seed (a
 counter-based hash, so any subset renders alone, in any process), for memory and scaling tests.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,9 +43,10 @@ def _render(y: np.ndarray, jitter: np.ndarray, noise: np.ndarray) -> np.ndarray:
     n = y.shape[0]
     centers = _CENTERS[y] + jitter
     grid = np.arange(SIZE, dtype=np.float64)
-    d2 = (grid.reshape(1, SIZE, 1) - centers[:, 0].reshape(n, 1, 1)) ** 2 \
-        + (grid.reshape(1, 1, SIZE) - centers[:, 1].reshape(n, 1, 1)) ** 2
-    blob = 200.0 * np.exp(-d2 / (2 * 2.0 ** 2))  # Gaussian blob, sigma 2 px
+    d2 = (grid.reshape(1, SIZE, 1) - centers[:, 0].reshape(n, 1, 1)) ** 2 + (
+        grid.reshape(1, 1, SIZE) - centers[:, 1].reshape(n, 1, 1)
+    ) ** 2
+    blob = 200.0 * np.exp(-d2 / (2 * 2.0**2))  # Gaussian blob, sigma 2 px
     return np.clip(blob + noise, 0, 255).astype(np.uint8)[:, None]
 
 
@@ -58,8 +60,10 @@ def synthetic(cfg: DataConfig) -> ALData:
     """``cfg.num_train or 512`` train / ``cfg.num_test or 256`` test images, deterministic."""
     for key, n in (("data.num_train", cfg.num_train), ("data.num_test", cfg.num_test)):
         if n is not None and n > MAX_IN_MEMORY:
-            raise ConfigError(f"config field '{key}' is {n}, but 'synthetic' holds at most {MAX_IN_MEMORY:,} images "
-                              "in memory; use data.name=synthetic_large for bigger pools")
+            raise ConfigError(
+                f"config field '{key}' is {n}, but 'synthetic' holds at most {MAX_IN_MEMORY:,} images "
+                "in memory; use data.name=synthetic_large for bigger pools"
+            )
     train_rng, test_rng = (np.random.default_rng([_SEED, k]) for k in (0, 1))
     return ALData(
         name="synthetic",
@@ -89,7 +93,7 @@ def _uniforms(seed: int, src: np.ndarray, k: int) -> np.ndarray:
     """float64 ``[n, k]`` in (0, 1): draw j of image ``src[i]`` depends on (seed, src[i], j) only."""
     key = _splitmix64(src.astype(np.uint64) + np.uint64(seed) * np.uint64(0x100000001B3))
     h = _splitmix64(key[:, None] * np.uint64(1024) + np.arange(k, dtype=np.uint64)[None, :])
-    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
 
 @functools.cache
@@ -99,9 +103,10 @@ def _blob_table() -> np.ndarray:
     jitter = np.tile(np.stack(np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij"), -1).reshape(9, 2), (NUM_CLASSES, 1))
     centers = _CENTERS[y] + jitter
     grid = np.arange(SIZE, dtype=np.float64)
-    d2 = (grid.reshape(1, SIZE, 1) - centers[:, 0].reshape(-1, 1, 1)) ** 2 \
-        + (grid.reshape(1, 1, SIZE) - centers[:, 1].reshape(-1, 1, 1)) ** 2
-    return (200.0 * np.exp(-d2 / (2 * 2.0 ** 2))).astype(np.float32).reshape(NUM_CLASSES, 3, 3, SIZE, SIZE)
+    d2 = (grid.reshape(1, SIZE, 1) - centers[:, 0].reshape(-1, 1, 1)) ** 2 + (
+        grid.reshape(1, 1, SIZE) - centers[:, 1].reshape(-1, 1, 1)
+    ) ** 2
+    return (200.0 * np.exp(-d2 / (2 * 2.0**2))).astype(np.float32).reshape(NUM_CLASSES, 3, 3, SIZE, SIZE)
 
 
 _RENDER_CHUNK = 8192  # images rendered at a time by LazyImages
@@ -150,7 +155,7 @@ class LazyImages:
         src = (pos if self.rows is None else self.rows[pos]).reshape(-1)
         x = np.empty((src.size, 1, SIZE, SIZE), dtype=np.uint8)
         for start in range(0, src.size, _RENDER_CHUNK):  # bounded temporaries (~2 KB of floats per image)
-            x[start:start + _RENDER_CHUNK, 0] = self._render(src[start:start + _RENDER_CHUNK])
+            x[start : start + _RENDER_CHUNK, 0] = self._render(src[start : start + _RENDER_CHUNK])
         return torch.from_numpy(x[0] if pos.ndim == 0 else x)
 
     def _render(self, src: np.ndarray) -> np.ndarray:
@@ -163,7 +168,7 @@ class LazyImages:
         blob = _blob_table()[self.labels[src], shift[:, 0], shift[:, 1]]  # [n, 16, 16] float32
         return np.clip(blob + noise.reshape(-1, SIZE, SIZE), 0, 255).astype(np.uint8)
 
-    def subset(self, idx) -> "LazyImages":
+    def subset(self, idx) -> LazyImages:
         pos = self._positions(idx).reshape(-1)
         return LazyImages(self.labels, self.seed, pos if self.rows is None else self.rows[pos])
 

@@ -4,6 +4,7 @@ The pool has a 10:1 class ratio (class 0 the majority, class 1 the minority) and
 balanced, so a strategy that finds the minority class shows it in test accuracy. Points are float32
 vectors, so ``ALData.is_image`` is False: no normalization, no augmentation.
 """
+
 from __future__ import annotations
 
 import numpy as np

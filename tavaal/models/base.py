@@ -1,4 +1,5 @@
 """What every task model returns, and the factory the rest of the package builds task models with."""
+
 from __future__ import annotations
 
 from typing import NamedTuple

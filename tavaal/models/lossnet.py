@@ -1,7 +1,8 @@
 """The learning-loss module (Yoo & Kweon 2019), TA-VAAL's ranker: features -> predicted loss r_hat."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

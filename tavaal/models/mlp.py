@@ -1,4 +1,5 @@
 """An MLP task model for vector inputs ``(D,)`` (the 2-D toy data set)."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn

@@ -4,6 +4,7 @@
 1/2/2/2, adaptive global average pooling (so 28x28 Fashion-MNIST and 32x32 CIFAR both work). The stem
 takes the input's channel count (1 for Fashion-MNIST). PyTorch's default init, as in the public code.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -15,6 +15,7 @@ deepest encoder feature (core-set distances), and ``features`` = the four encode
   from random weights (nothing is downloaded); both papers started from ImageNet weights, so expect lower
   absolute mIoU at small budgets.
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ one seed): this layout reached the same test accuracy (~81%) as widths 32/64/128
 full-resolution first block, at 2-4x less time per epoch (those missed the < 1 s budget per
 2,000-image epoch).
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

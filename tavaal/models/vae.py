@@ -22,6 +22,7 @@ and zero biases for the Conv2d/Linear layers inside encoder, decoder and discrim
 bias 0. The public init loop skips ConvTranspose layers and the mu/log sigma^2 heads, which keep
 PyTorch's default init here too (a kaiming-normal mu head on 4096 ReLU inputs starts with a large KL).
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Query strategies, one file each, registered by name in ``tavaal.registry.STRATEGIES``."""
+
 from tavaal.registry import STRATEGIES
 from tavaal.strategies import coreset, entropy, lloss, random, tavaal, vaal  # noqa: F401 (registration)
 from tavaal.strategies.base import QueryContext, QueryResult, Strategy

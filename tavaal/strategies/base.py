@@ -4,10 +4,12 @@ Strategies never see the pool object: they get the labeled indices, the stage's 
 the stage's trained weights, run their scorer through the backend, and return the indices to label.
 Every strategy's score follows one convention: higher = query first.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -20,7 +22,7 @@ from tavaal.data.base import ALData
 class QueryContext:
     cfg: Config
     data: ALData
-    backend: "object"  # tavaal.backends.Backend (kept untyped here to avoid an import cycle)
+    backend: object  # tavaal.backends.Backend (kept untyped here to avoid an import cycle)
     spec: ModelSpec
     task: TaskResult  # the stage's trained task model (+ ranker) weights
     labeled: np.ndarray  # absolute indices of the labeled set

@@ -1,5 +1,6 @@
 """Core-set (Sener & Savarese 2018): k-center greedy on the task model's embedding, starting from the
 labeled set's embeddings; each pick is the candidate farthest from every chosen center."""
+
 from __future__ import annotations
 
 from tavaal.core.selection import k_center_greedy

@@ -1,6 +1,7 @@
 """Learning loss (Yoo & Kweon 2019): a ranker trained beside the task model predicts each sample's loss;
 query the highest predicted loss. ``lloss`` trains it with LL4AL's margin loss, ``lloss_rank`` with
 TA-VAAL's ranking loss (eq. 1; the paper's "learning loss v2")."""
+
 from __future__ import annotations
 
 from tavaal.core.selection import select_top_k
@@ -13,8 +14,7 @@ class _PredictedLoss(Strategy):
     direction = "highest predicted loss first"
 
     def query(self, ctx: QueryContext) -> QueryResult:
-        out = ctx.backend.score(task_scorer(ctx, "rhat"), ctx.candidates,
-                                ctx.cfg.al.score_batch_size)
+        out = ctx.backend.score(task_scorer(ctx, "rhat"), ctx.candidates, ctx.cfg.al.score_batch_size)
         scores = out["rhat"]
         return QueryResult(select_top_k(scores, ctx.candidates, ctx.budget), scores)
 

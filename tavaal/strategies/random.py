@@ -1,5 +1,6 @@
 """Random sampling: K candidates uniformly at random, without replacement (the official code draws
 with replacement, which can pick a sample twice: a bug we do not copy)."""
+
 from __future__ import annotations
 
 from tavaal.core.seeding import numpy_rng

@@ -1,4 +1,5 @@
 """Picklable scorers: weights plus how to rebuild the models; ``setup`` builds them once per process."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,9 @@ class TaskScorer:
     float32 either way).
     """
 
-    def __init__(self, spec: ModelSpec, task: TaskResult, kind: str, precision: str = "fp32",
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self, spec: ModelSpec, task: TaskResult, kind: str, precision: str = "fp32", channels_last: bool = False
+    ) -> None:
         if kind == "rhat" and task.ranker_state is None:
             raise ValueError("scoring r̂ needs a trained ranker")
         self.spec, self.task, self.kind = spec, task, kind
@@ -57,8 +59,15 @@ class TaskScorer:
         return {"logits": out.logits.float()}
 
     def __getstate__(self) -> dict:
-        return {"spec": self.spec, "task": self.task, "kind": self.kind, "precision": self.precision,
-                "channels_last": self.channels_last, "_model": None, "_ranker": None}
+        return {
+            "spec": self.spec,
+            "task": self.task,
+            "kind": self.kind,
+            "precision": self.precision,
+            "channels_last": self.channels_last,
+            "_model": None,
+            "_ranker": None,
+        }
 
 
 def task_scorer(ctx, kind: str) -> TaskScorer:
@@ -98,8 +107,10 @@ class DiscriminatorScorer:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
         x = to_device(fit_to_vae(x, self.job.vae.input_size), self._device, self.job.channels_last)
-        with batch_statistics(self._vae, self.job.vae.score_bn == "batch" and x.shape[0] > 1), \
-                autocast(self._device, self._precision):
+        with (
+            batch_statistics(self._vae, self.job.vae.score_bn == "batch" and x.shape[0] > 1),
+            autocast(self._device, self._precision),
+        ):
             mu, _ = self._vae.encode(x)
         r = None
         if self.job.conditional:

@@ -1,6 +1,7 @@
 """TA-VAAL (Kim et al. 2021): VAAL whose VAE and discriminator are conditioned on the ranker's predicted
 loss r̂ (the ranker trained with the ranking loss, eq. 1–2): σ(r̂) into the decoder, raw r̂ into the
 discriminator. Query the lowest P(labeled). Defaults from the official code: one VAE step, KL mean."""
+
 from __future__ import annotations
 
 import numpy as np

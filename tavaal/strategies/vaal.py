@@ -1,6 +1,7 @@
 """VAAL (Sinha et al. 2019): a VAE and a discriminator trained adversarially on labeled vs unlabeled
 data; query the candidates the discriminator finds least likely to be labeled. Defaults from VAAL's
 code: two VAE steps per iteration, KL summed."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,21 +17,32 @@ from tavaal.strategies.base import QueryContext, QueryResult, Strategy
 from tavaal.strategies.scorers import DiscriminatorScorer
 
 
-def adversarial_query(ctx: QueryContext, conditional: bool, vae_steps: int, kl: str,
-                      rhat: np.ndarray | None) -> QueryResult:
+def adversarial_query(
+    ctx: QueryContext, conditional: bool, vae_steps: int, kl: str, rhat: np.ndarray | None
+) -> QueryResult:
     """Train VAE + discriminator on labeled vs candidates, then label the lowest P(labeled); the result carries
     the stage's game health (``tavaal.core.health.game_health``)."""
     v = ctx.cfg.vae
     v = dataclasses.replace(v, vae_steps=v.vae_steps or vae_steps, kl_reduction=v.kl_reduction or kl)
     job = VAEJob(
-        input_shape=vae_input_shape(ctx.data.input_shape, v.input_size), vae=v, labeled=ctx.labeled,
-        unlabeled=ctx.candidates, iterations=vae_iterations(v, ctx.labeled.size, ctx.candidates.size), seed=ctx.seed,
-        conditional=conditional, precision=ctx.cfg.train.precision, rhat=rhat,
+        input_shape=vae_input_shape(ctx.data.input_shape, v.input_size),
+        vae=v,
+        labeled=ctx.labeled,
+        unlabeled=ctx.candidates,
+        iterations=vae_iterations(v, ctx.labeled.size, ctx.candidates.size),
+        seed=ctx.seed,
+        conditional=conditional,
+        precision=ctx.cfg.train.precision,
+        rhat=rhat,
         channels_last=ctx.cfg.train.channels_last,
     )
     ctx.log(f"  VAE/discriminator: {job.iterations} iterations")
-    result = ctx.backend.train_vae(job, on_progress=lambda r: ctx.log(
-        f"  vae it {r['iteration']}/{job.iterations} vae_loss {r['vae_loss']:.4f} disc_loss {r['disc_loss']:.4f}"))
+    result = ctx.backend.train_vae(
+        job,
+        on_progress=lambda r: ctx.log(
+            f"  vae it {r['iteration']}/{job.iterations} vae_loss {r['vae_loss']:.4f} disc_loss {r['disc_loss']:.4f}"
+        ),
+    )
     # batch-statistics scoring normalizes each batch as training did: batches of the training size, labeled
     # and candidates apart
     batch = v.batch_size if v.score_bn == "batch" else ctx.cfg.al.score_batch_size
@@ -40,16 +52,23 @@ def adversarial_query(ctx: QueryContext, conditional: bool, vae_steps: int, kl: 
     scores = -logit_c  # lowest P(labeled) first
     selected = select_top_k(scores, ctx.candidates, ctx.budget)
     # the schedule as run (strategy defaults resolved), for the record
-    info = {"vae_steps": v.vae_steps, "vae_iterations": job.iterations, "kl_reduction": v.kl_reduction,
-            "score_bn": v.score_bn}
+    info = {
+        "vae_steps": v.vae_steps,
+        "vae_iterations": job.iterations,
+        "kl_reduction": v.kl_reduction,
+        "score_bn": v.score_bn,
+    }
     if result.history:
         info |= {"vae_loss": result.history[-1]["vae_loss"], "disc_loss": result.history[-1]["disc_loss"]}
-    health = game_health(result.disc_loss_tail, logit_l, logit_c,
-                         label_counts(ctx.data.train_targets, selected, ctx.data.num_classes),
-                         *((rhat[ctx.labeled], rhat[ctx.candidates]) if conditional else ()))
+    health = game_health(
+        result.disc_loss_tail,
+        logit_l,
+        logit_c,
+        label_counts(ctx.data.train_targets, selected, ctx.data.num_classes),
+        *((rhat[ctx.labeled], rhat[ctx.candidates]) if conditional else ()),
+    )
     ctx.log(format_health(health))
-    return QueryResult(selected, scores, {"vae": result.vae_state, "discriminator": result.disc_state}, info,
-                       health)
+    return QueryResult(selected, scores, {"vae": result.vae_state, "discriminator": result.disc_state}, info, health)
 
 
 @STRATEGIES.register("vaal")

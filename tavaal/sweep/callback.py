@@ -4,6 +4,7 @@ Trials report their stage records; the callback forwards each to the trial's ``M
 ``log_stage`` is idempotent per stage, so a resumed trial (or a resumed sweep) never logs a step twice.
 The child run of a trial is found again by its ``tavaal.trial_id`` tag.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,7 +15,11 @@ from ray import tune
 class MLflowSweepCallback(tune.Callback):
     def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str, base: dict[str, Any]) -> None:
         self.tracking_uri, self.experiment, self.parent_run_id, self.base = (
-            tracking_uri, experiment, parent_run_id, base)
+            tracking_uri,
+            experiment,
+            parent_run_id,
+            base,
+        )
         self._trackers: dict[str, Any] = {}
 
     def __getstate__(self) -> dict:  # pickled into the Tuner state: no live clients
@@ -27,8 +32,13 @@ class MLflowSweepCallback(tune.Callback):
         from tavaal.tracking import MLflowTracker, find_child_run
 
         existing = find_child_run(self.tracking_uri, self.parent_run_id, trial.trial_id)
-        tracker = MLflowTracker(self.tracking_uri, self.experiment, run_name=f"trial-{trial.trial_id}",
-                                parent_run_id=self.parent_run_id, tags={"tavaal.trial_id": trial.trial_id})
+        tracker = MLflowTracker(
+            self.tracking_uri,
+            self.experiment,
+            run_name=f"trial-{trial.trial_id}",
+            parent_run_id=self.parent_run_id,
+            tags={"tavaal.trial_id": trial.trial_id},
+        )
         config = resolve_trial_config(self.base, trial.config).to_dict()
         tracker.start(config, run_id=existing)
         self._trackers[trial.trial_id] = tracker
@@ -38,11 +48,17 @@ class MLflowSweepCallback(tune.Callback):
         record = result.get("record")
         if record is not None:
             self._tracker(trial).log_stage(record)
-            quality = (f"acc {record['accuracy']:.4f}" if record.get("miou") is None  # segmentation: mIoU
-                       else f"miou {record['miou']:.4f}")
-            print(f"trial {trial.trial_id}  stage {record['stage'] + 1}/{self.base['al']['stages']}  labeled "
-                  f"{record['num_labeled']}  {quality}  auc {result.get('auc', 0):.4f}  "
-                  f"time {record['time_stage']:.1f}s", flush=True)
+            quality = (
+                f"acc {record['accuracy']:.4f}"
+                if record.get("miou") is None  # segmentation: mIoU
+                else f"miou {record['miou']:.4f}"
+            )
+            print(
+                f"trial {trial.trial_id}  stage {record['stage'] + 1}/{self.base['al']['stages']}  labeled "
+                f"{record['num_labeled']}  {quality}  auc {result.get('auc', 0):.4f}  "
+                f"time {record['time_stage']:.1f}s",
+                flush=True,
+            )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._end(trial, "FINISHED")

@@ -11,6 +11,7 @@ Each trial is one AL experiment: a Tune function trainable runs the loop and rep
 the AL checkpoint of that stage; a restarted trial resumes from ``tune.get_checkpoint()``. MLflow is
 written on the driver, by a Tune callback: a parent run per sweep, a child run per trial.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,39 +24,75 @@ from tavaal.sweep.presets import OBJECTIVES, PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tavaal.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="config + space + size used for whatever is not given (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        prog="python -m tavaal.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="config + space + size used for whatever is not given (default: %(default)s)",
+    )
     p.add_argument("--config", help="base YAML config (default: the preset's)")
     p.add_argument("--space", help="search space YAML, dotted config keys (default: the preset's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base config field (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base config field (repeatable)",
+    )
     p.add_argument("--num-samples", type=int, help="trials (default: the preset's)")
-    p.add_argument("--max-concurrent", type=int,
-                   help="trials at once (default: the trials that fit in the cluster's CPUs and GPUs now; all of "
-                        "them when none fits yet, as on an autoscaling cluster whose head runs no trials)")
-    p.add_argument("--cpus-per-trial", type=float,
-                   help="CPUs per trial (default: 1, or what the sweep was started with when resuming)")
-    p.add_argument("--gpus-per-trial", type=float,
-                   help="GPUs per trial (default: 0, or what the sweep was started with when resuming)")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="trials at once (default: the trials that fit in the cluster's CPUs and GPUs now; all of "
+        "them when none fits yet, as on an autoscaling cluster whose head runs no trials)",
+    )
+    p.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        help="CPUs per trial (default: 1, or what the sweep was started with when resuming)",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="GPUs per trial (default: 0, or what the sweep was started with when resuming)",
+    )
     p.add_argument("--search", choices=["hyperopt", "random"], default="hyperopt")
-    p.add_argument("--scheduler", choices=["none", "asha"], default="none",
-                   help="asha: stop weak trials early along the stage axis")
-    p.add_argument("--objective", choices=OBJECTIVES, default="auc",
-                   help="auc: area under accuracy (segmentation: mIoU) vs labels, normalized; final_accuracy: "
-                        "last stage")
+    p.add_argument(
+        "--scheduler",
+        choices=["none", "asha"],
+        default="none",
+        help="asha: stop weak trials early along the stage axis",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="auc",
+        help="auc: area under accuracy (segmentation: mIoU) vs labels, normalized; final_accuracy: last stage",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else %(default)s)")
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else %(default)s)",
+    )
     p.add_argument("--experiment", default="tavaal-sweep", help="MLflow experiment name (default: %(default)s)")
     p.add_argument("--name", help="sweep name (Tune experiment dir; default: sweep-<time>)")
-    p.add_argument("--storage-path", default=os.environ.get("TAVAAL_STORAGE_PATH", str(Path("runs/sweeps").resolve())),
-                   help="where Tune keeps trial checkpoints (local dir, s3://, gs://; default: $TAVAAL_STORAGE_PATH, "
-                        "else %(default)s)")
+    p.add_argument(
+        "--storage-path",
+        default=os.environ.get("TAVAAL_STORAGE_PATH", str(Path("runs/sweeps").resolve())),
+        help="where Tune keeps trial checkpoints (local dir, s3://, gs://; default: $TAVAAL_STORAGE_PATH, "
+        "else %(default)s)",
+    )
     p.add_argument("--resume", metavar="NAME_OR_PATH", help="continue an interrupted sweep")
-    p.add_argument("--max-failures", type=int,
-                   help="retries of a failed trial from its last stage (default: 1, or the sweep's when resuming)")
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        help="retries of a failed trial from its last stage (default: 1, or the sweep's when resuming)",
+    )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     return p
 

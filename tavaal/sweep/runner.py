@@ -1,4 +1,5 @@
 """The driver side of ``python -m tavaal.sweep``: check everything, then build (or restore) the Tuner."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, default_point, read_space, to_tune
 from tavaal.sweep.presets import PRESETS, STATE_FILE
 from tavaal.sweep.trial import al_trial
-
 
 REPO = Path(__file__).resolve().parents[2]  # the project root: tavaal/sweep/runner.py
 
@@ -28,8 +28,10 @@ def _base_and_space(args) -> tuple[dict, dict, str]:
     overrides |= dict(parse_override(o) for o in args.overrides)
     base = load_config(args.config or _preset_file(preset["config"]), overrides).to_dict()
     if base["al"]["oracle"] == "manual":
-        raise ConfigError("al.oracle=manual stops a run until people label its batch: sweeps need the simulated "
-                          "oracle; run single experiments with python -m tavaal.run --oracle manual")
+        raise ConfigError(
+            "al.oracle=manual stops a run until people label its batch: sweeps need the simulated "
+            "oracle; run single experiments with python -m tavaal.run --oracle manual"
+        )
     space_path = args.space or _preset_file(preset["space"])
     space = read_space(space_path)
     check_space(space, base, space_path)
@@ -53,8 +55,10 @@ def _fs(path: str):
         try:
             return pyarrow.fs.FileSystem.from_uri(path)
         except Exception as e:  # an unknown scheme, a bucket without credentials, ...
-            raise ConfigError(f"storage path {path} cannot be opened ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:160]}); check the URI and its credentials") from None
+            raise ConfigError(
+                f"storage path {path} cannot be opened ({type(e).__name__}: "
+                f"{' '.join(str(e).split())[:160]}); check the URI and its credentials"
+            ) from None
     return pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
 
 
@@ -86,8 +90,10 @@ def _sweep_dir(args) -> tuple[str, str, str]:
             given = str(Path(given).resolve())
         path = given if is_file(join(given, STATE_FILE)) else join(args.storage_path, given)
         if not is_file(join(path, STATE_FILE)):
-            raise ConfigError(f"no sweep '{args.resume}' to resume (looked for {join(path, STATE_FILE)}); pass the "
-                              "sweep name (with the --storage-path it was started with) or its directory")
+            raise ConfigError(
+                f"no sweep '{args.resume}' to resume (looked for {join(path, STATE_FILE)}); pass the "
+                "sweep name (with the --storage-path it was started with) or its directory"
+            )
         if "://" not in path:
             path = str(Path(path).resolve())  # Tune restores from an absolute path
         base, _, name = path.rstrip("/").rpartition("/")
@@ -124,7 +130,11 @@ def run_sweep(args) -> int:
     name, storage, path = _sweep_dir(args)
     if args.resume:
         state = json.loads(read_text(join(path, STATE_FILE)))
-        args.tracking_uri, args.experiment, args.objective = state["tracking_uri"], state["experiment"], state["objective"]
+        args.tracking_uri, args.experiment, args.objective = (
+            state["tracking_uri"],
+            state["experiment"],
+            state["objective"],
+        )
         base, space = state["base"], {k: tuple(v) for k, v in state["space"].items()}
         _resources(args, state.get("resources", {}))
         connect_ray(args.address, log_to_driver=True)  # a Ray that refuses us: before the parent run is touched
@@ -136,17 +146,34 @@ def run_sweep(args) -> int:
         base, space, space_path = _base_and_space(args)
         MLflowTracker(args.tracking_uri, args.experiment).check()  # one-line error before any trial
         connect_ray(args.address, log_to_driver=True)  # likewise, before the parent run exists
-        parent = start_parent_run(args.tracking_uri, args.experiment, name,
-                                  {"sweep.space": space_path, "sweep.objective": args.objective,
-                                   "sweep.search": args.search, "sweep.scheduler": args.scheduler})
-        state = {"parent_run_id": parent, "tracking_uri": args.tracking_uri, "experiment": args.experiment,
-                 "objective": args.objective, "base": base, "space": {k: list(v) for k, v in space.items()},
-                 "num_samples": args.num_samples or PRESETS[args.preset]["num_samples"],
-                 "resources": {key: getattr(args, key) for key in RESOURCES}}
+        parent = start_parent_run(
+            args.tracking_uri,
+            args.experiment,
+            name,
+            {
+                "sweep.space": space_path,
+                "sweep.objective": args.objective,
+                "sweep.search": args.search,
+                "sweep.scheduler": args.scheduler,
+            },
+        )
+        state = {
+            "parent_run_id": parent,
+            "tracking_uri": args.tracking_uri,
+            "experiment": args.experiment,
+            "objective": args.objective,
+            "base": base,
+            "space": {k: list(v) for k, v in space.items()},
+            "num_samples": args.num_samples or PRESETS[args.preset]["num_samples"],
+            "resources": {key: getattr(args, key) for key in RESOURCES},
+        }
         write_text(join(path, STATE_FILE), json.dumps(state, indent=2))
     tuner = _tuner(args, name, storage, path, state, base, space)
-    print(f"tavaal.sweep: {name}: {state['num_samples']} trials; checkpoints in {path}; MLflow "
-          f"{state['tracking_uri']} experiment '{state['experiment']}'", flush=True)
+    print(
+        f"tavaal.sweep: {name}: {state['num_samples']} trials; checkpoints in {path}; MLflow "
+        f"{state['tracking_uri']} experiment '{state['experiment']}'",
+        flush=True,
+    )
     results = tuner.fit()
     return _summarize(results, state)
 
@@ -158,8 +185,10 @@ def _tuner(args, name: str, storage: str, path: str, state: dict, base: dict, sp
     from tavaal.sweep.callback import MLflowSweepCallback
 
     cpus = max(1, int(args.cpus_per_trial))
-    trainable = tune.with_resources(tune.with_parameters(al_trial, base=base, threads=cpus),
-                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    trainable = tune.with_resources(
+        tune.with_parameters(al_trial, base=base, threads=cpus),
+        {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
+    )
     if args.resume:
         # the tuner.pkl of a sweep started when the callback was tavaal/sweep_tracking.py names it by that module
         sys.modules.setdefault("tavaal.sweep_tracking", sys.modules[MLflowSweepCallback.__module__])
@@ -176,8 +205,9 @@ def _tuner(args, name: str, storage: str, path: str, state: dict, base: dict, sp
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        search = ConcurrencyLimiter(HyperOptSearch(points_to_evaluate=[point], random_state_seed=args.seed),
-                                    max_concurrent=limit)
+        search = ConcurrencyLimiter(
+            HyperOptSearch(points_to_evaluate=[point], random_state_seed=args.seed), max_concurrent=limit
+        )
     else:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -186,16 +216,30 @@ def _tuner(args, name: str, storage: str, path: str, state: dict, base: dict, sp
     if args.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base["al"]["stages"],
-                                  grace_period=min(2, base["al"]["stages"]), reduction_factor=2)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=base["al"]["stages"],
+            grace_period=min(2, base["al"]["stages"]),
+            reduction_factor=2,
+        )
     callback = MLflowSweepCallback(state["tracking_uri"], state["experiment"], state["parent_run_id"], base)
     return tune.Tuner(
         trainable,
         param_space=to_tune(space),
-        tune_config=tune.TuneConfig(metric=state["objective"], mode="max", search_alg=search, scheduler=scheduler,
-                                    num_samples=state["num_samples"]),
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback],
-                                  failure_config=tune.FailureConfig(max_failures=args.max_failures), verbose=0),
+        tune_config=tune.TuneConfig(
+            metric=state["objective"],
+            mode="max",
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=state["num_samples"],
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            verbose=0,
+        ),
     )
 
 
@@ -206,15 +250,22 @@ def _summarize(results, state: dict) -> int:
     rows: list[dict[str, Any]] = []
     for r in results:
         m = r.metrics or {}
-        rows.append({"trial_id": m.get("trial_id", ""), "status": "ERROR" if r.error else "OK",
-                     "stages": m.get("training_iteration", 0), "auc": m.get("auc"),
-                     "final_accuracy": m.get("final_accuracy"),
-                     **{f"param.{k}": v for k, v in (r.config or {}).items()}})
+        rows.append(
+            {
+                "trial_id": m.get("trial_id", ""),
+                "status": "ERROR" if r.error else "OK",
+                "stages": m.get("training_iteration", 0),
+                "auc": m.get("auc"),
+                "final_accuracy": m.get("final_accuracy"),
+                **{f"param.{k}": v for k, v in (r.config or {}).items()},
+            }
+        )
     rows.sort(key=lambda row: -(row[objective] if row[objective] is not None else -1))
     log_parent_summary(state["tracking_uri"], state["parent_run_id"], rows, objective)
     print(f"\ntrials, best {objective} first:")
     keys = ["trial_id", "status", "stages", "auc", "final_accuracy"] + sorted(
-        {k for row in rows for k in row if k.startswith("param.")})
+        {k for row in rows for k in row if k.startswith("param.")}
+    )
     print("  ".join(k.replace("param.", "") for k in keys))
     for row in rows:
         print("  ".join(_fmt(row.get(k)) for k in keys))

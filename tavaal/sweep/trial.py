@@ -3,6 +3,7 @@
 It reports once per stage with the AL checkpoint of that stage; a restarted trial resumes from
 ``tune.get_checkpoint()``. Ray is imported inside the trainable, on the worker.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 from tavaal.core.metrics import objective_metrics
-
 
 TRIAL_FAULT_ENV = "TAVAAL_TRIAL_FAULT"  # tests: "STAGE:DIR" makes one trial fail after reporting STAGE
 
@@ -57,7 +57,9 @@ def al_trial(params: dict, base: dict, threads: int) -> None:
     def on_stage(record, stage_path) -> None:
         records.append(record.to_dict())
         metrics = objective_metrics(records) | {
-            "stage": record.stage, "accuracy": record.accuracy, "num_labeled": record.num_labeled,
+            "stage": record.stage,
+            "accuracy": record.accuracy,
+            "num_labeled": record.num_labeled,
             "record": record.to_dict(),
         }
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(stage_path))

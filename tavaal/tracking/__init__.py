@@ -16,18 +16,67 @@ plus the artifact ``selected/stage-NNNN.parquet`` (columns ``stage``, ``index``)
 ``config.yaml`` are logged when the run is created, ``accuracy.png`` when it ends. mlflow is imported
 lazily: importing this module (or the loop) must not load it.
 """
+
 from __future__ import annotations
 
 from tavaal.tracking.plots import accuracy_figure
-from tavaal.tracking.store import (DEFAULT_TRACKING_URI, EXPERIMENT_KIND, FALLBACK_HINT, HEALTH_TIMEOUT_S, MARKER,
-                                   PARENT_TAG, check_health, child_runs, connect, curve_points,
-                                   default_artifact_location, ensure_experiment, find_child_run, flatten, log_config,
-                                   log_figure, log_metrics, log_params, log_parent_summary, log_selected, metric_steps,
-                                   reopen_run, stage_metrics, start_parent_run, tracking_errors)
+from tavaal.tracking.store import (
+    DEFAULT_TRACKING_URI,
+    EXPERIMENT_KIND,
+    FALLBACK_HINT,
+    HEALTH_TIMEOUT_S,
+    MARKER,
+    PARENT_TAG,
+    check_health,
+    child_runs,
+    connect,
+    curve_points,
+    default_artifact_location,
+    ensure_experiment,
+    find_child_run,
+    flatten,
+    log_config,
+    log_figure,
+    log_metrics,
+    log_params,
+    log_parent_summary,
+    log_selected,
+    metric_steps,
+    reopen_run,
+    stage_metrics,
+    start_parent_run,
+    tracking_errors,
+)
 from tavaal.tracking.tracker import MLflowTracker, NullTracker, Tracker
 
-__all__ = ["DEFAULT_TRACKING_URI", "EXPERIMENT_KIND", "FALLBACK_HINT", "HEALTH_TIMEOUT_S", "MARKER", "PARENT_TAG",
-           "MLflowTracker", "NullTracker", "Tracker", "accuracy_figure", "check_health", "child_runs", "connect",
-           "curve_points", "default_artifact_location", "ensure_experiment", "find_child_run", "flatten",
-           "log_config", "log_figure", "log_metrics", "log_params", "log_parent_summary", "log_selected",
-           "metric_steps", "reopen_run", "stage_metrics", "start_parent_run", "tracking_errors"]
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "EXPERIMENT_KIND",
+    "FALLBACK_HINT",
+    "HEALTH_TIMEOUT_S",
+    "MARKER",
+    "PARENT_TAG",
+    "MLflowTracker",
+    "NullTracker",
+    "Tracker",
+    "accuracy_figure",
+    "check_health",
+    "child_runs",
+    "connect",
+    "curve_points",
+    "default_artifact_location",
+    "ensure_experiment",
+    "find_child_run",
+    "flatten",
+    "log_config",
+    "log_figure",
+    "log_metrics",
+    "log_params",
+    "log_parent_summary",
+    "log_selected",
+    "metric_steps",
+    "reopen_run",
+    "stage_metrics",
+    "start_parent_run",
+    "tracking_errors",
+]

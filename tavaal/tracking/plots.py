@@ -1,6 +1,7 @@
 """Figures of accuracy vs labels: one run's or a sweep's curves (logged to MLflow) and ``python -m tavaal.report``'s
 per-strategy figures. matplotlib's object API only (no pyplot state), imported inside the functions.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,11 @@ def plot_table(ax, table: dict[str, list[dict]], key: str, scale: float = 1.0) -
             ax.fill_between(x, y - s, y + s, alpha=0.15)
 
 
-REPORT_FIGURES = (("accuracy.png", "mean", "test accuracy"), ("improvement.png", "vs_random", "accuracy - random"),
-                  ("entropy.png", "entropy", "label entropy (nats)"))
+REPORT_FIGURES = (
+    ("accuracy.png", "mean", "test accuracy"),
+    ("improvement.png", "vs_random", "accuracy - random"),
+    ("entropy.png", "entropy", "label entropy (nats)"),
+)
 
 
 def strategy_figures(table: dict[str, list[dict]], out: Path, title: str) -> list[Path]:

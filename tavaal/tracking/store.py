@@ -2,6 +2,7 @@
 sweep's parent run with a child per trial. mlflow is imported inside the functions: importing this module does
 not load it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,9 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tavaal.errors import TrackingError
 from tavaal.tracking.plots import accuracy_figure
@@ -63,8 +65,10 @@ def tracking_errors(uri: str, doing: str) -> Iterator[None]:
         raise
     except Exception as e:
         detail = " ".join(str(e).split())[:200]
-        raise TrackingError(f"MLflow tracking at {uri} failed while {doing} ({type(e).__name__}: {detail}); "
-                            f"check the server or store, or pass --tracking-uri {DEFAULT_TRACKING_URI}") from e
+        raise TrackingError(
+            f"MLflow tracking at {uri} failed while {doing} ({type(e).__name__}: {detail}); "
+            f"check the server or store, or pass --tracking-uri {DEFAULT_TRACKING_URI}"
+        ) from e
 
 
 # MLflow 3's UI opens an experiment in its training view with this tag (without it: an empty GenAI traces page)
@@ -91,7 +95,7 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     directory the process happens to run in (mlflow's default, ``./mlruns``)."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    db = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+    db = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
     if not db or db == ":memory:":
         return None
     return str(Path(db).resolve().parent / "mlruns" / re.sub(r"[^\w\-.]", "_", experiment))
@@ -103,8 +107,9 @@ def reopen_run(client, run_id: str, uri: str):
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise TrackingError(f"MLflow run {run_id} not found at {uri}; resume with the tracking URI the run "
-                            "started with") from None
+        raise TrackingError(
+            f"MLflow run {run_id} not found at {uri}; resume with the tracking URI the run started with"
+        ) from None
     client.update_run(run_id, status="RUNNING")
     return run
 
@@ -126,23 +131,27 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
 
     items = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flatten(params)]
     for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-        client.log_batch(run_id, params=items[i:i + MAX_PARAMS_TAGS_PER_BATCH])
+        client.log_batch(run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
 
 
 def log_config(client, run_id: str, config: dict[str, Any]) -> None:
     import yaml
 
     client.log_text(run_id, json.dumps(config, indent=2, default=str), "config.json")
-    client.log_text(run_id, yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False),
-                    "config.yaml")
+    client.log_text(run_id, yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False), "config.yaml")
 
 
 def stage_metrics(rec: dict[str, Any]) -> dict[str, float]:
     """Metric name -> value for one StageRecord dict; ``MARKER`` comes last."""
-    m = {"test/balanced_accuracy": rec["balanced_accuracy"], "labels/count": rec["num_labeled"],
-         "labels/entropy": rec["label_entropy"], "labels/entropy_norm": rec["label_entropy_norm"],
-         "time/stage": rec.get("time_stage", 0.0), "time/train": rec.get("time_train", 0.0),
-         "time/query": rec.get("time_query", 0.0)}
+    m = {
+        "test/balanced_accuracy": rec["balanced_accuracy"],
+        "labels/count": rec["num_labeled"],
+        "labels/entropy": rec["label_entropy"],
+        "labels/entropy_norm": rec["label_entropy_norm"],
+        "time/stage": rec.get("time_stage", 0.0),
+        "time/train": rec.get("time_train", 0.0),
+        "time/query": rec.get("time_query", 0.0),
+    }
     m |= {f"labels/class_{c}": n for c, n in enumerate(rec.get("label_counts", []))}
     m |= {f"test/accuracy_class_{c}": a for c, a in enumerate(rec.get("per_class_accuracy", []))}
     if rec.get("miou") is not None:  # segmentation
@@ -168,15 +177,14 @@ def log_metrics(client, run_id: str, step: int, metrics: dict[str, float]) -> No
     now = int(time.time() * 1000)
     items = [Metric(k, v, now, step) for k, v in metrics.items()]
     for i in range(0, len(items), MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
+        client.log_batch(run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
 
 
 def log_selected(client, run_id: str, stage: int, selected: list[int]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"stage": pa.array([stage] * len(selected), pa.int64()),
-                      "index": pa.array(selected, pa.int64())})
+    table = pa.table({"stage": pa.array([stage] * len(selected), pa.int64()), "index": pa.array(selected, pa.int64())})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"stage-{stage:04d}.parquet"
         pq.write_table(table, path)
@@ -207,9 +215,15 @@ def log_figure(client, run_id: str, fig, name: str) -> None:
 # ---------------------------------------------------------------- sweeps: a parent run with a child per trial
 
 
-def start_parent_run(tracking_uri: str | None, experiment: str, run_name: str, params: dict | None = None,
-                     run_id: str | None = None, tags: dict | None = None,
-                     artifact_location: str | None = None) -> str:
+def start_parent_run(
+    tracking_uri: str | None,
+    experiment: str,
+    run_name: str,
+    params: dict | None = None,
+    run_id: str | None = None,
+    tags: dict | None = None,
+    artifact_location: str | None = None,
+) -> str:
     """Create a sweep's parent run (or reopen ``run_id``) and return its id; children pass it as parent_run_id."""
     uri = tracking_uri or DEFAULT_TRACKING_URI
     client = connect(uri)
@@ -224,8 +238,12 @@ def start_parent_run(tracking_uri: str | None, experiment: str, run_name: str, p
 
 def child_runs(client, parent_run_id: str) -> list:
     exp_id = client.get_run(parent_run_id).info.experiment_id
-    return client.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-                              max_results=5000, order_by=["attributes.start_time ASC"])
+    return client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+        max_results=5000,
+        order_by=["attributes.start_time ASC"],
+    )
 
 
 def find_child_run(tracking_uri: str | None, parent_run_id: str, trial_id: str) -> str | None:
@@ -237,8 +255,13 @@ def find_child_run(tracking_uri: str | None, parent_run_id: str, trial_id: str) 
     return runs[0].info.run_id if runs else None
 
 
-def log_parent_summary(tracking_uri: str | None, parent_run_id: str, trials: list[dict[str, Any]], objective: str,
-                       status: str | None = "FINISHED") -> None:
+def log_parent_summary(
+    tracking_uri: str | None,
+    parent_run_id: str,
+    trials: list[dict[str, Any]],
+    objective: str,
+    status: str | None = "FINISHED",
+) -> None:
     """``trials.csv`` (the rows as given) and ``comparison.png`` (every child's curve) on the parent run;
     then the parent's terminal ``status`` (None leaves it running)."""
     uri = tracking_uri or DEFAULT_TRACKING_URI

@@ -3,16 +3,33 @@
 ``MLflowTracker`` writes one MLflow run per experiment through its own ``MlflowClient`` (no global active run), so
 one driver can hold a tracker per Tune trial; what a stage logs is ``store.stage_metrics``.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from tavaal.errors import TrackingError
 from tavaal.tracking.plots import accuracy_figure
-from tavaal.tracking.store import (DEFAULT_TRACKING_URI, MARKER, PARENT_TAG, check_health, connect, curve_points,
-                                   ensure_experiment, log_config, log_figure, log_metrics, log_params, log_selected,
-                                   metric_steps, reopen_run, stage_metrics, tracking_errors)
+from tavaal.tracking.store import (
+    DEFAULT_TRACKING_URI,
+    MARKER,
+    PARENT_TAG,
+    check_health,
+    connect,
+    curve_points,
+    ensure_experiment,
+    log_config,
+    log_figure,
+    log_metrics,
+    log_params,
+    log_selected,
+    metric_steps,
+    reopen_run,
+    stage_metrics,
+    tracking_errors,
+)
 
 
 class Tracker(Protocol):
@@ -39,9 +56,16 @@ class NullTracker:
 class MLflowTracker:
     """One MLflow run per AL experiment; ``log_stage`` is idempotent per stage, so a resume logs nothing twice."""
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = "tavaal", run_name: str | None = None,
-                 parent_run_id: str | None = None, tags: dict[str, Any] | None = None,
-                 artifact_location: str | None = None, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment: str = "tavaal",
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        tags: dict[str, Any] | None = None,
+        artifact_location: str | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
         self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
         self.experiment, self.run_name, self.parent_run_id = experiment, run_name, parent_run_id
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
@@ -107,8 +131,10 @@ class MLflowTracker:
                 self._tried.add(stage)
                 if not self._warned:
                     self._warned = True
-                    self.warn(f"warning: {e}. The run goes on; stage metrics stay in the checkpoints and are "
-                              "sent when tracking answers again (or on --resume)")
+                    self.warn(
+                        f"warning: {e}. The run goes on; stage metrics stay in the checkpoints and are "
+                        "sent when tracking answers again (or on --resume)"
+                    )
                 return False
             del self._pending[stage]
         if self._warned:
@@ -139,15 +165,16 @@ class MLflowTracker:
         if self.run_id is None or self._ended:
             return
         if not self.flush():
-            self.warn(f"warning: stages {self.pending} are not in MLflow run {self.run_id} yet: when "
-                      f"{self.tracking_uri} answers again, run python -m tavaal.run --resume <run dir> --tracking-uri "
-                      f"{self.tracking_uri} to send them")
+            self.warn(
+                f"warning: stages {self.pending} are not in MLflow run {self.run_id} yet: when "
+                f"{self.tracking_uri} answers again, run python -m tavaal.run --resume <run dir> --tracking-uri "
+                f"{self.tracking_uri} to send them"
+            )
             return
         try:
             with tracking_errors(self.tracking_uri, "ending the run"):
                 if self._points:
-                    log_figure(self._client, self.run_id, accuracy_figure({"this run": self._points}),
-                               "accuracy.png")
+                    log_figure(self._client, self.run_id, accuracy_figure({"this run": self._points}), "accuracy.png")
                 self._client.set_terminated(self.run_id, status)
         except TrackingError as e:
             self.warn(f"warning: {e}")  # every stage is in the run; only the figure or the status is missing

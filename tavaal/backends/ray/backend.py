@@ -3,11 +3,13 @@
 The AL loop stays on the driver; each heavy step of a stage becomes a Ray job. The data set is put in
 the object store once per experiment and every training worker and scoring actor reads from it.
 """
+
 from __future__ import annotations
 
 import shutil
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +26,10 @@ from tavaal.errors import ConfigError
 def check_room_to_score(cfg: BackendConfig, total: dict) -> None:
     """With ``keep_workers`` the training workers hold their resources while the pool is scored: on a Ray that
     cannot hold both, the first scoring would wait forever. A one-line ConfigError instead."""
-    for res, per_worker, per_scorer in (("CPU", cfg.cpus_per_worker, cfg.score_cpus_per_actor),
-                                        ("GPU", cfg.gpus_per_worker, cfg.score_gpus_per_actor)):
+    for res, per_worker, per_scorer in (
+        ("CPU", cfg.cpus_per_worker, cfg.score_cpus_per_actor),
+        ("GPU", cfg.gpus_per_worker, cfg.score_gpus_per_actor),
+    ):
         need = cfg.num_workers * per_worker + per_scorer
         if per_worker + per_scorer > 0 and need > total.get(res, 0.0) + 1e-9:
             raise ConfigError(
@@ -33,7 +37,8 @@ def check_room_to_score(cfg: BackendConfig, total: dict) -> None:
                 f"while the pool is scored ({per_scorer:g} {res} per scoring worker), {need:g} in all, but this Ray "
                 f"has {total.get(res, 0.0):g}; lower backend.cpus_per_worker/gpus_per_worker or "
                 f"score_cpus_per_actor/score_gpus_per_actor (threads_per_worker sets the threads), or turn "
-                "keep_workers off")
+                "keep_workers off"
+            )
 
 
 class RayBackend:
@@ -106,14 +111,29 @@ class RayBackend:
         if self.data_cfg is not None and self.data_cfg.name == "parquet":  # Ray Data reads the files themselves
             from tavaal.backends.ray.parquet import score_parquet_with_ray_data
 
-            return score_parquet_with_ray_data(scorer, self.data, self.data_cfg, np.asarray(indices), batch_size,
-                                               concurrency=c.score_concurrency, cpus_per_actor=c.score_cpus_per_actor,
-                                               gpus_per_actor=c.score_gpus_per_actor,
-                                               threads_per_actor=c.threads_per_worker)
-        return score_with_ray_data(scorer, self._ref(), np.asarray(indices), batch_size,
-                                   concurrency=c.score_concurrency, cpus_per_actor=c.score_cpus_per_actor,
-                                   gpus_per_actor=c.score_gpus_per_actor, threads_per_actor=c.threads_per_worker,
-                                   pool_size=self.pool_size, compute=c.score_compute)  # out-of-range indices fail on the driver, clearly
+            return score_parquet_with_ray_data(
+                scorer,
+                self.data,
+                self.data_cfg,
+                np.asarray(indices),
+                batch_size,
+                concurrency=c.score_concurrency,
+                cpus_per_actor=c.score_cpus_per_actor,
+                gpus_per_actor=c.score_gpus_per_actor,
+                threads_per_actor=c.threads_per_worker,
+            )
+        return score_with_ray_data(
+            scorer,
+            self._ref(),
+            np.asarray(indices),
+            batch_size,
+            concurrency=c.score_concurrency,
+            cpus_per_actor=c.score_cpus_per_actor,
+            gpus_per_actor=c.score_gpus_per_actor,
+            threads_per_actor=c.threads_per_worker,
+            pool_size=self.pool_size,
+            compute=c.score_compute,
+        )  # out-of-range indices fail on the driver, clearly
 
     def _kept(self) -> Any:
         from tavaal.backends.ray.train import TrainSession

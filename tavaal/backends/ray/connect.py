@@ -5,6 +5,7 @@ Token authentication (Ray >= 2.52) is Ray's own: a Ray started here turns it on 
 and ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (a job submitted to the cluster inherits
 the head's). A cluster that refuses this process is a one-line ConfigError that says so.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,18 +48,27 @@ def connect_ray(address: str | None, log_to_driver: bool = False) -> bool:
     start_local = _starts_here(address)
     where = address or os.environ.get("RAY_ADDRESS") or ("this machine" if start_local else "the `ray start` cluster")
     try:
-        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, include_dashboard=False,
-                 log_to_driver=log_to_driver, configure_logging=False,
-                 **({"_system_config": local_system_config()} if start_local else {}))
+        ray.init(
+            address=address,
+            runtime_env={"env_vars": WORKER_ENV},
+            include_dashboard=False,
+            log_to_driver=log_to_driver,
+            configure_logging=False,
+            **({"_system_config": local_system_config()} if start_local else {}),
+        )
     except AuthenticationError:  # RAY_AUTH_MODE=token here, but no token in this process's environment
-        raise ConfigError(f"Ray at {where} asks for an authentication token and none was found; put the cluster's "
-                          f"token in {TOKEN_WHERE}") from None
+        raise ConfigError(
+            f"Ray at {where} asks for an authentication token and none was found; put the cluster's "
+            f"token in {TOKEN_WHERE}"
+        ) from None
     except ConnectionError as e:  # joining: a missing or wrong token reads the same as no Ray at the address
         if start_local:
             raise
-        raise ConfigError(f"cannot join the Ray cluster at {where} ({' '.join(str(e).split())[:160]}); check the "
-                          f"address and, if it uses token authentication, set RAY_AUTH_MODE=token and the "
-                          f"cluster's token in {TOKEN_WHERE}") from None
+        raise ConfigError(
+            f"cannot join the Ray cluster at {where} ({' '.join(str(e).split())[:160]}); check the "
+            f"address and, if it uses token authentication, set RAY_AUTH_MODE=token and the "
+            f"cluster's token in {TOKEN_WHERE}"
+        ) from None
     return True
 
 

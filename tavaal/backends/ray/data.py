@@ -14,6 +14,7 @@ What is where:
 Ray touch points are numbered ``# [n]``. The maths lives in the scorer and ``ALData.batch``: nothing here
 changes a number, so both backends agree to float rounding (tests/test_ray_data.py holds them to 1e-5).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -165,24 +166,39 @@ def score_with_ray_data(
     # [1] input: only (position, index) pairs, in blocks of whole batches, so every batch a worker sees is
     # exactly one batch of the local loop; images are made in the workers from the shared data set
     actors = compute == "actors" or (compute == "auto" and use_gpu)
-    ds = ray.data.from_arrow(_index_blocks(indices, batch_size, concurrency,
-                                          _ACTOR_BLOCKS_PER_WORKER if actors else _TASK_BLOCKS_PER_WORKER))
+    ds = ray.data.from_arrow(
+        _index_blocks(indices, batch_size, concurrency, _ACTOR_BLOCKS_PER_WORKER if actors else _TASK_BLOCKS_PER_WORKER)
+    )
     ds.context.enable_progress_bars = False
     # Ray Data's per-operator reservation reads the resources it may use from its autoscaling coordinator,
     # which answers only at the next refresh, a second later: until then it runs one task. This pipeline has a
     # single operator over in-memory index blocks, so there is nothing to divide between operators
     ds.context.op_resource_reservation_enabled = False
-    common = dict(batch_size=batch_size, batch_format="numpy", zero_copy_batch=True, num_cpus=cpus_per_actor,
-                  num_gpus=gpus_per_actor, **passive_omp())  # OMP passive waiting as in tavaal/__init__.py
+    common = dict(
+        batch_size=batch_size,
+        batch_format="numpy",
+        zero_copy_batch=True,
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor,
+        **passive_omp(),
+    )  # OMP passive waiting as in tavaal/__init__.py
     if actors:
         # [2a] a fixed pool of actors, each building the models once
-        ds = ds.map_batches(ScoreBatchesPerActor, fn_constructor_args=(scorer, data_ref, threads, use_gpu),
-                            compute=ray.data.ActorPoolStrategy(size=concurrency), **common)
+        ds = ds.map_batches(
+            ScoreBatchesPerActor,
+            fn_constructor_args=(scorer, data_ref, threads, use_gpu),
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+            **common,
+        )
     else:
         # [2b] at most `concurrency` tasks at a time on reused worker processes, models cached per process
         refs = (ray.put(scorer), data_ref)
-        ds = ds.map_batches(score_batch_in_worker, fn_args=(refs, threads, use_gpu),
-                            compute=ray.data.TaskPoolStrategy(size=concurrency), **common)
+        ds = ds.map_batches(
+            score_batch_in_worker,
+            fn_args=(refs, threads, use_gpu),
+            compute=ray.data.TaskPoolStrategy(size=concurrency),
+            **common,
+        )
     return _collect(ds, indices)
 
 
@@ -204,8 +220,12 @@ def _index_blocks(indices: np.ndarray, batch_size: int, concurrency: int, per_wo
     blocks = concurrency * max(per_worker, -(-batches // (concurrency * _MAX_BATCHES_PER_BLOCK)))
     per_block = batch_size * max(1, -(-batches // blocks))
     return [
-        pa.table({_POSITION: np.arange(start, min(start + per_block, n), dtype=np.int64),
-                  _INDEX: indices[start:start + per_block]})
+        pa.table(
+            {
+                _POSITION: np.arange(start, min(start + per_block, n), dtype=np.int64),
+                _INDEX: indices[start : start + per_block],
+            }
+        )
         for start in range(0, n, per_block)
     ]
 
@@ -244,8 +264,9 @@ def collect_by_position(ds: ray.data.Dataset, n: int, position: str, check=None)
 def _check_indices(indices: np.ndarray, pool_size: int | None) -> np.ndarray:
     arr = np.asarray(indices)
     if arr.ndim != 1 or not (arr.dtype.kind in "iu" or arr.size == 0):
-        raise ValueError(f"indices must be a 1-D integer array of pool indices, got shape {arr.shape} "
-                         f"dtype {arr.dtype}")
+        raise ValueError(
+            f"indices must be a 1-D integer array of pool indices, got shape {arr.shape} dtype {arr.dtype}"
+        )
     arr = arr.astype(np.int64)
     if arr.size and arr.min() < 0:
         raise ValueError(f"indices must be >= 0 (absolute pool indices), got {int(arr.min())}")

@@ -4,6 +4,7 @@ The driver posts job ``i`` (or ``None``: stop) and waits for its result; every w
 and rank 0 hands in each result. A Ray actor with async methods, so a waiting worker or driver costs nothing.
 This module imports neither torch nor the rest of tavaal: the actor's process stays small.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -8,6 +8,7 @@ numbers equal ``core.scoring.score_pool`` on the lazily decoded pool (tests/test
 
 Ray touch points are numbered ``# [n]``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,15 +48,19 @@ class DecodeSpec:
         return data.batch("train", np.arange(len(values)))[0]
 
 
-def keep_candidates(batch: dict[str, np.ndarray], id_column: str, image_column: str,
-                    wanted: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+def keep_candidates(
+    batch: dict[str, np.ndarray], id_column: str, image_column: str, wanted: dict[str, tuple[int, int]]
+) -> dict[str, np.ndarray]:
     """The rows whose id is a candidate, with their output position and pool index."""
     hits = [(k, wanted[str(i)]) for k, i in enumerate(batch[id_column]) if str(i) in wanted]
     rows = np.array([k for k, _ in hits], dtype=np.int64)
     images = np.empty(len(hits), dtype=object)
     images[:] = [batch[image_column][k] for k in rows]
-    return {_POSITION: np.array([p for _, (p, _) in hits], dtype=np.int64),
-            _INDEX: np.array([i for _, (_, i) in hits], dtype=np.int64), _IMAGE: images}
+    return {
+        _POSITION: np.array([p for _, (p, _) in hits], dtype=np.int64),
+        _INDEX: np.array([i for _, (_, i) in hits], dtype=np.int64),
+        _IMAGE: images,
+    }
 
 
 class ScoreParquetPerActor:
@@ -81,8 +86,14 @@ class ScoreParquetPerActor:
 
 
 def score_parquet_with_ray_data(
-    scorer: Scorer, data: ALData, cfg: DataConfig, indices: np.ndarray, batch_size: int,
-    concurrency: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
+    scorer: Scorer,
+    data: ALData,
+    cfg: DataConfig,
+    indices: np.ndarray,
+    batch_size: int,
+    concurrency: int = 1,
+    cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
     threads_per_actor: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Score pool ``indices`` (distinct) of a ``parquet`` data set by reading ``cfg.path`` with Ray Data.
@@ -97,26 +108,31 @@ def score_parquet_with_ray_data(
         return {}
     total = ray.cluster_resources().get("CPU", 0)
     if concurrency * cpus_per_actor >= total:  # measured: the read tasks then never start, and the run hangs
-        raise ValueError(f"{concurrency} scoring actors x {cpus_per_actor} CPUs leave none of the cluster's "
-                         f"{total:g} CPUs for reading the Parquet files; lower backend.score_concurrency")
+        raise ValueError(
+            f"{concurrency} scoring actors x {cpus_per_actor} CPUs leave none of the cluster's "
+            f"{total:g} CPUs for reading the Parquet files; lower backend.score_concurrency"
+        )
     ids = data.train.ids[indices]
     wanted = {str(i): (p, int(k)) for p, (i, k) in enumerate(zip(ids, indices))}
     x = data.train.x
-    decode = DecodeSpec(x.kind, cfg.image_size, cfg.channels, base_dir(cfg.path), data.mean, data.std,
-                        data.num_classes)
+    decode = DecodeSpec(x.kind, cfg.image_size, cfg.channels, base_dir(cfg.path), data.mean, data.std, data.num_classes)
     # [1] the files are read where the cluster runs (read tasks need a CPU the actors leave free), only the
     # id and image columns
     ds = ray.data.read_parquet(cfg.path).select_columns([cfg.id_column, cfg.image_column])
     ds.context.enable_progress_bars = False
     # [2] a cheap stateless step keeps the candidates (the actors then see whole batches of them)
-    ds = ds.map_batches(keep_candidates, fn_args=(cfg.id_column, cfg.image_column, wanted), batch_format="numpy",
-                        batch_size=None)
+    ds = ds.map_batches(
+        keep_candidates, fn_args=(cfg.id_column, cfg.image_column, wanted), batch_format="numpy", batch_size=None
+    )
     # [3] a fixed pool of actors, each building the scorer's models once
     ds = ds.map_batches(
-        ScoreParquetPerActor, fn_constructor_args=(scorer, decode, threads_per_actor or max(1, int(cpus_per_actor)),
-                                                   gpus_per_actor > 0),
-        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
+        ScoreParquetPerActor,
+        fn_constructor_args=(scorer, decode, threads_per_actor or max(1, int(cpus_per_actor)), gpus_per_actor > 0),
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor,
         **passive_omp(),
     )
     return _collect(ds, indices.size)
@@ -126,6 +142,8 @@ def _collect(ds, n: int) -> dict[str, np.ndarray]:
     """[4] stream the scored blocks into arrays aligned with the candidates' positions."""
     out, seen = collect_by_position(ds, n, _POSITION)
     if not seen.all():
-        raise RuntimeError(f"{n - int(seen.sum())} of {n} candidates were not found in the Parquet data (ids "
-                           "changed since the run started?)")
+        raise RuntimeError(
+            f"{n - int(seen.sum())} of {n} candidates were not found in the Parquet data (ids "
+            "changed since the run started?)"
+        )
     return out

@@ -15,14 +15,16 @@ The per-worker functions call the same core code as the local backend (``train_e
 Each job is one ``TorchTrainer.fit()``, or (``backend.keep_workers``) all jobs of an experiment run on one kept
 worker group, ``TrainSession``, which saves Ray Train's start-up per job.
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -90,8 +92,15 @@ def _restore() -> dict | None:
         return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
 
 
-def run_task_steps(job: TaskJob, data: Any, rank: int, world: int, device: torch.device, state: dict | None,
-                   report: Callable[[dict, Callable[[], dict]], None]) -> dict:
+def run_task_steps(
+    job: TaskJob,
+    data: Any,
+    rank: int,
+    world: int,
+    device: torch.device,
+    state: dict | None,
+    report: Callable[[dict, Callable[[], dict]], None],
+) -> dict:
     """Train (or, from a checkpoint ``state``, continue) one task job on this worker; returns the result dict."""
     import ray.train.torch
 
@@ -109,22 +118,26 @@ def run_task_steps(job: TaskJob, data: Any, rank: int, world: int, device: torch
         history, start = list(state["history"]), int(state["epoch"]) + 1
 
     def result() -> dict:
-        return {"model": cpu_state(_unwrap(model)),
-                "ranker": cpu_state(_unwrap(ranker)) if ranker is not None else None, "history": history}
+        return {
+            "model": cpu_state(_unwrap(model)),
+            "ranker": cpu_state(_unwrap(ranker)) if ranker is not None else None,
+            "history": history,
+        }
 
     for epoch in range(start, job.train.epochs):
         stats = train_epoch(model, ranker, optim, data, job, epoch, device, shard=(rank, world))
         history.append(stats)
         _maybe_fail("task", epoch)
-        report(stats, lambda: result() | {"optim": optim.state_dict(), "epoch": epoch})
+        report(stats, lambda epoch=epoch: result() | {"optim": optim.state_dict(), "epoch": epoch})
     return result()
 
 
 def train_task_per_worker(config: dict) -> None:
     """One Ray Train worker of a task-training job (task model + optional ranker), epoch by epoch."""
     data, rank, world, device = _setup_worker(config)
-    run_task_steps(config["job"], data, rank, world, device, _restore(),
-                   lambda metrics, payload: _report(metrics, rank, payload))
+    run_task_steps(
+        config["job"], data, rank, world, device, _restore(), lambda metrics, payload: _report(metrics, rank, payload)
+    )
 
 
 def _allreduce_mean(module: torch.nn.Module, world: int) -> None:
@@ -138,12 +151,20 @@ def _allreduce_mean(module: torch.nn.Module, world: int) -> None:
     flat /= world
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
-def run_vae_steps(job: VAEJob, data: Any, rank: int, world: int, device: torch.device, state: dict | None,
-                  report: Callable[[dict, Callable[[], dict]], None], every: int) -> dict:
+def run_vae_steps(
+    job: VAEJob,
+    data: Any,
+    rank: int,
+    world: int,
+    device: torch.device,
+    state: dict | None,
+    report: Callable[[dict, Callable[[], dict]], None],
+    every: int,
+) -> dict:
     """Run (or continue) one VAE/discriminator job, checkpointing every ``every`` iterations; returns the result."""
     trainer = VAETraining(job, device, shard=(rank, world)).bind(data)
     history: list[dict] = []
@@ -152,8 +173,12 @@ def run_vae_steps(job: VAEJob, data: Any, rank: int, world: int, device: torch.d
         history = list(state["history"])
 
     def result() -> dict:
-        return {"history": history, "vae": cpu_state(trainer.vae), "disc": cpu_state(trainer.disc),
-                "disc_loss_tail": trainer.disc_loss_tail()}
+        return {
+            "history": history,
+            "vae": cpu_state(trainer.vae),
+            "disc": cpu_state(trainer.disc),
+            "disc_loss_tail": trainer.disc_loss_tail(),
+        }
 
     while trainer.iteration < job.iterations:
         rec = trainer.step(sync_grads=lambda m: _allreduce_mean(m, world))
@@ -167,12 +192,21 @@ def run_vae_steps(job: VAEJob, data: Any, rank: int, world: int, device: torch.d
 def train_vae_per_worker(config: dict) -> None:
     """One Ray Train worker of a VAE/discriminator job, checkpointing every ``checkpoint_every`` iterations."""
     data, rank, world, device = _setup_worker(config)
-    run_vae_steps(config["job"], data, rank, world, device, _restore(),
-                  lambda metrics, payload: _report(metrics, rank, payload), config["checkpoint_every"])
+    run_vae_steps(
+        config["job"],
+        data,
+        rank,
+        world,
+        device,
+        _restore(),
+        lambda metrics, payload: _report(metrics, rank, payload),
+        config["checkpoint_every"],
+    )
 
 
-def make_trainer(per_worker: Callable[[dict], None], config: dict, bcfg: BackendConfig, storage_path: str,
-                 name: str) -> Any:
+def make_trainer(
+    per_worker: Callable[[dict], None], config: dict, bcfg: BackendConfig, storage_path: str, name: str
+) -> Any:
     """A ``TorchTrainer`` over ``bcfg.num_workers`` workers running ``per_worker(config)``."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -183,10 +217,12 @@ def make_trainer(per_worker: Callable[[dict], None], config: dict, bcfg: Backend
     return TorchTrainer(
         per_worker,
         train_loop_config=config | {"threads": threads},
-        scaling_config=ray.train.ScalingConfig(num_workers=bcfg.num_workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=bcfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
-            name=f"{name}-{uuid.uuid4().hex[:8]}", storage_path=storage_path,
+            name=f"{name}-{uuid.uuid4().hex[:8]}",
+            storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=bcfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
@@ -213,19 +249,28 @@ def _vae_result(d: dict) -> VAEResult:
 
 
 def train_task_on_ray(job: TaskJob, data_ref: Any, bcfg: BackendConfig, storage_path: str) -> TaskResult:
-    return _task_result(fit_on_ray(train_task_per_worker, {"job": job, "data_ref": data_ref}, bcfg, storage_path,
-                                   "task"))
+    return _task_result(
+        fit_on_ray(train_task_per_worker, {"job": job, "data_ref": data_ref}, bcfg, storage_path, "task")
+    )
 
 
 def vae_checkpoint_every(job: VAEJob) -> int:
     return max(1, job.iterations // 10)
 
 
-def train_vae_on_ray(job: VAEJob, data_ref: Any, bcfg: BackendConfig, storage_path: str,
-                     checkpoint_every: int | None = None) -> VAEResult:
+def train_vae_on_ray(
+    job: VAEJob, data_ref: Any, bcfg: BackendConfig, storage_path: str, checkpoint_every: int | None = None
+) -> VAEResult:
     every = checkpoint_every or vae_checkpoint_every(job)
-    return _vae_result(fit_on_ray(train_vae_per_worker, {"job": job, "data_ref": data_ref, "checkpoint_every": every},
-                                  bcfg, storage_path, "vae"))
+    return _vae_result(
+        fit_on_ray(
+            train_vae_per_worker,
+            {"job": job, "data_ref": data_ref, "checkpoint_every": every},
+            bcfg,
+            storage_path,
+            "vae",
+        )
+    )
 
 
 # ---------------------------------------------------------------- one worker group for a whole experiment
@@ -275,8 +320,9 @@ class TrainSession:
 
         self.board = ray.remote(num_cpus=0)(JobBoard).remote()
         self._next, self._error = 0, None
-        trainer = make_trainer(serve_per_worker, {"data_ref": data_ref, "board": self.board}, bcfg, storage_path,
-                               "session")
+        trainer = make_trainer(
+            serve_per_worker, {"data_ref": data_ref, "board": self.board}, bcfg, storage_path, "session"
+        )
         self._thread = threading.Thread(target=self._fit, args=(trainer,), name="tavaal-train-session", daemon=True)
         self._thread.start()
 
@@ -295,8 +341,9 @@ class TrainSession:
         ref = self.board.result.remote(i)
         while not ray.wait([ref], timeout=0.5)[0]:
             if not self._thread.is_alive():
-                raise RuntimeError(f"the kept Ray Train worker group stopped before job {i} ({kind}) finished: "
-                                   f"{self._error!r}")
+                raise RuntimeError(
+                    f"the kept Ray Train worker group stopped before job {i} ({kind}) finished: {self._error!r}"
+                )
         return ray.get(ref)
 
     def train_task(self, job: TaskJob) -> TaskResult:
