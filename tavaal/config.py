@@ -169,7 +169,7 @@ def from_dict(d: dict[str, Any] | None, cls: type = Config, path: str = "") -> A
     for name, value in d.items():
         key = f"{path}.{name}" if path else name
         tp = hints[name]
-        if is_dataclass(tp):
+        if isinstance(tp, type) and is_dataclass(tp):  # a nested section (hints are classes, never instances)
             kwargs[name] = from_dict(value, tp, key)
         else:
             kwargs[name] = _coerce(value, tp, key)

@@ -76,7 +76,8 @@ def field_notes(
     used: set[int] = set()
     for stmt in node.body:
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-            above, r = [], stmt.lineno - 1
+            above: list[str] = []
+            r = stmt.lineno - 1
             while r not in used and notes.get(r, ("", False))[1]:  # own-line comments not continuing a field
                 above.insert(0, notes[r][0])
                 r -= 1
@@ -121,7 +122,11 @@ def render() -> str:
         for f in dataclasses.fields(cls):
             if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
                 continue  # a nested section: its own table
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            else:
+                assert f.default_factory is not dataclasses.MISSING  # every config field has a default
+                default = f.default_factory()
             heading, text = described.get(f.name, ("", ""))
             if heading:  # a comment line titling the fields below it
                 out.append(f"| *{cell(heading)}* | | | |")

@@ -27,6 +27,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +38,7 @@ from tavaal.config import Config, check_pool_size
 from tavaal.core.pool import PoolState, initial_pool
 from tavaal.core.seeding import numpy_rng
 from tavaal.data.base import ALData, Split
-from tavaal.data.encoded import image_suffix
+from tavaal.data.encoded import EncodedImages, image_suffix
 from tavaal.errors import CheckpointError, ConfigError, DataError
 from tavaal.files import atomic_write
 
@@ -120,9 +121,9 @@ def write_request(out_dir: str | Path, stage: int, data: ALData, positions: np.n
 
 def _image_paths(folder: Path, data: ALData, positions: np.ndarray) -> list[str]:
     """The images' own paths, or copies of the encoded bytes written under ``folder`` ("" if neither)."""
-    x = data.train.x
-    if not hasattr(x, "encoded"):
+    if not hasattr(data.train.x, "encoded"):
         return [""] * positions.size
+    x = cast(EncodedImages, data.train.x)  # an image column (or anything with its paths and encoded)
     paths = x.paths(positions)
     if paths is not None:
         return paths
@@ -281,8 +282,11 @@ def with_labels(data: ALData, labels: dict[str, str], allow_new: bool, source: s
 def apply_stored_labels(data: ALData, out_dir: str | Path | None, allow_new: bool) -> ALData:
     """``data`` with every label people gave this run so far (``labels/*.json``, in stage order)."""
     stored = stored_labels(out_dir)
+    if not stored:
+        return data
+    assert out_dir is not None  # stored_labels finds files only in a folder
     merged = {rid: name for _, labels in stored for rid, name in labels.items()}
-    return with_labels(data, merged, allow_new, f"{Path(out_dir) / LABELS_DIR}/") if stored else data
+    return with_labels(data, merged, allow_new, f"{Path(out_dir) / LABELS_DIR}/")
 
 
 # ---------------------------------------------------------------- the seam: one object per run

@@ -7,8 +7,9 @@ baselines that do not use one).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -36,7 +37,8 @@ class ModelSpec:
         if seed is not None:
             torch.manual_seed(seed)  # model init draws from the global generator
         model = build_task_model(self.name, self.input_shape, self.num_classes)
-        ranker = LossNet(model.feature_channels, self.ranker_hidden) if with_ranker else None
+        channels = cast("Sequence[int]", model.feature_channels)  # every task model has them (models/base.py)
+        ranker = LossNet(channels, self.ranker_hidden) if with_ranker else None
         return model, ranker
 
 
@@ -163,7 +165,7 @@ def train_task(
 ) -> TaskResult:
     """Build (seeded), train for ``job.train.epochs`` epochs, return CPU state dicts and the history."""
     model, ranker = job.spec.build(job.ranker_loss is not None, seed=derive_seed(job.seed, "init"))
-    model.to(device, memory_format=memory_format(job.train.channels_last))
+    model.to(device, memory_format=memory_format(job.train.channels_last))  # type: ignore[call-overload]  # torch's stubs lack Module.to(device, memory_format=...)
     if ranker is not None:
         ranker.to(device)
     optim = StageOptim(model, ranker, job.train)

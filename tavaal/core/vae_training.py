@@ -93,6 +93,7 @@ def _r(job: VAEJob, idx: np.ndarray, device: torch.device, noise: torch.Generato
         return None
     if noise is not None:  # official TA-VAAL quirk at iteration 0: U(0, 1) instead of r̂
         return torch.rand(len(idx), generator=noise).to(device)
+    assert job.rhat is not None  # VAEJob.__post_init__: a conditional job has rhat
     return torch.from_numpy(job.rhat[idx]).float().to(device)
 
 
@@ -108,7 +109,7 @@ class VAETraining:
         self.job, self.device, self.shard = job, device, shard
         v = job.vae
         self.vae, self.disc = job.build(seed=derive_seed(job.seed, "vae-init"))
-        self.vae.to(device, memory_format=memory_format(job.channels_last)).train()
+        self.vae.to(device, memory_format=memory_format(job.channels_last)).train()  # type: ignore[call-overload]  # torch's stubs lack Module.to(device, memory_format=...)
         self.precision = resolve_precision(job.precision, device)
         self.disc.to(device).train()
         self.opt_v = torch.optim.Adam(self.vae.parameters(), lr=v.lr)
@@ -154,6 +155,7 @@ class VAETraining:
         """One iteration: ``vae_steps`` VAE steps, then one discriminator step."""
         job, v, dev = self.job, self.job.vae, self.device
         noise = self.noise if self.iteration == 0 else None
+        assert v.vae_steps is not None  # resolved where the job is made (VAEJob.vae)
         for _ in range(v.vae_steps):
             (xl, il), (xu, iu) = next(self.lab), next(self.unl)
             xl, xu = self._batch(xl), self._batch(xu)
@@ -221,6 +223,7 @@ def _vae_step_loss(vae, disc, xl, xu, rl, ru, v: VAEConfig) -> torch.Tensor:
     su = torch.sigmoid(ru) if ru is not None else None
     recon_l, _, mu_l, logvar_l = vae(xl, sl)
     recon_u, _, mu_u, logvar_u = vae(xu, su)
+    assert v.kl_reduction is not None  # resolved where the job is made (VAEJob.vae)
     unsup = vae_loss(xl, recon_l.float(), mu_l.float(), logvar_l.float(), v.beta, v.kl_reduction)
     trans = vae_loss(xu, recon_u.float(), mu_u.float(), logvar_u.float(), v.beta, v.kl_reduction)
     adv = vae_adversarial_loss(disc(mu_l, rl).float(), disc(mu_u, ru).float())

@@ -8,11 +8,28 @@ that a seed fixes it. Scoring, VAE/discriminator training and evaluation call ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 IGNORE_INDEX = 255  # segmentation masks: pixels that count in no loss or metric (Cityscapes' void, crop padding)
+
+
+class LazySource(Protocol):
+    """What ``Split.x`` may be instead of a tensor: images rendered or decoded per batch
+    (``synthetic.LazyImages``, ``encoded.EncodedImages``)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def dim(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, idx: Any) -> torch.Tensor: ...
+
+    def subset(self, idx: Any) -> LazySource: ...
 
 
 @dataclass(frozen=True)
@@ -25,7 +42,7 @@ class Split:
     label is not known yet (own data, manual oracle). ``ids``: stable row ids of own data (None: the position).
     """
 
-    x: torch.Tensor
+    x: torch.Tensor | LazySource
     y: torch.Tensor
     ids: np.ndarray | None = None
 

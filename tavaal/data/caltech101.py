@@ -90,7 +90,7 @@ def _decode(path: Path, size: int) -> np.ndarray:
     """uint8 ``[3, size, size]``: RGB, bilinear resize; an unreadable file is a one-line DataError."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+            return np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
     except Exception as e:  # UnidentifiedImageError, OSError (truncated), ...: a bad file
         raise DataError(
             f"cannot read Caltech-101 image '{path}' ({type(e).__name__}); replace it with a good copy or delete it"

@@ -113,13 +113,13 @@ def _decode(path: Path, size: tuple[int, int], mask: bool) -> tuple[tuple[int, i
     try:
         with Image.open(path) as im:
             if not mask:
-                return im.size, np.asarray(im.convert("RGB").resize(size, Image.BILINEAR)).transpose(2, 0, 1)
+                return im.size, np.asarray(im.convert("RGB").resize(size, Image.Resampling.BILINEAR)).transpose(2, 0, 1)
             if im.mode not in ("L", "P", "I", "I;16"):
                 raise DataError(
                     f"cityscapes mask '{path}' has PIL mode {im.mode}, expected a one-channel "
                     f"*{MASK_SUFFIX} (labelIds, not the colour or instanceIds image)"
                 )
-            return im.size, _train_ids(im.resize(size, Image.NEAREST))
+            return im.size, _train_ids(im.resize(size, Image.Resampling.NEAREST))
     except DataError:
         raise
     except Exception as e:  # UnidentifiedImageError, OSError (truncated), SyntaxError, ...: a bad file

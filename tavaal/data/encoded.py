@@ -43,10 +43,10 @@ def resolve_path(value: str, base_dir: str | None) -> str:
 
 def decode_image(encoded: bytes, size: int, channels: int) -> np.ndarray:
     """uint8 ``[C, size, size]``: PIL decode, convert to L (C=1) or RGB (C=3), bilinear resize if needed."""
-    with Image.open(io.BytesIO(encoded)) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
+    with Image.open(io.BytesIO(encoded)) as opened:
+        im = opened.convert("L" if channels == 1 else "RGB")
         if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
         a = np.asarray(im, dtype=np.uint8)
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 

@@ -94,7 +94,7 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
     has_label = cfg.label_column in names
     table = ds.to_table(columns=[cfg.id_column] + ([cfg.label_column] if has_label else []))
     ids = np.asarray(table.column(cfg.id_column).to_pylist(), dtype=object)
-    labels = label_strings(table.column(cfg.label_column)) if has_label else [None] * len(ids)
+    labels: list[str | None] = label_strings(table.column(cfg.label_column)) if has_label else [None] * len(ids)
     images = EncodedImages(
         functools.partial(load_column, path, cfg.image_column),
         len(ids),

@@ -108,7 +108,7 @@ class VAE(nn.Module):
             raise ValueError(f"the image VAE needs H, W >= 16, got input_shape {self.input_shape}")
         ph, pw = conv_plan(h), conv_plan(w)
         widths = [base, 2 * base, 4 * base, 8 * base]
-        kernels = [4, 4, 4, (ph.enc_kernel, pw.enc_kernel)]
+        kernels: list[int | tuple[int, int]] = [4, 4, 4, (ph.enc_kernel, pw.enc_kernel)]
         enc: list[nn.Module] = []
         for c_in, c_out, k in zip([c] + widths[:-1], widths, kernels):
             enc += [nn.Conv2d(c_in, c_out, k, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
