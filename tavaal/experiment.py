@@ -267,11 +267,10 @@ def run_stage(
     t_train = time.perf_counter() - t0
     model, _ = spec.build(with_ranker=False)
     model.load_state_dict(task.model_state)
-    t = cfg.train
-    metrics = evaluate(
-        model.to(device), data, device, cfg.al.score_batch_size, t.precision, channels_last=t.channels_last
-    )
-    fit = evaluate(model, data, device, cfg.al.score_batch_size, t.precision, "train", labeled, t.channels_last)
+    t, batch = cfg.train, cfg.al.score_batch_size
+    assert batch is not None  # core.precision.for_device resolved it at the run's start
+    metrics = evaluate(model.to(device), data, device, batch, t.precision, channels_last=t.channels_last)
+    fit = evaluate(model, data, device, batch, t.precision, "train", labeled, t.channels_last)
     states = {"model": task.model_state} | ({"ranker": task.ranker_state} if task.ranker_state else {})
     selected, info, health, t1 = np.empty(0, dtype=np.int64), {}, {}, time.perf_counter()
     if stage < cfg.al.stages - 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -17,12 +17,15 @@ from tavaal.config import Config
 from tavaal.core.training import ModelSpec, TaskResult
 from tavaal.data.base import ALData
 
+if TYPE_CHECKING:  # type-only: the strategies need no backend module at import time
+    from tavaal.backends.base import Backend
+
 
 @dataclass
 class QueryContext:
     cfg: Config
     data: ALData
-    backend: object  # tavaal.backends.Backend (kept untyped here to avoid an import cycle)
+    backend: Backend
     spec: ModelSpec
     task: TaskResult  # the stage's trained task model (+ ranker) weights
     labeled: np.ndarray  # absolute indices of the labeled set
@@ -31,6 +34,13 @@ class QueryContext:
     stage: int
     seed: int  # the stage's seed
     log: Callable[[str], None] = lambda msg: None
+
+    @property
+    def score_batch_size(self) -> int:
+        """``al.score_batch_size``, which ``core.precision.for_device`` resolved at the run's start."""
+        batch = self.cfg.al.score_batch_size
+        assert batch is not None, "al.score_batch_size is null: resolve the config with core.precision.for_device"
+        return batch
 
 
 @dataclass

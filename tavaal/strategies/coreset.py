@@ -16,7 +16,7 @@ class CoresetStrategy(Strategy):
 
     def query(self, ctx: QueryContext) -> QueryResult:
         scorer = task_scorer(ctx, "embedding")
-        bs = ctx.cfg.al.score_batch_size
+        bs = ctx.score_batch_size
         lab = ctx.backend.score(scorer, ctx.labeled, bs)["embedding"]
         cand = ctx.backend.score(scorer, ctx.candidates, bs)["embedding"]
         picks = k_center_greedy(lab, cand, ctx.budget)

@@ -14,6 +14,6 @@ class EntropyStrategy(Strategy):
     direction = "highest predictive entropy first"
 
     def query(self, ctx: QueryContext) -> QueryResult:
-        out = ctx.backend.score(task_scorer(ctx, "entropy"), ctx.candidates, ctx.cfg.al.score_batch_size)
+        out = ctx.backend.score(task_scorer(ctx, "entropy"), ctx.candidates, ctx.score_batch_size)
         scores = out["entropy"]
         return QueryResult(select_top_k(scores, ctx.candidates, ctx.budget), scores)

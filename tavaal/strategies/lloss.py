@@ -14,7 +14,7 @@ class _PredictedLoss(Strategy):
     direction = "highest predicted loss first"
 
     def query(self, ctx: QueryContext) -> QueryResult:
-        out = ctx.backend.score(task_scorer(ctx, "rhat"), ctx.candidates, ctx.cfg.al.score_batch_size)
+        out = ctx.backend.score(task_scorer(ctx, "rhat"), ctx.candidates, ctx.score_batch_size)
         scores = out["rhat"]
         return QueryResult(select_top_k(scores, ctx.candidates, ctx.budget), scores)
 

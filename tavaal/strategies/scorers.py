@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -10,6 +11,10 @@ import torch
 from tavaal.core.precision import autocast, memory_format, resolve_precision, to_device
 from tavaal.core.training import ModelSpec, TaskResult
 from tavaal.core.vae_training import VAEJob, VAEResult, fit_to_vae
+from tavaal.models import VAE, Discriminator
+
+if TYPE_CHECKING:
+    from tavaal.strategies.base import QueryContext
 
 
 class TaskScorer:
@@ -28,15 +33,17 @@ class TaskScorer:
             raise ValueError("scoring r̂ needs a trained ranker")
         self.spec, self.task, self.kind = spec, task, kind
         self.precision, self.channels_last = precision, channels_last
-        self._model = self._ranker = None
+        self._model: torch.nn.Module | None = None
+        self._ranker: torch.nn.Module | None = None
 
     def setup(self, device: torch.device) -> None:
         if self._model is not None:
             return
         model, ranker = self.spec.build(with_ranker=self.kind == "rhat")
         model.load_state_dict(self.task.model_state)
-        self._model = model.to(device, memory_format=memory_format(self.channels_last)).eval()
+        self._model = model.to(device, memory_format=memory_format(self.channels_last)).eval()  # type: ignore[call-overload]  # torch's stubs lack Module.to(device, memory_format=...)
         if ranker is not None:
+            assert self.task.ranker_state is not None  # built only for kind 'rhat', which __init__ checked
             ranker.load_state_dict(self.task.ranker_state)
             self._ranker = ranker.to(device).eval()
         self._device, self._precision = device, resolve_precision(self.precision, device)
@@ -47,12 +54,14 @@ class TaskScorer:
             return self._outputs(to_device(x, self._device, self.channels_last))
 
     def _outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        assert self._model is not None, "setup(device) first"
         out = self._model(x)
         if self.kind == "entropy":
             logp = torch.log_softmax(out.logits.float(), dim=1)
             entropy = -(logp.exp() * logp).sum(1)  # [B] or [B, H, W]
             return {"entropy": entropy.flatten(1).mean(1) if entropy.dim() > 1 else entropy}
         if self.kind == "rhat":
+            assert self._ranker is not None  # setup built it for kind 'rhat'
             return {"rhat": self._ranker(out.features).float()}
         if self.kind == "embedding":
             return {"embedding": out.embedding.float()}
@@ -70,7 +79,7 @@ class TaskScorer:
         }
 
 
-def task_scorer(ctx, kind: str) -> TaskScorer:
+def task_scorer(ctx: QueryContext, kind: str) -> TaskScorer:
     """The stage's task-model scorer of ``kind`` (a ``QueryContext``'s model), run as ``train.precision`` and
     ``train.channels_last`` say."""
     return TaskScorer(ctx.spec, ctx.task, kind, ctx.cfg.train.precision, ctx.cfg.train.channels_last)
@@ -92,7 +101,8 @@ class DiscriminatorScorer:
 
     def __init__(self, job: VAEJob, result: VAEResult) -> None:
         self.job, self.result = job, result
-        self._vae = self._disc = None
+        self._vae: VAE | None = None
+        self._disc: Discriminator | None = None
 
     def setup(self, device: torch.device) -> None:
         if self._vae is not None:
@@ -100,12 +110,13 @@ class DiscriminatorScorer:
         vae, disc = self.job.build()
         vae.load_state_dict(self.result.vae_state)
         disc.load_state_dict(self.result.disc_state)
-        self._vae = vae.to(device, memory_format=memory_format(self.job.channels_last)).eval()
+        self._vae = vae.to(device, memory_format=memory_format(self.job.channels_last)).eval()  # type: ignore[call-overload]  # torch's stubs lack Module.to(device, memory_format=...)
         self._disc = disc.to(device).eval()
         self._device, self._precision = device, resolve_precision(self.job.precision, device)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        assert self._vae is not None and self._disc is not None, "setup(device) first"
         x = to_device(fit_to_vae(x, self.job.vae.input_size), self._device, self.job.channels_last)
         with (
             batch_statistics(self._vae, self.job.vae.score_bn == "batch" and x.shape[0] > 1),
@@ -114,6 +125,7 @@ class DiscriminatorScorer:
             mu, _ = self._vae.encode(x)
         r = None
         if self.job.conditional:
+            assert self.job.rhat is not None  # VAEJob.__post_init__: a conditional job has rhat
             r = torch.from_numpy(self.job.rhat[np.asarray(idx)]).float().to(mu.device)
         logit = self._disc(mu.float(), r).float()
         return {"logit": logit, "p_labeled": torch.sigmoid(logit)}

@@ -22,7 +22,7 @@ class TAVAALStrategy(Strategy):
         # r̂ is fixed for the stage (frozen ranker, unaugmented inputs): compute it once, reuse it in
         # VAE/discriminator training and in scoring.
         both = np.union1d(ctx.labeled, ctx.candidates)
-        out = ctx.backend.score(task_scorer(ctx, "rhat"), both, ctx.cfg.al.score_batch_size)
+        out = ctx.backend.score(task_scorer(ctx, "rhat"), both, ctx.score_batch_size)
         rhat = np.full(len(ctx.data.train), np.nan, dtype=np.float32)
         rhat[both] = out["rhat"]
         return adversarial_query(ctx, conditional=True, vae_steps=1, kl="mean", rhat=rhat)

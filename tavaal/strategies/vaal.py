@@ -45,7 +45,7 @@ def adversarial_query(
     )
     # batch-statistics scoring normalizes each batch as training did: batches of the training size, labeled
     # and candidates apart
-    batch = v.batch_size if v.score_bn == "batch" else ctx.cfg.al.score_batch_size
+    batch = v.batch_size if v.score_bn == "batch" else ctx.score_batch_size
     scorer = DiscriminatorScorer(job, result)
     logit_c = ctx.backend.score(scorer, ctx.candidates, batch)["logit"].astype(np.float64)
     logit_l = ctx.backend.score(scorer, ctx.labeled, batch)["logit"].astype(np.float64)
@@ -65,7 +65,7 @@ def adversarial_query(
         logit_l,
         logit_c,
         label_counts(ctx.data.train_targets, selected, ctx.data.num_classes),
-        *((rhat[ctx.labeled], rhat[ctx.candidates]) if conditional else ()),
+        *((rhat[ctx.labeled], rhat[ctx.candidates]) if conditional and rhat is not None else ()),  # VAEJob: rhat set
     )
     ctx.log(format_health(health))
     return QueryResult(selected, scores, {"vae": result.vae_state, "discriminator": result.disc_state}, info, health)
