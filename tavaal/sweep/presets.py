@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-PRESETS = {
+from typing import Any, TypedDict
+
+
+class Preset(TypedDict):
+    config: str  # the base config file
+    space: str  # the search space file
+    num_samples: int
+    overrides: dict[str, Any]  # dotted config keys -> values
+
+
+PRESETS: dict[str, Preset] = {
     # the embedded default: real Fashion-MNIST, a few minutes per trial on one core
     "default": {
         "config": "configs/fashionmnist_tavaal_cpu.yaml",

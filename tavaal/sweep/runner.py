@@ -6,13 +6,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tavaal.config import load_config, parse_override
 from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, default_point, read_space, to_tune
 from tavaal.sweep.presets import PRESETS, STATE_FILE
 from tavaal.sweep.trial import al_trial
+
+if TYPE_CHECKING:
+    from ray.tune.search import SearchAlgorithm, Searcher
 
 REPO = Path(__file__).resolve().parents[2]  # the project root: tavaal/sweep/runner.py
 
@@ -201,6 +204,7 @@ def _tuner(args, name: str, storage: str, path: str, state: dict, base: dict, sp
     # nothing fits yet (an autoscaling cluster whose head runs no trials): let the autoscaler see them all
     limit = args.max_concurrent or (fits if fits >= 1 else state["num_samples"])
     point = default_point(space, base)
+    search: Searcher | SearchAlgorithm
     if args.search == "hyperopt":
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.hyperopt import HyperOptSearch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tavaal.errors import TrackingError
 from tavaal.tracking.plots import accuracy_figure
@@ -30,6 +30,9 @@ from tavaal.tracking.store import (
     stage_metrics,
     tracking_errors,
 )
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 class Tracker(Protocol):
@@ -71,7 +74,7 @@ class MLflowTracker:
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.artifact_location = artifact_location  # only used when the experiment is created here
         self.run_id: str | None = None
-        self._client = None
+        self._client: MlflowClient | None = None
         self._points: dict[int, tuple[float, float]] = {}  # stage -> (labels/count, test/accuracy), whole run
         self._pending: dict[int, dict[str, Any]] = {}  # stage -> record, held back by a tracking outage
         self._tried: set[int] = set()  # stages whose sending failed once (they may have reached the server)
@@ -143,17 +146,19 @@ class MLflowTracker:
         return True
 
     def _send(self, stage: int, rec: dict[str, Any]) -> None:
+        client, run_id = self._client, self.run_id
+        assert client is not None and run_id is not None  # stages are held back only after start
         if self.tracking_uri.startswith(("http://", "https://")):
             check_health(self.tracking_uri)  # seconds, not mlflow's minutes of retries against a dead server
         with tracking_errors(self.tracking_uri, f"logging stage {stage}"):
             # a batch sent just before a failure may have been stored anyway: look before sending it again
-            if stage in self._tried and stage in metric_steps(self._client, self.run_id, MARKER):
+            if stage in self._tried and stage in metric_steps(client, run_id, MARKER):
                 self._points[stage] = (float(rec["num_labeled"]), float(rec["accuracy"]))
                 return
             if rec.get("selected"):
-                log_selected(self._client, self.run_id, stage, rec["selected"])
+                log_selected(client, run_id, stage, rec["selected"])
             metrics = stage_metrics(rec)  # one batch, the marker last: if it is in the run, the whole stage is
-            log_metrics(self._client, self.run_id, stage, metrics)
+            log_metrics(client, run_id, stage, metrics)
         self._points[stage] = (float(rec["num_labeled"]), float(rec["accuracy"]))
 
     def end(self, status: str = "FINISHED") -> None:
@@ -171,11 +176,13 @@ class MLflowTracker:
                 f"{self.tracking_uri} to send them"
             )
             return
+        client = self._client
+        assert client is not None  # start connected before it set run_id
         try:
             with tracking_errors(self.tracking_uri, "ending the run"):
                 if self._points:
-                    log_figure(self._client, self.run_id, accuracy_figure({"this run": self._points}), "accuracy.png")
-                self._client.set_terminated(self.run_id, status)
+                    log_figure(client, self.run_id, accuracy_figure({"this run": self._points}), "accuracy.png")
+                client.set_terminated(self.run_id, status)
         except TrackingError as e:
             self.warn(f"warning: {e}")  # every stage is in the run; only the figure or the status is missing
             return
