@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -79,7 +79,8 @@ class RayBackend:
         self.data, self.data_ref = data, ray.put(data)
 
     @property
-    def storage_path(self) -> str:
+    def storage_path(self) -> str | None:
+        """``backend.storage_path``, else the run's temporary folder (None outside prepare..close: Ray's default)."""
         return self.cfg.storage_path or self._tmp_storage
 
     def train_task(self, job: TaskJob, on_epoch_end: Callable[[dict], None] | None = None) -> TaskResult:
@@ -89,8 +90,9 @@ class RayBackend:
             result = self._kept().train_task(job)
         else:
             result = train_task_on_ray(job, self._ref(), self.cfg, self.storage_path)
-        for stats in result.history if on_epoch_end else ():
-            on_epoch_end(stats)
+        if on_epoch_end:
+            for stats in result.history:
+                on_epoch_end(stats)
         return result
 
     def train_vae(self, job: VAEJob, on_progress: Callable[[dict], None] | None = None) -> VAEResult:
@@ -100,8 +102,9 @@ class RayBackend:
             result = self._kept().train_vae(job)
         else:
             result = train_vae_on_ray(job, self._ref(), self.cfg, self.storage_path)
-        for rec in result.history if on_progress else ():
-            on_progress(rec)
+        if on_progress:
+            for rec in result.history:
+                on_progress(rec)
         return result
 
     def score(self, scorer: Scorer, indices: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -113,7 +116,7 @@ class RayBackend:
 
             return score_parquet_with_ray_data(
                 scorer,
-                self.data,
+                cast(ALData, self.data),  # prepare set it (for no indices the callee returns {} before reading it)
                 self.data_cfg,
                 np.asarray(indices),
                 batch_size,

@@ -9,6 +9,7 @@ the head's). A cluster that refuses this process is a one-line ConfigError that 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from tavaal.errors import ConfigError
 
@@ -48,13 +49,14 @@ def connect_ray(address: str | None, log_to_driver: bool = False) -> bool:
     start_local = _starts_here(address)
     where = address or os.environ.get("RAY_ADDRESS") or ("this machine" if start_local else "the `ray start` cluster")
     try:
+        system: dict[str, Any] = {"_system_config": local_system_config()} if start_local else {}
         ray.init(
             address=address,
             runtime_env={"env_vars": WORKER_ENV},
             include_dashboard=False,
             log_to_driver=log_to_driver,
             configure_logging=False,
-            **({"_system_config": local_system_config()} if start_local else {}),
+            **system,
         )
     except AuthenticationError:  # RAY_AUTH_MODE=token here, but no token in this process's environment
         raise ConfigError(
@@ -79,4 +81,4 @@ def _starts_here(address: str | None) -> bool:
         return address == "local"
     from ray._private import services  # ray.init's own lookup (Ray 2.60)
 
-    return services.canonicalize_bootstrap_address(None) is None
+    return services.canonicalize_bootstrap_address(None) is None  # type: ignore[arg-type]  # Ray documents None

@@ -166,7 +166,7 @@ def score_with_ray_data(
     # [1] input: only (position, index) pairs, in blocks of whole batches, so every batch a worker sees is
     # exactly one batch of the local loop; images are made in the workers from the shared data set
     actors = compute == "actors" or (compute == "auto" and use_gpu)
-    ds = ray.data.from_arrow(
+    ds: ray.data.Dataset = ray.data.from_arrow(
         _index_blocks(indices, batch_size, concurrency, _ACTOR_BLOCKS_PER_WORKER if actors else _TASK_BLOCKS_PER_WORKER)
     )
     ds.context.enable_progress_bars = False
@@ -194,7 +194,7 @@ def score_with_ray_data(
         # [2b] at most `concurrency` tasks at a time on reused worker processes, models cached per process
         refs = (ray.put(scorer), data_ref)
         ds = ds.map_batches(
-            score_batch_in_worker,
+            score_batch_in_worker,  # type: ignore[arg-type]  # Ray types fn as one-argument; fn_args supplies the rest
             fn_args=(refs, threads, use_gpu),
             compute=ray.data.TaskPoolStrategy(size=concurrency),
             **common,

@@ -12,6 +12,7 @@ Ray touch points are numbered ``# [n]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import ray
@@ -21,7 +22,7 @@ from tavaal.backends.ray.data import collect_by_position, keep_freed_memory_per_
 from tavaal.config import DataConfig
 from tavaal.core.scoring import Scorer
 from tavaal.data.base import ALData, Split
-from tavaal.data.encoded import decode_image, read_bytes, resolve_path
+from tavaal.data.encoded import EncodedImages, decode_image, read_bytes, resolve_path
 from tavaal.data.parquet import base_dir
 
 _POSITION, _INDEX, _IMAGE = "__position", "__index", "__image"
@@ -112,9 +113,10 @@ def score_parquet_with_ray_data(
             f"{concurrency} scoring actors x {cpus_per_actor} CPUs leave none of the cluster's "
             f"{total:g} CPUs for reading the Parquet files; lower backend.score_concurrency"
         )
+    assert data.train.ids is not None and cfg.path is not None  # a parquet pool: own rows, read from cfg.path
     ids = data.train.ids[indices]
     wanted = {str(i): (p, int(k)) for p, (i, k) in enumerate(zip(ids, indices))}
-    x = data.train.x
+    x = cast(EncodedImages, data.train.x)  # the pool's image column
     decode = DecodeSpec(x.kind, cfg.image_size, cfg.channels, base_dir(cfg.path), data.mean, data.std, data.num_classes)
     # [1] the files are read where the cluster runs (read tasks need a CPU the actors leave free), only the
     # id and image columns
@@ -122,7 +124,10 @@ def score_parquet_with_ray_data(
     ds.context.enable_progress_bars = False
     # [2] a cheap stateless step keeps the candidates (the actors then see whole batches of them)
     ds = ds.map_batches(
-        keep_candidates, fn_args=(cfg.id_column, cfg.image_column, wanted), batch_format="numpy", batch_size=None
+        keep_candidates,  # type: ignore[arg-type]  # Ray types fn as one-argument; fn_args supplies the rest
+        fn_args=(cfg.id_column, cfg.image_column, wanted),
+        batch_format="numpy",
+        batch_size=None,
     )
     # [3] a fixed pool of actors, each building the scorer's models once
     ds = ds.map_batches(

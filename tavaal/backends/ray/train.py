@@ -37,7 +37,7 @@ FAULT_ENV = "TAVAAL_FAULT_INJECT"  # tests: "task:EPOCH:DIR" or "vae:ITERATION:D
 
 
 def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
-    return m.module if hasattr(m, "module") else m
+    return getattr(m, "module", m)  # a DistributedDataParallel's model, else the model itself
 
 
 def _maybe_fail(kind: str, step: int) -> None:
@@ -128,7 +128,11 @@ def run_task_steps(
         stats = train_epoch(model, ranker, optim, data, job, epoch, device, shard=(rank, world))
         history.append(stats)
         _maybe_fail("task", epoch)
-        report(stats, lambda epoch=epoch: result() | {"optim": optim.state_dict(), "epoch": epoch})
+
+        def payload(epoch: int = epoch) -> dict:
+            return result() | {"optim": optim.state_dict(), "epoch": epoch}
+
+        report(stats, payload)
     return result()
 
 
@@ -205,7 +209,7 @@ def train_vae_per_worker(config: dict) -> None:
 
 
 def make_trainer(
-    per_worker: Callable[[dict], None], config: dict, bcfg: BackendConfig, storage_path: str, name: str
+    per_worker: Callable[[dict], None], config: dict, bcfg: BackendConfig, storage_path: str | None, name: str
 ) -> Any:
     """A ``TorchTrainer`` over ``bcfg.num_workers`` workers running ``per_worker(config)``."""
     import ray.train
@@ -230,7 +234,7 @@ def make_trainer(
 
 
 def fit_on_ray(
-    per_worker: Callable[[dict], None], config: dict, bcfg: BackendConfig, storage_path: str, name: str
+    per_worker: Callable[[dict], None], config: dict, bcfg: BackendConfig, storage_path: str | None, name: str
 ) -> dict:
     """Run one ``TorchTrainer`` job and return the payload of its last checkpoint."""
     result = make_trainer(per_worker, config, bcfg, storage_path, name).fit()
@@ -248,7 +252,7 @@ def _vae_result(d: dict) -> VAEResult:
     return VAEResult(d["vae"], d["disc"], list(d["history"]), d.get("disc_loss_tail"))
 
 
-def train_task_on_ray(job: TaskJob, data_ref: Any, bcfg: BackendConfig, storage_path: str) -> TaskResult:
+def train_task_on_ray(job: TaskJob, data_ref: Any, bcfg: BackendConfig, storage_path: str | None) -> TaskResult:
     return _task_result(
         fit_on_ray(train_task_per_worker, {"job": job, "data_ref": data_ref}, bcfg, storage_path, "task")
     )
@@ -259,7 +263,7 @@ def vae_checkpoint_every(job: VAEJob) -> int:
 
 
 def train_vae_on_ray(
-    job: VAEJob, data_ref: Any, bcfg: BackendConfig, storage_path: str, checkpoint_every: int | None = None
+    job: VAEJob, data_ref: Any, bcfg: BackendConfig, storage_path: str | None, checkpoint_every: int | None = None
 ) -> VAEResult:
     every = checkpoint_every or vae_checkpoint_every(job)
     return _vae_result(
@@ -313,13 +317,15 @@ class TrainSession:
     ``close()``, and ``backend.max_failures`` counts worker failures over the whole session.
     """
 
-    def __init__(self, data_ref: Any, bcfg: BackendConfig, storage_path: str) -> None:
+    def __init__(self, data_ref: Any, bcfg: BackendConfig, storage_path: str | None) -> None:
         import ray
 
         from tavaal.backends.ray.job_board import JobBoard
 
-        self.board = ray.remote(num_cpus=0)(JobBoard).remote()
-        self._next, self._error = 0, None
+        # Any: Ray's stubs give an actor handle's methods no .remote
+        self.board: Any = ray.remote(num_cpus=0)(JobBoard).remote()
+        self._next = 0
+        self._error: BaseException | None = None
         trainer = make_trainer(
             serve_per_worker, {"data_ref": data_ref, "board": self.board}, bcfg, storage_path, "session"
         )
