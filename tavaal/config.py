@@ -96,8 +96,9 @@ class ALConfig:
     budget: int = 1000  # K: labels added per stage (paper: 1,000)
     stages: int = 10  # stages trained and evaluated (paper: 10, i.e. 1k..10k labels)
     subset_size: int = 10_000  # M: random unlabeled candidates scored per stage (paper: 10,000)
-    score_batch_size: int | None = 512  # batch size for scoring and evaluation (no effect on results); null: per
-    # device, 128 on CPUs (512 is slower per image there) and 512 on GPUs
+    score_batch_size: int | None = None  # batch size for scoring and evaluation (no effect on results); null: per
+    # device, 128 on CPUs (a published-protocol stage takes 0.73x the time of batch 512 on 2-core EPYC CPUs:
+    # benchmarks/paper_stage.py) and 512 on GPUs
     keep_checkpoints: int = 0  # newest stage checkpoints kept on disk (0: all); resume falls back among them
     oracle: str = "auto"  # simulated (labels from the data), manual (people label to_label/ files); auto: simulated
     # when every pool label is known, else manual
