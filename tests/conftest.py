@@ -119,21 +119,78 @@ class MlflowServer:
         self.stop()
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A local Ray with 2 CPUs for one test file (reused, and left running, if a session already started one)."""
+def call_main(main, argv, capsys) -> subprocess.CompletedProcess:
+    """An entry point's ``main(argv)`` in this process, read as its command line would be: return code (argparse's
+    ``SystemExit`` gives its code), stdout and stderr (through ``capsys``)."""
+    capsys.readouterr()
+    environ = dict(os.environ)  # what an entry point sets for itself (a sweep: Tune's quiet output) stays with it
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(argv), code, out.out, out.err)
+
+
+def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``python -m tavaal.run ARGS`` in this process (no interpreter or torch start-up): see ``call_main``."""
+    from tavaal.run import main
+
+    return call_main(main, args, capsys)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """A run with ``num_threads`` sets torch's thread count for the whole process: each test gets it back as it was
+    (in-process runs compare with subprocess runs, which start at torch's default)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """The test session's one local Ray (2 CPUs, its own short temp dir under /tmp; ``ray.shutdown()`` at the end),
+    started by the first test that asks for it. Yields the fault-injection folder its Ray Train workers watch
+    (``FAULT_ENV``: a worker of a task job dies at epoch 1 while ``DIR/armed`` exists, once per ``DIR/fired``).
+    Tests that need a Ray of their own (token authentication, a Ray they kill) start it in a subprocess."""
     import ray
 
     from tavaal.backends.ray.backend import WORKER_ENV, local_system_config
+    from tavaal.backends.ray.train import FAULT_ENV
 
-    if ray.is_initialized():
-        yield
-        return
-    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix socket paths must stay < 107 chars
+    assert not ray.is_initialized(), "a test left a Ray running in the pytest process"
+    fault = tmp_path_factory.mktemp("fault")
+    tmp = tempfile.mkdtemp(prefix="tvs", dir="/tmp")  # short: Ray's unix socket paths must stay < 107 chars
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
-             runtime_env={"env_vars": WORKER_ENV}, _system_config=local_system_config(2))
+             runtime_env={"env_vars": WORKER_ENV | {FAULT_ENV: f"task:1:{fault}"}},
+             _system_config=local_system_config(2))
     try:
-        yield
+        yield fault
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One real ``mlflow server`` on 127.0.0.1 for the tests that do not stop it (each logs to an experiment of its
+    own); a test that stops its server (an outage) starts its own ``MlflowServer``."""
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server
+
+
+SLOW_FIXTURES = {"ray_cluster", "mlflow_server"}
+
+
+def pytest_collection_modifyitems(items):
+    """A test that starts (or shares) the session's Ray or mlflow server is ``slow`` (see pyproject's markers)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

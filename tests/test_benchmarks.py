@@ -47,6 +47,7 @@ def section(md: str, setting: str) -> str:
     return md.split(f"## {setting}\n", 1)[1].split("\n## ", 1)[0]
 
 
+@pytest.mark.slow
 def test_curves_runs_resumes_and_rebuilds_its_report(tmp_path, capsys):
     out = ["--out", str(tmp_path)]
     first = run_script("curves.py", *TINY, "--jobs", "2", *out)  # the process pool path
@@ -86,6 +87,7 @@ def test_curves_runs_resumes_and_rebuilds_its_report(tmp_path, capsys):
     assert "resume it with the same protocol" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_curves_shapes_setting_reports_miou(tmp_path, capsys):
     out = ["--out", str(tmp_path)]
     proc = run_script("curves.py", *SHAPES, *out)
@@ -192,10 +194,16 @@ def test_curves_eta_uses_each_strategys_mean():
     assert curves.eta_minutes(done, ["random", "tavaal", "vaal"], jobs=2) == pytest.approx((2 + 10 + 14 / 3) / 2)
 
 
-def test_stage_time_table_has_every_part_for_both_backends(tmp_path):
-    # the kept worker group only: a TorchTrainer.fit() per job costs ~13 s each here (test_ray_train.py covers it)
-    proc = run_script("stage_time.py", "--config", "configs/smoke.yaml", "--stages", "2", "--set", "train.epochs=1",
-                      "--set", "vae.iterations=4", "--ray-modes", "kept", "--out", str(tmp_path), timeout=400)
+def test_stage_time_table_has_every_part_for_both_backends(tmp_path, ray_cluster, capsys, monkeypatch):
+    # the kept worker group only: a TorchTrainer.fit() per job costs ~13 s each here (test_ray_train.py covers it);
+    # the script's main in this process, on the session's Ray (no interpreter, torch or Ray start-up)
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["stage_time.py", "--config", "configs/smoke.yaml", "--stages", "2",
+                                      "--set", "train.epochs=1", "--set", "vae.iterations=4", "--ray-modes", "kept",
+                                      "--out", str(tmp_path)])
+    runpy.run_path(str(ROOT / "benchmarks/stage_time.py"), run_name="__main__")
+    out = capsys.readouterr().out
     md = next(tmp_path.glob("stage-time-*.md")).read_text()
     assert "| stage | part | local s | Ray, kept s | Ray, kept / local |" in md
     assert "same selections with every backend: yes" in md
@@ -203,9 +211,10 @@ def test_stage_time_table_has_every_part_for_both_backends(tmp_path):
         row = next(line for line in md.splitlines() if line.startswith(f"| 1 | {part} |"))
         local, ray, ratio = (float(v) for v in row.strip("| ").split(" | ")[2:5])
         assert local > 0 and ray > 0 and ratio == pytest.approx(ray / local, rel=0.2), row  # of unrounded times
-    assert "| 2 | **stage** |" in md and "wrote" in proc.stdout
+    assert "| 2 | **stage** |" in md and "wrote" in out
 
 
+@pytest.mark.slow
 def test_ablations_pair_variants_with_their_baselines(tmp_path):
     """ablations.py on the smoke preset: a variant pulls in its baseline's runs, and its table pairs them by seed."""
     sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -186,6 +186,7 @@ def test_stage_metrics_carry_the_game_under_game_prefix():
     assert not any(k.startswith("game/") for k in stage_metrics({**rec, "health": {}}))
 
 
+@pytest.mark.slow
 def test_diagnosis_script_honours_every_set(tmp_path):
     out = tmp_path / "diag.md"
     proc = subprocess.run(

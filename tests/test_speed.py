@@ -96,6 +96,7 @@ def test_channels_last_and_bf16_scorers_match_fp32():
     torch.testing.assert_close(out["bf16"], out["fp32"], rtol=0.1, atol=0.1)
 
 
+@pytest.mark.slow
 def test_paper_stage_smoke_run_writes_every_setting_and_part(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/paper_stage.py", "--smoke", "--profile", "1", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT)

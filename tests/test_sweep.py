@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, MlflowServer, free_port, stop_group
+from conftest import ROOT, call_main, free_port, stop_group
 from tavaal.config import load_config
 from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, default_point, read_space
@@ -18,9 +18,11 @@ from tavaal.core.metrics import objective_metrics
 from tavaal.sweep.presets import STATE_FILE
 
 
-def sweep_cli(*args, timeout=600, cwd=None):
-    return subprocess.run([sys.executable, "-m", "tavaal.sweep", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd or ROOT, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+def sweep_main(capsys, *args):
+    """``python -m tavaal.sweep ARGS`` in this process (a sweep's trials then run on the session's Ray)."""
+    from tavaal.sweep.cli import main
+
+    return call_main(main, args, capsys)
 
 
 def write_space(tmp_path, text):
@@ -83,10 +85,10 @@ def test_default_point_is_the_paper_default():
     (["--resume", "no-such-sweep"], "no sweep 'no-such-sweep'"),
     (["--set", "al.oracle=manual"], "sweeps need the simulated oracle"),
 ])
-def test_sweep_bad_input_exits_2_before_any_trial(tmp_path, extra, needle):
+def test_sweep_bad_input_exits_2_before_any_trial(tmp_path, capsys, extra, needle):
     extra = [write_space(tmp_path, "vae.nope: {choice: [1]}") if a == "SPACE" else a for a in extra]
-    res = sweep_cli("--preset", "smoke", "--storage-path", str(tmp_path / "runs"),
-                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db", *extra, timeout=120)
+    res = sweep_main(capsys, "--preset", "smoke", "--storage-path", str(tmp_path / "runs"),
+                     "--tracking-uri", f"sqlite:///{tmp_path}/m.db", *extra)
     assert res.returncode == 2, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], res.stderr
@@ -104,8 +106,8 @@ def child_runs(uri, experiment="tavaal-sweep"):
     return client, parents, children
 
 
-def check_sweep_store(uri, trials=2, stages=2):
-    client, parents, children = child_runs(uri)
+def check_sweep_store(uri, trials=2, stages=2, experiment="tavaal-sweep"):
+    client, parents, children = child_runs(uri, experiment)
     assert len(parents) == 1 and len(children) == trials
     parent = parents[0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"trials.csv", "comparison.png"}
@@ -116,28 +118,9 @@ def check_sweep_store(uri, trials=2, stages=2):
         assert run.data.params["al.stages"] == str(stages)
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "accuracy.png", "selected"} <= arts
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "selected")] == ["selected/stage-0000.parquet"]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "selected")] == [
+            f"selected/stage-{k:04d}.parquet" for k in range(stages - 1)]  # the last stage queries nothing
     return client, parents, children
-
-
-def test_two_trial_two_stage_sweep_in_a_local_store(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    # storage given as a URI (as s3:// or gs:// on a cluster): it must stay one, through Tune and the state file
-    res = sweep_cli("--preset", "smoke", "--storage-path", f"file://{tmp_path}/runs", "--name", "s",
-                    "--tracking-uri", uri, "--cpus-per-trial", "2")
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "trials, best auc first" in res.stdout and f"mlflow ui --backend-store-uri {uri}" in res.stdout
-    # the project's lines and table only: no Tune reporter box or TensorBoard hint, no per-stage checkpoint line,
-    # no colour codes
-    lines = res.stdout.splitlines()
-    assert [line for line in lines if line.startswith("trial ")] and len([line for line in lines if " stage " in line]) == 4
-    for noise in ("Configuration for experiment", "TensorBoard", "View detailed results", "Checkpoint successfully",
-                  "\x1b["):
-        assert noise not in res.stdout + res.stderr, noise
-    check_sweep_store(uri)
-    state = json.loads((tmp_path / "runs" / "s" / STATE_FILE).read_text())
-    assert state["resources"] == {"cpus_per_trial": 2.0, "gpus_per_trial": 0.0, "max_failures": 1}
-    assert not (ROOT / "file:").exists() and len(list((tmp_path / "runs" / "s").glob("*/params.json"))) == 2
 
 
 def test_sweep_dirs_on_uris_and_resources_kept_for_a_resume(tmp_path):
@@ -160,13 +143,6 @@ def test_sweep_dirs_on_uris_and_resources_kept_for_a_resume(tmp_path):
         _sweep_dir(build_parser().parse_args(["--resume", "nope", "--storage-path", base]))
 
 
-def test_sweep_against_a_real_mlflow_server(tmp_path):
-    with MlflowServer(tmp_path / "mlflow") as server:
-        res = sweep_cli("--preset", "smoke", "--storage-path", str(tmp_path / "runs"), "--tracking-uri", server.uri)
-        assert res.returncode == 0, res.stderr[-3000:]
-        check_sweep_store(server.uri)
-
-
 def final_pools(sweep_dir):
     """trial params -> final labeled_at, read from the trials' last Tune checkpoints (our stage format)."""
     import torch
@@ -182,12 +158,16 @@ def final_pools(sweep_dir):
     return out
 
 
-def test_killed_sweep_resumes_without_duplicate_steps_and_same_picks(tmp_path):
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_duplicate_steps_and_same_picks(tmp_path, ray_cluster, capsys):
+    """A sweep driver SIGKILLed (a real process group) mid-sweep, resumed: every trial ends well, each stage is
+    in MLflow once, and the final pools equal an uninterrupted sweep's (the reference and the resume run in this
+    process, on the session's Ray)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = ["--preset", "smoke", "--search", "random", "--seed", "3", "--max-concurrent", "1",
               "--set", "al.stages=3", "--set", "vae.iterations=30"]
-    ref = sweep_cli(*common, "--storage-path", str(tmp_path / "ref"), "--name", "r",
-                    "--tracking-uri", f"sqlite:///{tmp_path}/ref.db")
+    ref = sweep_main(capsys, *common, "--storage-path", str(tmp_path / "ref"), "--name", "r",
+                     "--tracking-uri", f"sqlite:///{tmp_path}/ref.db")
     assert ref.returncode == 0, ref.stderr[-3000:]
     runs = tmp_path / "runs"
     # the first trial also errors once after its first stage: Tune retries it from that stage's checkpoint
@@ -204,13 +184,15 @@ def test_killed_sweep_resumes_without_duplicate_steps_and_same_picks(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep driver and everything it started
     proc.wait()
     assert (fault / "fired").exists()  # the trial error happened before the kill, and was survived
-    res = sweep_cli("--resume", "k", "--storage-path", str(runs))
+    res = sweep_main(capsys, "--resume", "k", "--storage-path", str(runs))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "ERROR" not in res.stdout  # every trial ended well
+    assert f"mlflow ui --backend-store-uri {uri}" in res.stdout  # a store sweep's last line
     client, parents, children = child_runs(uri)
     assert len(parents) == 1 and len(children) == 2
     for run in children:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test/accuracy")] == [0, 1, 2]
+    check_sweep_store(uri, stages=3)  # a sweep in a local (SQLite) store: parent, children, metrics, artifacts
     assert final_pools(runs / "k") == final_pools(tmp_path / "ref" / "r")
 
 
@@ -236,14 +218,16 @@ def wait_authorized(url: str, token: str, proc, log, timeout: float = 120) -> No
     assert refused.value.code == 401
 
 
-def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path):
+@pytest.mark.slow
+def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path, mlflow_server):
     """`ray start --head` with token authentication (a token made here), then `ray job submit -- python -m
     tavaal.sweep --preset smoke`: with the token it runs and its runs are in MLflow; without the token, or with
     another, the job API refuses and starts no job; a run that joins the cluster without a token is refused in
-    one line."""
+    one line. The job is the suite's two-trial, two-stage sweep through the real command line: its trials tracked
+    by a real ``mlflow server``, its storage a file:// URI, its log the project's lines only."""
     import secrets
 
-    gcs, dash = free_port(), free_port()
+    gcs, dash, agent = free_port(), free_port(), free_port()
     address = f"http://127.0.0.1:{dash}"
     log = tmp_path / "head.log"
     token = tmp_path / "auth_token"
@@ -254,7 +238,9 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path):
     ray_tmp = f"/tmp/tvhead-{gcs}"  # short: Ray's socket paths
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2", "--include-dashboard", "true",
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", ray_tmp],
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", ray_tmp,
+         # not the agent's default port 52365: the session's Ray (conftest) may hold it, and the job API needs it
+         "--dashboard-agent-listen-port", str(agent)],
         stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         wait_authorized(f"{address}/api/version", token.read_text(), head, log)
@@ -271,9 +257,10 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path):
                 time.sleep(2)
             return res
 
-        uri = f"sqlite:///{tmp_path}/mlflow.db"
-        sweep = ["python", "-m", "tavaal.sweep", "--preset", "smoke", "--tracking-uri", uri,
-                 "--storage-path", str(tmp_path / "runs")]
+        uri = mlflow_server.uri
+        # storage given as a URI (as s3:// or gs:// on a cluster): it must stay one, through Tune and the state file
+        sweep = ["python", "-m", "tavaal.sweep", "--preset", "smoke", "--tracking-uri", uri, "--experiment", "job",
+                 "--storage-path", f"file://{tmp_path}/runs", "--name", "s", "--cpus-per-trial", "2"]
         refused = {"no-token": (user, "Missing authentication token"),
                    "other-token": (env | {"RAY_AUTH_TOKEN": secrets.token_hex(32)}, "Invalid authentication token")}
         for job_id, (job_env, needle) in refused.items():
@@ -282,7 +269,24 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path):
         res = submit("tavaal-smoke", env, *sweep)
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
         assert "succeeded" in res.stdout
-        check_sweep_store(uri)
+        # the job's log (stdout and stderr of the sweep), between `ray job submit`'s own (coloured) lines
+        log = res.stdout.split("Tailing logs until the job exits (disable with --no-wait):", 1)[1]
+        log = log.split("-" * len("Job 'tavaal-smoke' succeeded"), 1)[0].rsplit("\n", 1)[0]
+        assert "trials, best auc first" in log and f"browse the runs: open {uri}" in log
+        # the project's lines and table only: no Tune reporter box or TensorBoard hint, no per-stage checkpoint
+        # line, no colour codes
+        lines = log.splitlines()
+        assert [line for line in lines if line.startswith("trial ")] and len([line for line in lines if " stage " in line]) == 4
+        for noise in ("Configuration for experiment", "TensorBoard", "View detailed results", "Checkpoint successfully",
+                      "\x1b["):
+            assert noise not in log, noise
+        check_sweep_store(uri, experiment="job")
+        state = json.loads((tmp_path / "runs" / "s" / STATE_FILE).read_text())
+        assert state["resources"] == {"cpus_per_trial": 2.0, "gpus_per_trial": 0.0, "max_failures": 1}
+        assert len(list((tmp_path / "runs" / "s").glob("*/params.json"))) == 2
+        # nothing named "file:" in the job's working directory (Ray's copy of the checkout) nor in the checkout
+        copies = list(Path(ray_tmp).glob("session_*/runtime_resources/working_dir_files/*"))
+        assert copies and not [c for c in copies if (c / "file:").exists()] and not (ROOT / "file:").exists()
         jobs = subprocess.run(["ray", "job", "list", "--address", address], capture_output=True, text=True,
                               timeout=120, env=env)
         assert jobs.returncode == 0 and "submission_id='tavaal-smoke'" in jobs.stdout + jobs.stderr, jobs.stderr

@@ -6,7 +6,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import MlflowServer, free_port
+from conftest import free_port
 from tavaal.config import Config
 from tavaal.errors import TrackingError
 from tavaal.tracking import (MLflowTracker, NullTracker, find_child_run, log_parent_summary, stage_metrics,
@@ -173,20 +173,20 @@ def test_unreachable_store_fails_fast_with_one_line(kind, tmp_path):
         assert "unreachable" in msg
 
 
-def test_real_mlflow_server(tmp_path):
-    with MlflowServer(tmp_path) as server:
-        uri = server.uri
+def test_real_mlflow_server(mlflow_server):
+    uri = mlflow_server.uri
 
-        tracker = MLflowTracker(uri, "served", run_name="remote")
-        run_id = tracker.start({"seed": 3, "al": {"budget": 10}})
-        for stage in range(2):
-            tracker.log_stage(make_record(stage))
-        tracker.end()
+    tracker = MLflowTracker(uri, "served", run_name="remote")
+    run_id = tracker.start({"seed": 3, "al": {"budget": 10}})
+    for stage in range(2):
+        tracker.log_stage(make_record(stage))
+    tracker.end()
 
-        client = client_for(uri)
-        run = client.get_run(run_id)
-        assert run.info.status == "FINISHED" and run.data.params == {"seed": "3", "al.budget": "10"}
-        assert history(client, run_id, "labels/count") == [(0, 20.0), (1, 30.0)]
-        assert {a.path for a in client.list_artifacts(run_id)} >= {"config.json", "accuracy.png", "selected"}
-        stored = list((tmp_path / "artifacts").rglob("stage-0001.parquet"))
-        assert len(stored) == 1 and pq.read_table(stored[0]).column("index").to_pylist() == list(range(2000, 2010))
+    client = client_for(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"seed": "3", "al.budget": "10"}
+    assert history(client, run_id, "labels/count") == [(0, 20.0), (1, 30.0)]
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"config.json", "accuracy.png", "selected"}
+    # the server stores this run's files under its artifact root (the server is shared: this run's folder)
+    stored = [p for p in (mlflow_server.root / "artifacts").rglob("stage-0001.parquet") if run_id in p.parts]
+    assert len(stored) == 1 and pq.read_table(stored[0]).column("index").to_pylist() == list(range(2000, 2010))
