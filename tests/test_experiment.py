@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, TINY, run_cli, run_main
 from tavaal import checkpoint
 from tavaal.config import load_config
 from tavaal.experiment import run_experiment
@@ -42,17 +42,20 @@ def _wait_for(path, proc, timeout=240):
         time.sleep(0.02)
 
 
-def test_resume_after_kill_selects_exactly_what_an_uninterrupted_run_selects(tmp_path):
+@pytest.mark.slow
+def test_resume_after_kill_selects_exactly_what_an_uninterrupted_run_selects(tmp_path, capsys):
+    """``python -m tavaal.run`` SIGKILLed mid-stage (a real process), resumed: the uninterrupted run and the resume
+    run in this process."""
     args = TINY + ["--set", "al.stages=4", "--set", "vae.iterations=30"]
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_cli(*args, "--out", str(full)).returncode == 0
+    assert run_main(capsys, *args, "--out", str(full)).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "tavaal.run", *args, "--out", str(cut)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(checkpoint.stage_dir(cut, 1), proc)
     proc.send_signal(signal.SIGKILL)  # a real kill, mid-stage 2
     proc.wait()
     assert checkpoint.list_stages(cut)[-1] in (1, 2) and checkpoint.load_latest(cut).stage < 3
-    res = run_cli("--resume", str(cut))
+    res = run_main(capsys, "--resume", str(cut))
     assert res.returncode == 0, res.stderr
     assert "resuming from" in res.stdout
     a, b = checkpoint.load_latest(full), checkpoint.load_latest(cut)
@@ -79,24 +82,24 @@ def _assert_one_line_error(res, needle):
     (["--set", "train.lr=.nan"], "a finite number"),
     (["--seed", "abc"], "invalid int value: 'abc'"),  # argparse's own errors are one line too
 ])
-def test_bad_input_exits_2_with_one_line(tmp_path, extra, needle):
-    res = run_cli(*TINY, *extra, "--out", str(tmp_path / "out"))
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, needle):
+    res = run_main(capsys, *TINY, *extra, "--out", str(tmp_path / "out"))
     _assert_one_line_error(res, needle)
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def test_a_fresh_run_into_a_directory_with_checkpoints_is_refused(tmp_path):
+def test_a_fresh_run_into_a_directory_with_checkpoints_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_cli(*TINY, "--set", "al.stages=1", "--out", str(out)).returncode == 0
+    assert run_main(capsys, *TINY, "--set", "al.stages=1", "--out", str(out)).returncode == 0
     before = {p: p.read_bytes() for p in sorted(out.glob("stage-*/*"))}
-    _assert_one_line_error(run_cli(*TINY, "--out", str(out)), "--resume")
+    _assert_one_line_error(run_main(capsys, *TINY, "--out", str(out)), "--resume")
     assert {p: p.read_bytes() for p in sorted(out.glob("stage-*/*"))} == before
 
 
-def test_resume_refuses_a_different_config(tmp_path):
+def test_resume_refuses_a_different_config(tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_cli(*TINY, "--set", "al.stages=2", "--out", str(out)).returncode == 0
-    res = run_cli(*TINY, "--set", "al.stages=3", "--set", "train.lr=0.2", "--resume", str(out))
+    assert run_main(capsys, *TINY, "--set", "al.stages=2", "--out", str(out)).returncode == 0
+    res = run_main(capsys, *TINY, "--set", "al.stages=3", "--set", "train.lr=0.2", "--resume", str(out))
     _assert_one_line_error(res, "train.lr")
 
 
@@ -109,15 +112,16 @@ def test_core_imports_neither_ray_nor_mlflow():
 
 
 def test_list_entry_point():
+    """The real command line (one subprocess): the other CLI cases call tavaal.run.main in this process."""
     res = run_cli("--list")
     assert res.returncode == 0
     for name in ("tavaal", "lloss_rank", "coreset", "fashionmnist", "resnet18"):
         assert name in res.stdout
 
 
-def test_fashionmnist_preset_runs_end_to_end_on_real_data(tmp_path):
+def test_fashionmnist_preset_runs_end_to_end_on_real_data(tmp_path, capsys):
     """The README's main command, with a tiny budget: the preset parses and runs on the Debian files."""
-    res = run_cli("--config", "configs/fashionmnist_tavaal_cpu.yaml", "--out", str(tmp_path / "fm"),
+    res = run_main(capsys, "--config", "configs/fashionmnist_tavaal_cpu.yaml", "--out", str(tmp_path / "fm"),
                   "--set", "al.stages=2", "--set", "al.initial=64", "--set", "al.budget=32",
                   "--set", "al.subset_size=256", "--set", "train.epochs=15", "--set", "vae.iterations=3",
                   "--set", "data.num_test=500", "--json", str(tmp_path / "records.json"))

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from conftest import run_cli
+from conftest import run_main
 from tavaal.config import load_config, load_yaml, parse_override
 from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, read_space
@@ -129,7 +129,7 @@ def test_quoted_number_stays_a_string(tmp_path):
         load_config(path)
 
 
-def test_cli_check_accepts_5e_4():
-    r = run_cli("--config", "configs/smoke.yaml", "--set", "train.weight_decay=5e-4", "--check", timeout=120)
+def test_cli_check_accepts_5e_4(capsys):
+    r = run_main(capsys, "--config", "configs/smoke.yaml", "--set", "train.weight_decay=5e-4", "--check")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("config OK: tavaal on synthetic"), r.stdout

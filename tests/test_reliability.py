@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, free_port, run_cli
+from conftest import ROOT, TINY, free_port, run_cli, run_main
 from tavaal import checkpoint
 from tavaal.config import load_config
 from tavaal.experiment import run_experiment
@@ -80,11 +80,11 @@ def test_damaged_newest_stage_is_named_and_resume_falls_back(full_run, tmp_path,
     assert len(list(out.glob("stage-0002.damaged-*"))) == 1 and checkpoint.list_stages(out) == [0, 1, 2]
 
 
-def test_cli_resume_falls_back_and_says_so(full_run, tmp_path):
+def test_cli_resume_falls_back_and_says_so(full_run, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(full_run[0], out)
     _flip_byte(checkpoint.stage_dir(out, 2))
-    res = run_cli("--resume", str(out))
+    res = run_main(capsys, "--resume", str(out))
     assert res.returncode == 0, res.stderr
     assert "warning: checkpoint file" in res.stdout and "falling back to stage-0001" in res.stdout
     ref = checkpoint.load_latest(full_run[0])
@@ -92,6 +92,7 @@ def test_cli_resume_falls_back_and_says_so(full_run, tmp_path):
 
 
 def test_every_stage_damaged_exits_2_with_one_line_and_writes_nothing(full_run, tmp_path):
+    """The real command line (a subprocess); the other cases here call tavaal.run.main in this process."""
     out = tmp_path / "run"
     shutil.copytree(full_run[0], out)
     for s in (0, 1, 2):
@@ -104,7 +105,7 @@ def test_every_stage_damaged_exits_2_with_one_line_and_writes_nothing(full_run, 
     assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
 
 
-def test_keep_checkpoints_prunes_old_stages_and_resume_still_works(tmp_path):
+def test_keep_checkpoints_prunes_old_stages_and_resume_still_works(tmp_path, capsys):
     cfg = load_config("configs/smoke.yaml", ["train.epochs=1", "vae.iterations=4", "al.stages=4",
                                              "al.keep_checkpoints=2"])
     records = run_experiment(cfg, out_dir=tmp_path, log=lambda m: None)
@@ -116,7 +117,7 @@ def test_keep_checkpoints_prunes_old_stages_and_resume_still_works(tmp_path):
     assert len(run_experiment(more, out_dir=tmp_path, resume=True, log=lambda m: None)) == 5
     assert checkpoint.list_stages(tmp_path) == [3, 4]
     assert json.loads((checkpoint.stage_dir(tmp_path, 4) / "config.json").read_text())["al"]["stages"] == 5
-    res = run_cli(*TINY, "--set", "al.keep_checkpoints=-1", "--out", str(tmp_path / "x"))
+    res = run_main(capsys, *TINY, "--set", "al.keep_checkpoints=-1", "--out", str(tmp_path / "x"))
     assert res.returncode == 2 and "al.keep_checkpoints" in res.stderr and ">= 0" in res.stderr
 
 
@@ -124,7 +125,8 @@ def _steps(client, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_tracking_outage_mid_run_then_at_the_end_loses_and_duplicates_nothing(tmp_path):
+@pytest.mark.slow
+def test_tracking_outage_mid_run_then_at_the_end_loses_and_duplicates_nothing(tmp_path, capsys):
     """A real mlflow server stopped during a run: the run goes on, warns once, and every stage reaches MLflow
     exactly once — when the server is back mid-run, or (still down at the end) through --resume."""
     import mlflow
@@ -160,7 +162,7 @@ def test_tracking_outage_mid_run_then_at_the_end_loses_and_duplicates_nothing(tm
         assert len(said) == 2 and "stages [1, 2, 3] are not in MLflow" in said[1] and "--resume" in said[1]
         server.start()
         assert client.get_run(tracker.run_id).info.status == "RUNNING"
-        res = run_cli("--resume", str(out), "--tracking-uri", server.uri)
+        res = run_main(capsys, "--resume", str(out), "--tracking-uri", server.uri)
         assert res.returncode == 0, res.stderr
         assert client.get_run(tracker.run_id).info.status == "FINISHED"
         for key in (MARKER, "labels/count", "time/stage"):
@@ -174,9 +176,10 @@ def _all_stage_dirs_whole(out) -> bool:
 
 
 @pytest.mark.slow
-def test_ten_sigkills_at_seeded_moments_change_nothing(tmp_path):
+def test_ten_sigkills_at_seeded_moments_change_nothing(tmp_path, capsys):
     """SIGKILL ``python -m tavaal.run`` 10 times — at random moments and while a checkpoint is being written —
-    resuming after each; the final labeled set and every stage's picks equal the uninterrupted run's."""
+    resuming after each; the final labeled set and every stage's picks equal the uninterrupted run's (which, and
+    the last resume, run in this process)."""
     import os
     import signal
     import subprocess
@@ -189,7 +192,7 @@ def test_ten_sigkills_at_seeded_moments_change_nothing(tmp_path):
 
     args = TINY + ["--set", "al.stages=6", "--set", "vae.iterations=30"]
     ref = tmp_path / "ref"
-    assert run_cli(*args, "--out", str(ref)).returncode == 0
+    assert run_main(capsys, *args, "--out", str(ref)).returncode == 0
     out = tmp_path / "killed"
     env = {**os.environ, checkpoint.PAUSE_ENV: "0.3"}
     rng = np.random.default_rng(2026)
@@ -212,7 +215,7 @@ def test_ten_sigkills_at_seeded_moments_change_nothing(tmp_path):
         kills += 1
         log.append(("write" if during_write else "time", checkpoint.list_stages(out)))
         assert _all_stage_dirs_whole(out)
-    res = run_cli(*(["--resume", str(out)] if checkpoint.list_stages(out) else [*args, "--out", str(out)]))
+    res = run_main(capsys, *(["--resume", str(out)] if checkpoint.list_stages(out) else [*args, "--out", str(out)]))
     assert res.returncode == 0, res.stderr  # the rest of the run (nothing new if it had finished)
     assert res.returncode == 0, res.stderr
     a, b = checkpoint.load_latest(ref), checkpoint.load_latest(out)
@@ -279,7 +282,7 @@ def _yaml_text(value) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def test_random_set_values_and_config_documents_end_in_a_run_check_or_one_line_exit_2(tmp_path):
+def test_random_set_values_and_config_documents_end_in_a_run_check_or_one_line_exit_2(tmp_path, capsys):
     """Random ``--set`` values on the smoke preset, and random config documents: each passes ``--check`` (the
     run's own checks up to the first stage: config, data, pool size, strategy) or exits 2 with one line."""
     import yaml
@@ -308,7 +311,7 @@ def test_random_set_values_and_config_documents_end_in_a_run_check_or_one_line_e
     print(f"random inputs: {sum(tried.values())} tried, {tried.get(2, 0)} clean one-line errors, "
           f"{tried.get(0, 0)} valid")
     # a valid one runs for real (the smoke preset trimmed), and --check wrote nothing anywhere
-    res = run_cli(*TINY, "--set", "al.stages=2", "--out", str(tmp_path / "real"))
+    res = run_main(capsys, *TINY, "--set", "al.stages=2", "--out", str(tmp_path / "real"))
     assert res.returncode == 0 and checkpoint.list_stages(tmp_path / "real") == [0, 1], res.stderr
 
 
@@ -344,12 +347,14 @@ def ray_tmp():
 
 
 @pytest.mark.parametrize("backend", ["local", "ray"])
-def test_a_model_data_mismatch_is_refused_before_anything_starts(tmp_path, ray_tmp, backend):
+def test_a_model_data_mismatch_is_refused_before_anything_starts(tmp_path, ray_tmp, capsys, backend):
     """A model that cannot take the data: one line, exit 2, and nothing behind it: no MLflow run (so none left
-    RUNNING), no output directory and, with --backend ray, no Ray started."""
+    RUNNING), no output directory and, with --backend ray (a subprocess: a Ray of its own if it started one), no
+    Ray started."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    res = run_cli(*TINY, "--set", "model.name=mlp", "--backend", backend, "--tracking-uri", uri,
-                  "--out", str(tmp_path / "out"), env={"RAY_TMPDIR": str(ray_tmp)})
+    argv = [*TINY, "--set", "model.name=mlp", "--backend", backend, "--tracking-uri", uri,
+            "--out", str(tmp_path / "out")]
+    res = run_cli(*argv, env={"RAY_TMPDIR": str(ray_tmp)}) if backend == "ray" else run_main(capsys, *argv)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert "model 'mlp' expects a vector input_shape" in lines[0]
@@ -391,6 +396,7 @@ print("ray started:", started, "processes left:", len(left))
 """
 
 
+@pytest.mark.slow
 def test_a_run_refused_after_its_ray_started_stops_that_ray(ray_tmp):
     """The Ray backend starts a local Ray, then the tracking server turns out to be unreachable: the run is refused
     in one line, and the Ray it started is shut down before it returns, all of its processes gone."""

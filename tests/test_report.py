@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, call_main
 from tavaal.report import collect, summarize
 from tavaal.tracking import MLflowTracker
 
@@ -39,7 +39,10 @@ def test_summary_means_and_improvement_over_random(store):
     assert tav[1]["vs_random"] == pytest.approx(0.15) and tav[0]["vs_random"] == pytest.approx(0.0)
 
 
-def test_report_cli_writes_figures_and_table(store, tmp_path):
+def test_report_cli_writes_figures_and_table(store, tmp_path, capsys):
+    """The real command line (a subprocess), then a bad experiment through tavaal.report.main in this process."""
+    from tavaal.report import main
+
     uri, _ = store
     res = subprocess.run([sys.executable, "-m", "tavaal.report", "--experiment", "rep", "--tracking-uri", uri,
                           "--out", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -47,6 +50,5 @@ def test_report_cli_writes_figures_and_table(store, tmp_path):
     for name in ("accuracy.png", "improvement.png", "entropy.png", "report.md"):
         assert (tmp_path / "r" / name).stat().st_size > 0
     assert "| tavaal | 200 | 1 | 80.00 ± 0.00 | +15.00 pt |" in (tmp_path / "r" / "report.md").read_text()
-    bad = subprocess.run([sys.executable, "-m", "tavaal.report", "--experiment", "nope", "--tracking-uri", uri],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    bad = call_main(main, ["--experiment", "nope", "--tracking-uri", uri], capsys)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nope" in bad.stderr

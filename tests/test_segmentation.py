@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 from tavaal import checkpoint
 from tavaal.config import load_config
 from tavaal.core.metrics import confusion_matrix, label_counts, label_entropy, segmentation_metrics
@@ -168,10 +168,13 @@ def test_stage_metrics_of_a_segmentation_record():
     assert "test/miou" not in stage_metrics({**rec, "miou": None})
 
 
-def test_three_stage_segmentation_run_killed_and_resumed_selects_the_same(tmp_path):
+@pytest.mark.slow
+def test_three_stage_segmentation_run_killed_and_resumed_selects_the_same(tmp_path, capsys):
+    """A real ``python -m tavaal.run`` SIGKILLed in stage 1; the uninterrupted run and the resume run in this
+    process."""
     args = ["--config", "configs/shapes_seg_cpu.yaml", *[a for s in TINY_SEG for a in ("--set", s)]]
     full, cut = tmp_path / "full", tmp_path / "cut"
-    res = run_cli(*args, "--out", str(full))
+    res = run_main(capsys, *args, "--out", str(full))
     assert res.returncode == 0, res.stderr
     assert "miou" in res.stdout
     proc = subprocess.Popen([sys.executable, "-m", "tavaal.run", *args, "--out", str(cut)], cwd=ROOT,
@@ -182,7 +185,7 @@ def test_three_stage_segmentation_run_killed_and_resumed_selects_the_same(tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.load_latest(cut).stage < 2
-    res = run_cli("--resume", str(cut))
+    res = run_main(capsys, "--resume", str(cut))
     assert res.returncode == 0, res.stderr
     a, b = checkpoint.load_latest(full), checkpoint.load_latest(cut)
     assert a.stage == b.stage == 2
