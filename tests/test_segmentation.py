@@ -13,6 +13,7 @@ from conftest import ROOT, run_main
 from tavaal import checkpoint
 from tavaal.config import load_config
 from tavaal.core.metrics import confusion_matrix, label_counts, label_entropy, segmentation_metrics
+from tavaal.core.precision import for_device
 from tavaal.data.base import IGNORE_INDEX, augment_batch
 from tavaal.errors import ConfigError
 from tavaal.experiment import run_experiment
@@ -25,7 +26,7 @@ from tavaal.tracking import stage_metrics
 TINY_SEG = ["data.num_train=96", "data.num_test=32", "data.image_size=16", "train.epochs=1", "train.batch_size=16",
             "vae.iterations=4", "vae.batch_size=16", "al.initial=16", "al.budget=16", "al.stages=3",
             "al.subset_size=48"]
-CFG = load_config("configs/shapes_seg_cpu.yaml", TINY_SEG)
+CFG = for_device(load_config("configs/shapes_seg_cpu.yaml", TINY_SEG), "cpu")  # as a run resolves it (score batch)
 
 
 def test_miou_known_answer_with_an_ignored_pixel_and_a_class_absent_from_both():
