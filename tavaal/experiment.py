@@ -20,7 +20,7 @@ from tavaal.backends import Backend, build_backend
 from tavaal.config import Config, from_dict
 from tavaal.core.metrics import label_counts, label_entropy
 from tavaal.core.pool import PoolState, draw_candidates
-from tavaal.core.precision import for_device, resolve_device
+from tavaal.core.precision import for_device, resolve_device, score_batch_size
 from tavaal.core.seeding import derive_seed, numpy_rng
 from tavaal.core.training import ModelSpec, TaskJob, evaluate
 from tavaal.data import build_dataset
@@ -267,8 +267,7 @@ def run_stage(
     t_train = time.perf_counter() - t0
     model, _ = spec.build(with_ranker=False)
     model.load_state_dict(task.model_state)
-    t, batch = cfg.train, cfg.al.score_batch_size
-    assert batch is not None  # core.precision.for_device resolved it at the run's start
+    t, batch = cfg.train, score_batch_size(cfg.al.score_batch_size, device)  # null: per device
     metrics = evaluate(model.to(device), data, device, batch, t.precision, channels_last=t.channels_last)
     fit = evaluate(model, data, device, batch, t.precision, "train", labeled, t.channels_last)
     states = {"model": task.model_state} | ({"ranker": task.ranker_state} if task.ranker_state else {})

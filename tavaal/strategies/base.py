@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from tavaal.config import Config
+from tavaal.core.precision import resolve_device, score_batch_size
 from tavaal.core.training import ModelSpec, TaskResult
 from tavaal.data.base import ALData
 
@@ -37,10 +38,9 @@ class QueryContext:
 
     @property
     def score_batch_size(self) -> int:
-        """``al.score_batch_size``, which ``core.precision.for_device`` resolved at the run's start."""
-        batch = self.cfg.al.score_batch_size
-        assert batch is not None, "al.score_batch_size is null: resolve the config with core.precision.for_device"
-        return batch
+        """``al.score_batch_size`` (a run resolves null per device at its start; a config that was not resolved
+        gets the same choice here)."""
+        return score_batch_size(self.cfg.al.score_batch_size, resolve_device(self.cfg.device))
 
 
 @dataclass
