@@ -52,6 +52,8 @@ FIT = ("train.epochs=30", "train.milestones=[24]", "train.ranker_stop_grad_epoch
 BATCH_BN = ("vae.score_bn=batch",)
 VAAL_SCHEDULE = ("vae.vae_steps=2", "vae.kl_reduction=sum")
 BF16 = ("train.precision=bf16", "train.channels_last=true")
+# every variant but fit_bf16 ran in fp32, NCHW, before the CPU preset's default became precision auto: pinned
+FP32 = ("train.precision=fp32", "train.channels_last=false")
 VARIANTS = {  # name -> (overrides on top of the protocol and the imbalanced pool, strategies, baseline variant)
     "standard": (SHORT, ("random", "lloss_rank", "vaal", "tavaal"), "standard"),
     "batch_bn": (SHORT + BATCH_BN, ("vaal", "tavaal"), "standard"),
@@ -107,6 +109,7 @@ def plan(variants: dict, seeds: int, threads: int, extra: list[str], protocol: s
             [
                 *sets0,
                 f"data.name={data}",
+                *FP32,
                 *sets,
                 f"num_threads={threads}",
                 f"al.strategy={strategy}",
