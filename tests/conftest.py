@@ -20,8 +20,14 @@ os.chdir(ROOT)  # presets are referenced as configs/*.yaml
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m tavaal.run ARGS`` in a subprocess and capture its output."""
-    return subprocess.run([sys.executable, "-m", "tavaal.run", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "tavaal.run", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 # a 3-stage synthetic run that takes a few seconds (the smoke preset, trimmed)
@@ -50,8 +56,10 @@ def trained_stage(cfg, num_candidates: int):
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes)
     backend = LocalBackend()
     backend.prepare(data, torch.device("cpu"))
-    tasks = {loss: backend.train_task(TaskJob(spec, cfg.train, pool.labeled_indices(), loss, seed=1))
-             for loss in (None, "rank", "margin")}
+    tasks = {
+        loss: backend.train_task(TaskJob(spec, cfg.train, pool.labeled_indices(), loss, seed=1))
+        for loss in (None, "rank", "margin")
+    }
     return data, pool, cand, spec, backend, tasks
 
 
@@ -99,11 +107,28 @@ class MlflowServer:
     def start(self) -> "MlflowServer":
         log = self.root / "server.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root}/server.db",
-             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=open(log, "a"), stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job consumers: starts faster
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"sqlite:///{self.root}/server.db",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=open(log, "a"),
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )  # no job consumers: starts faster
         wait_http(f"{self.uri}/health", self.proc, log)
         return self
 
@@ -168,9 +193,14 @@ def ray_cluster(tmp_path_factory):
     assert not ray.is_initialized(), "a test left a Ray running in the pytest process"
     fault = tmp_path_factory.mktemp("fault")
     tmp = tempfile.mkdtemp(prefix="tvs", dir="/tmp")  # short: Ray's unix socket paths must stay < 107 chars
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
-             runtime_env={"env_vars": WORKER_ENV | {FAULT_ENV: f"task:1:{fault}"}},
-             _system_config=local_system_config(2))
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=tmp,
+        log_to_driver=False,
+        runtime_env={"env_vars": WORKER_ENV | {FAULT_ENV: f"task:1:{fault}"}},
+        _system_config=local_system_config(2),
+    )
     try:
         yield fault
     finally:

@@ -1,6 +1,7 @@
 """The benchmark scripts (benchmarks/ is not a package): curves.py on a tiny synthetic protocol and on tiny shapes
 (segmentation: mIoU), its settings' presets, its report maths on hand-made records, and stage_time.py's local vs Ray
 table on the smoke preset."""
+
 import json
 import math
 import re
@@ -16,17 +17,46 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import curves  # noqa: E402
 
 # 2 strategies x 2 seeds x 2 settings, 2 stages of 1 epoch, 4 VAE iterations: ~1 s per experiment
-TINY = ["--data", "synthetic", "--strategies", "random", "tavaal", "--seeds", "2", "--set", "train.epochs=1",
-        "--set", "vae.iterations=4", "--set", "al.stages=2", "--name", "curves-test"]
+TINY = [
+    "--data",
+    "synthetic",
+    "--strategies",
+    "random",
+    "tavaal",
+    "--seeds",
+    "2",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "vae.iterations=4",
+    "--set",
+    "al.stages=2",
+    "--name",
+    "curves-test",
+]
 CELL = r"(\d+\.\d\d) ± (\d+\.\d\d)"
 # the shapes setting's tiny version (16 + 16 labels of 96 images, 16x16), 2 strategies, 1 seed: ~2 s per experiment
-SHAPES = ["--data", "synthetic", "--settings", "shapes", "--strategies", "random", "tavaal", "--seeds", "1",
-          "--jobs", "1", "--name", "curves-shapes"]
+SHAPES = [
+    "--data",
+    "synthetic",
+    "--settings",
+    "shapes",
+    "--strategies",
+    "random",
+    "tavaal",
+    "--seeds",
+    "1",
+    "--jobs",
+    "1",
+    "--name",
+    "curves-shapes",
+]
 
 
 def run_script(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, f"benchmarks/{script}", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
@@ -54,8 +84,9 @@ def test_curves_runs_resumes_and_rebuilds_its_report(tmp_path, capsys):
     assert first.stdout.count("] ") == 8 and "ETA" in first.stdout
     run_dir = tmp_path / "curves-test"
     raw = sorted(p.name for p in (run_dir / "raw").glob("*.json"))
-    assert raw == [f"{s}-{k}-seed{n}.json" for s in ("balanced", "imbalanced") for k in ("random", "tavaal")
-                   for n in (0, 1)]
+    assert raw == [
+        f"{s}-{k}-seed{n}.json" for s in ("balanced", "imbalanced") for k in ("random", "tavaal") for n in (0, 1)
+    ]
     md = (tmp_path / "curves-test.md").read_text()
     for setting in ("balanced", "imbalanced"):
         part = section(md, setting)
@@ -95,8 +126,9 @@ def test_curves_shapes_setting_reports_miou(tmp_path, capsys):
     run_dir = tmp_path / "curves-shapes"
     # its own preset, tiny: none of the Fashion-MNIST protocol's overrides, no data.name
     meta = json.loads((run_dir / "run.json").read_text())
-    assert meta["settings"] == {"shapes": {"base": "configs/shapes_seg_cpu.yaml",
-                                           "overrides": list(curves.SHAPES_SMOKE)}}
+    assert meta["settings"] == {
+        "shapes": {"base": "configs/shapes_seg_cpu.yaml", "overrides": list(curves.SHAPES_SMOKE)}
+    }
     miou = {}
     for strategy in ("random", "tavaal"):
         exp = json.loads((run_dir / "raw" / f"shapes-{strategy}-seed0.json").read_text())
@@ -106,17 +138,24 @@ def test_curves_shapes_setting_reports_miou(tmp_path, capsys):
         assert all(math.isfinite(m) and 0 <= m <= 1 for m in miou[strategy]), miou
         assert any(r["miou"] != r["accuracy"] for r in exp["records"])  # pixel accuracy is not what gets reported
     part = section((tmp_path / "curves-shapes.md").read_text(), "shapes")
-    assert re.search(r"shapes_seg: 96 synthetic pool images \(16x16, 5 pixel classes, ~[789]\d% background\), test "
-                     r"split of 32; label entropy: of the labeled set's pixel classes", part), part
+    assert re.search(
+        r"shapes_seg: 96 synthetic pool images \(16x16, 5 pixel classes, ~[789]\d% background\), test "
+        r"split of 32; label entropy: of the labeled set's pixel classes",
+        part,
+    ), part
     table = part.split("Test mIoU (%), mean ± std over seeds:", 1)[1].split("Improvement", 1)[0]
     rows = [line for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
     # one seed: std 0, mean = the record's mIoU; AUC of two stages = their mean
-    assert rows == [f"| {n} | {miou['random'][i] * 100:.2f} ± 0.00 | {miou['tavaal'][i] * 100:.2f} ± 0.00 |"
-                    for i, n in enumerate((16, 32))]
+    assert rows == [
+        f"| {n} | {miou['random'][i] * 100:.2f} ± 0.00 | {miou['tavaal'][i] * 100:.2f} ± 0.00 |"
+        for i, n in enumerate((16, 32))
+    ]
     assert f"| **AUC** | {sum(miou['random']) * 50:.2f} ± 0.00 | {sum(miou['tavaal']) * 50:.2f} ± 0.00 |" in table
     gain = (sum(miou["tavaal"]) - sum(miou["random"])) * 50
-    assert (f"- tavaal vs random: {gain:+.1f} pt mIoU AUC ({int(gain > 0)}/1 seeds ahead), "
-            f"{(miou['tavaal'][1] - miou['random'][1]) * 100:+.1f} pt mIoU at 32 labels") in part
+    assert (
+        f"- tavaal vs random: {gain:+.1f} pt mIoU AUC ({int(gain > 0)}/1 seeds ahead), "
+        f"{(miou['tavaal'][1] - miou['random'][1]) * 100:+.1f} pt mIoU at 32 labels"
+    ) in part
     assert "accuracy" not in part.split("Preset:", 1)[1]
     assert png_size(run_dir / "shapes.png") == (1500, 420)
     assert curves.main([*SHAPES, "--set", "train.lr=0.2", "--resume", *out]) == 2
@@ -128,25 +167,34 @@ def test_curves_settings_carry_their_presets_and_default_strategies(monkeypatch)
     todo = curves.plan(args, curves.setting_configs(args), threads=1)
     fmnist = [t for t in todo if t[0] == "balanced"]
     assert [t[1] for t in fmnist] == list(curves.STRATEGIES)
-    assert all(base == "configs/fashionmnist_tavaal_cpu.yaml" and sets[:len(curves.CPU_PROTOCOL)] == curves.CPU_PROTOCOL
-               and "data.name=fashionmnist" in sets for _, _, _, base, sets in fmnist)
+    assert all(
+        base == "configs/fashionmnist_tavaal_cpu.yaml"
+        and sets[: len(curves.CPU_PROTOCOL)] == curves.CPU_PROTOCOL
+        and "data.name=fashionmnist" in sets
+        for _, _, _, base, sets in fmnist
+    )
     assert [t[1:] for t in todo if t[0] == "shapes"] == [
         (k, 0, "configs/shapes_seg_cpu.yaml", ["num_threads=1", f"al.strategy={k}", "seed=0"])
-        for k in ("random", "entropy", "lloss", "vaal", "tavaal")]
+        for k in ("random", "entropy", "lloss", "vaal", "tavaal")
+    ]
     assert curves.parse_args([]).settings == ["balanced", "imbalanced"]  # the Fashion-MNIST command as before
     chosen = curves.parse_args(["--settings", "imbalanced", "shapes", "--strategies", "vaal", "random"])
     assert [t[:3] for t in curves.plan(chosen, curves.setting_configs(chosen), 0)] == [  # seed by seed
-        (s, k, n) for n in range(3) for s in ("imbalanced", "shapes") for k in ("vaal", "random")]
+        (s, k, n) for n in range(3) for s in ("imbalanced", "shapes") for k in ("vaal", "random")
+    ]
     with pytest.raises(SystemExit):
         curves.parse_args(["--paper", "--settings", "shapes"])
     # a run.json written before settings had presets of their own resumes with the same command, under the protocol
     # of its day (10 epochs: the CPU protocol trains 30 since 2026-12-02)
     legacy = json.loads((ROOT / "benchmarks/results/curves-2026-11-25/run.json").read_text())
-    then = [p.replace("epochs=30", "epochs=10").replace("[24]", "[8]").replace("epoch=18", "epoch=6")
-            for p in curves.CPU_PROTOCOL]
+    then = [
+        p.replace("epochs=30", "epochs=10").replace("[24]", "[8]").replace("epoch=18", "epoch=6")
+        for p in curves.CPU_PROTOCOL
+    ]
     monkeypatch.setitem(curves.PROTOCOLS, "cpu", (curves.PROTOCOLS["cpu"][0], then))
-    assert {s: (c["base"], c["overrides"]) for s, c in curves.recorded_settings(legacy).items()} == \
-        curves.setting_configs(curves.parse_args([]))
+    assert {
+        s: (c["base"], c["overrides"]) for s, c in curves.recorded_settings(legacy).items()
+    } == curves.setting_configs(curves.parse_args([]))
 
 
 def fake_run(tmp_path: Path, accs: dict[str, list[list[float]]], entropy: dict[str, float]) -> Path:
@@ -158,21 +206,31 @@ def fake_run(tmp_path: Path, accs: dict[str, list[list[float]]], entropy: dict[s
     config = {"data": {"name": "fashionmnist", "imbalance_ratio": 10.0, "minority_classes": "even"}}
     for strategy, per_seed in accs.items():
         for seed, ys in enumerate(per_seed):
-            records = [{"num_labeled": n, "accuracy": y, "label_entropy": 1.0, "label_entropy_norm": entropy[strategy]}
-                       for n, y in zip((100, 200, 400), ys)]
+            records = [
+                {"num_labeled": n, "accuracy": y, "label_entropy": 1.0, "label_entropy_norm": entropy[strategy]}
+                for n, y in zip((100, 200, 400), ys)
+            ]
             path = run_dir / "raw" / f"imbalanced-{strategy}-seed{seed}.json"
             path.write_text(json.dumps({"config": config, "minutes": 1.5, "records": records}))
     return run_dir
 
 
 def test_curves_report_numbers_on_known_records(tmp_path):
-    fake_run(tmp_path, {"random": [[0.5, 0.6, 0.7], [0.5, 0.7, 0.8]],
-                        "tavaal": [[0.5, 0.7, 0.8], [0.5, 0.6, 0.7]],
-                        "vaal": [[0.6, 0.6, 0.6], [0.4, 0.8, 0.9]]},
-             {"random": 0.8, "tavaal": 0.9, "vaal": 0.85})
+    fake_run(
+        tmp_path,
+        {
+            "random": [[0.5, 0.6, 0.7], [0.5, 0.7, 0.8]],
+            "tavaal": [[0.5, 0.7, 0.8], [0.5, 0.6, 0.7]],
+            "vaal": [[0.6, 0.6, 0.6], [0.4, 0.8, 0.9]],
+        },
+        {"random": 0.8, "tavaal": 0.9, "vaal": 0.85},
+    )
     md = curves.write_report(tmp_path, "fake").read_text()
-    rows = {line.split(" | ")[0].strip("| "): line for line in md.split("Improvement")[0].splitlines()
-            if line.startswith("| ")}
+    rows = {
+        line.split(" | ")[0].strip("| "): line
+        for line in md.split("Improvement")[0].splitlines()
+        if line.startswith("| ")
+    }
     # seed 0 random: AUC = (100·0.55 + 200·0.65) / 300 = 61.67 %, seed 1: (100·0.6 + 200·0.75) / 300 = 70 %
     # columns in the strategies' order: random, vaal, tavaal; vaal: 60 % and (100·0.6 + 200·0.85)/300 = 76.67 %
     assert "| **AUC** | 65.83 ± 4.17 | 68.33 ± 8.33 | 65.83 ± 4.17 |" in md
@@ -199,9 +257,25 @@ def test_stage_time_table_has_every_part_for_both_backends(tmp_path, ray_cluster
     # the script's main in this process, on the session's Ray (no interpreter, torch or Ray start-up)
     import runpy
 
-    monkeypatch.setattr(sys, "argv", ["stage_time.py", "--config", "configs/smoke.yaml", "--stages", "2",
-                                      "--set", "train.epochs=1", "--set", "vae.iterations=4", "--ray-modes", "kept",
-                                      "--out", str(tmp_path)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "stage_time.py",
+            "--config",
+            "configs/smoke.yaml",
+            "--stages",
+            "2",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "vae.iterations=4",
+            "--ray-modes",
+            "kept",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     runpy.run_path(str(ROOT / "benchmarks/stage_time.py"), run_name="__main__")
     out = capsys.readouterr().out
     md = next(tmp_path.glob("stage-time-*.md")).read_text()
@@ -220,19 +294,39 @@ def test_ablations_pair_variants_with_their_baselines(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import ablations
 
-    run_script("ablations.py", "--protocol", "smoke", "--variants", "batch_bn", "--seeds", "2", "--set",
-               "al.stages=2", "--set", "vae.iterations=3", "--set", "train.epochs=1", "--out", str(tmp_path),
-               "--name", "abl")
+    run_script(
+        "ablations.py",
+        "--protocol",
+        "smoke",
+        "--variants",
+        "batch_bn",
+        "--seeds",
+        "2",
+        "--set",
+        "al.stages=2",
+        "--set",
+        "vae.iterations=3",
+        "--set",
+        "train.epochs=1",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "abl",
+    )
     raw = sorted(p.name for p in (tmp_path / "abl" / "raw").glob("*.json"))
-    assert raw == sorted(f"{v}-{s}-seed{k}.json" for k in (0, 1) for v, ss in
-                         (("standard", ("random", "lloss_rank", "vaal", "tavaal")), ("batch_bn", ("vaal", "tavaal")))
-                         for s in ss)
+    assert raw == sorted(
+        f"{v}-{s}-seed{k}.json"
+        for k in (0, 1)
+        for v, ss in (("standard", ("random", "lloss_rank", "vaal", "tavaal")), ("batch_bn", ("vaal", "tavaal")))
+        for s in ss
+    )
     md = (tmp_path / "abl.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| batch_bn |") and "| tavaal |" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
     runs = curves.load_raw(tmp_path / "abl")
-    d, ahead, n = curves.paired({"a": runs["batch_bn"]["tavaal"], "b": runs["standard"]["random"]}, "a", "b",
-                                curves.auc)
+    d, ahead, n = curves.paired(
+        {"a": runs["batch_bn"]["tavaal"], "b": runs["standard"]["random"]}, "a", "b", curves.auc
+    )
     assert cells[5] == f"{d * 100:+.2f} ({ahead}/{n})" and n == 2  # vs random: the standard variant's random
     d, ahead, n = curves.paired({"a": runs["batch_bn"]["tavaal"], "b": runs["batch_bn"]["vaal"]}, "a", "b", curves.auc)
     assert cells[7] == f"{d * 100:+.2f} ({ahead}/{n})"  # vs vaal: its own variant's vaal

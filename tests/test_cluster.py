@@ -1,6 +1,7 @@
 """Cloud clusters and the image, checked offline: every launcher config against the cluster-config schema of the
 installed Ray, the KubeRay manifests against the fields KubeRay requires, one set of versions across the Dockerfile,
 the configs, the manifests and pyproject.toml, and every sweep command we ship against the sweep's own CLI."""
+
 from __future__ import annotations
 
 import copy
@@ -61,6 +62,7 @@ def kuberay_images(spec: dict) -> list[str]:
 
 # --- one set of versions --------------------------------------------------------------------------------------------
 
+
 def test_versions_agree_across_dockerfile_configs_manifests_and_pyproject():
     project = pyproject()
     tavaal = project["tool"]["tavaal"]
@@ -74,7 +76,7 @@ def test_versions_agree_across_dockerfile_configs_manifests_and_pyproject():
     for dep in ("torch", "torchvision"):  # the image's torch satisfies the project's range
         got = re.search(rf"\b{dep}==([\w.]+)", dockerfile()).group(1)
         spec = next(d for d in project["project"]["dependencies"] if re.match(rf"{dep}\s*[<>=]", d))
-        assert got in SpecifierSet(spec[len(dep):]), (dep, got, spec)
+        assert got in SpecifierSet(spec[len(dep) :]), (dep, got, spec)
     for name, path in LAUNCHER.items():
         assert load(path)["docker"]["image"] == image, name
     for kind, path in KUBERAY.items():
@@ -90,6 +92,7 @@ def test_versions_agree_across_dockerfile_configs_manifests_and_pyproject():
 
 # --- Ray cluster launcher configs -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(LAUNCHER))
 def test_launcher_config_validates_against_the_installed_rays_schema(name):
     from ray.autoscaler._private.util import prepare_config, validate_config
@@ -104,8 +107,9 @@ def test_launcher_config_validates_against_the_installed_rays_schema(name):
     head = config["head_node_type"]
     assert prepared["available_node_types"][head]["max_workers"] == 0
     workers = {k: v for k, v in config["available_node_types"].items() if k != head}
-    assert workers and all(v["min_workers"] == 0 and 0 < v["max_workers"] <= config["max_workers"]
-                           for v in workers.values()), "workers scale from zero, under the global ceiling"
+    assert workers and all(
+        v["min_workers"] == 0 and 0 < v["max_workers"] <= config["max_workers"] for v in workers.values()
+    ), "workers scale from zero, under the global ceiling"
     assert 0 < config["idle_timeout_minutes"] <= 30
     assert config["docker"]["pull_before_run"] is True
 
@@ -162,9 +166,16 @@ def test_launcher_config_turns_token_authentication_on_with_the_users_token(name
     host_copy = f"{get_docker_host_mount_location(config['cluster_name'])}/~/.ray/auth_token"
     for role in ("head", "worker"):
         # the `docker run` line Ray's launcher builds for this node type
-        run = docker_start_cmds("ubuntu", docker["image"], config["file_mounts"], docker["container_name"],
-                                docker["run_options"] + docker.get(f"{role}_run_options", []), config["cluster_name"],
-                                "/home/ray", "docker")
+        run = docker_start_cmds(
+            "ubuntu",
+            docker["image"],
+            config["file_mounts"],
+            docker["container_name"],
+            docker["run_options"] + docker.get(f"{role}_run_options", []),
+            config["cluster_name"],
+            "/home/ray",
+            "docker",
+        )
         assert "--env RAY_AUTH_MODE=token" in run, role
         assert f"-v {host_copy}:/home/ray/.ray/auth_token" in run, role  # Ray's default token path in the image
     text = LAUNCHER[name].read_text()
@@ -177,13 +188,17 @@ def test_launcher_config_turns_token_authentication_on_with_the_users_token(name
 
 def test_no_secrets_in_cluster_files():
     # a Ray token is 64 hex digits (`ray get-auth-token --generate`: secrets.token_hex(32))
-    secret = re.compile(r"AKIA[0-9A-Z]{16}|PRIVATE KEY|(password|secret_access_key|token)\s*[:=]\s*\S"
-                        r"|\b[0-9a-f]{32,}\b", re.I)
+    secret = re.compile(
+        r"AKIA[0-9A-Z]{16}|PRIVATE KEY|(password|secret_access_key|token)\s*[:=]\s*\S"
+        r"|\b[0-9a-f]{32,}\b",
+        re.I,
+    )
     files = [*LAUNCHER.values(), *KUBERAY.values(), ROOT / "docker/Dockerfile"]
     for path in files:
         assert not secret.search(path.read_text()), path
-        body = "\n".join(line.split(" #")[0] for line in path.read_text().splitlines()
-                         if not line.lstrip().startswith("#"))
+        body = "\n".join(
+            line.split(" #")[0] for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
+        )
         # No bucket and no tracking URI written in: only ${MLFLOW_TRACKING_URI...} references to the environment.
         assert not re.search(r"\b(s3|gs)://|MLFLOW_TRACKING_URI(?!(:\?[^}]*)?\})", body), path
 
@@ -198,6 +213,7 @@ def test_no_secrets_in_cluster_files():
 # needs rayClusterSpec (or clusterSelector), ttlSecondsAfterFinished >= 0, activeDeadlineSeconds > 0.
 # Set KUBERAY_CRD_DIR to a kuberay checkout's ray-operator/config/crd/bases to also check the full CRD schemas
 # (v1.5.1 and v1.7.0 pass; v1.4.2 reports .spec.authOptions as unknown, as `kubectl apply --validate=strict` would).
+
 
 def check_cluster_spec(spec: dict) -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", spec["rayVersion"])
@@ -274,18 +290,20 @@ def unknown_fields(doc, schema: dict, path: str = "") -> list[str]:
         return []
     props = schema["properties"]
     return [f"{path}.{k}" for k in doc if k not in props] + [
-        f for k, v in doc.items() if k in props for f in unknown_fields(v, props[k], f"{path}.{k}")]
+        f for k, v in doc.items() if k in props for f in unknown_fields(v, props[k], f"{path}.{k}")
+    ]
 
 
 # --- the sweep commands we ship, against the sweep's CLI ------------------------------------------------------------
+
 
 def sweep_args(command: str) -> list[str]:
     """The arguments after ``python -m tavaal.sweep``, with $VAR / ${VAR:?msg} replaced by sample values."""
     command = re.sub(r"\$\{(\w+)(:\?[^}]*)?\}|\$(\w+)", lambda m: SAMPLE_ENV[m.group(1) or m.group(3)], command)
     words = shlex.split(command)
     i = words.index("tavaal.sweep")
-    assert words[i - 2:i] == ["python", "-m"]
-    return words[i + 1:]
+    assert words[i - 2 : i] == ["python", "-m"]
+    return words[i + 1 :]
 
 
 def parse_sweep(args: list[str]):
@@ -302,7 +320,7 @@ def parse_sweep(args: list[str]):
 def test_rayjob_entrypoint_is_a_valid_sweep_command_on_the_image():
     args = parse_sweep(sweep_args(load(KUBERAY["RayJob"])["spec"]["entrypoint"]))
     for path in (args.config, args.space):  # no --working-dir on KubeRay: the files of the image
-        assert path.startswith(IMAGE_HOME + "/") and (ROOT / path[len(IMAGE_HOME) + 1:]).is_file(), path
+        assert path.startswith(IMAGE_HOME + "/") and (ROOT / path[len(IMAGE_HOME) + 1 :]).is_file(), path
     assert f"WORKDIR {IMAGE_HOME}" in dockerfile()
     assert args.tracking_uri == SAMPLE_ENV["MLFLOW_TRACKING_URI"]
     assert args.storage_path == SAMPLE_ENV["TAVAAL_STORAGE_PATH"]
@@ -313,8 +331,12 @@ def test_rayjob_entrypoint_is_a_valid_sweep_command_on_the_image():
 def test_readme_cluster_commands_are_valid_sweep_commands():
     readme = (ROOT / "docs/clusters.md").read_text()
     section = readme.split("## Running on a cloud cluster", 1)[1].split("\n## ", 1)[0]
-    commands = [c for block in re.findall(r"```bash\n(.*?)```", section, re.S)
-                for c in block.replace("\\\n", " ").splitlines() if "tavaal.sweep" in c]
+    commands = [
+        c
+        for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+        for c in block.replace("\\\n", " ").splitlines()
+        if "tavaal.sweep" in c
+    ]
     assert len(commands) >= 3
     for command in commands:
         args = parse_sweep(sweep_args(command.split(" -- ", 1)[-1].split("#", 1)[0]))

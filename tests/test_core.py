@@ -1,4 +1,5 @@
 """Pool state, selection, metrics, seeding, config: the pieces of the loop, on hand-made inputs."""
+
 import math
 
 import numpy as np

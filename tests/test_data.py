@@ -1,4 +1,5 @@
 """The data layer: real Fashion-MNIST, loaders on tiny files in the real on-disk formats, imbalance, subsets."""
+
 from __future__ import annotations
 
 import gzip
@@ -79,8 +80,10 @@ def _write_idx(path: Path, arr: np.ndarray) -> None:
 def _write_fmnist(root: Path, n_train: int = 20, n_test: int = 10) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     arrays = {
-        "train_x": rng.integers(0, 256, (n_train, 28, 28)), "train_y": np.arange(n_train) % 10,
-        "test_x": rng.integers(0, 256, (n_test, 28, 28)), "test_y": np.arange(n_test)[::-1] % 10,
+        "train_x": rng.integers(0, 256, (n_train, 28, 28)),
+        "train_y": np.arange(n_train) % 10,
+        "test_x": rng.integers(0, 256, (n_test, 28, 28)),
+        "test_y": np.arange(n_test)[::-1] % 10,
     }
     root.mkdir(parents=True, exist_ok=True)
     for i, (key, name) in enumerate(FILES.items()):

@@ -1,11 +1,12 @@
 """docs/: the configuration reference is generated from tavaal/config.py and kept current."""
+
 import dataclasses
 import subprocess
 import sys
 
-from conftest import ROOT
-
 from tavaal import config_doc
+
+from conftest import ROOT
 
 DOC = ROOT / "docs" / "configuration.md"
 
@@ -21,9 +22,16 @@ def rows() -> dict[str, list[str]]:
 
 def test_config_doc_is_current():
     assert DOC.read_text() == config_doc.render(), (
-        "docs/configuration.md is stale; regenerate it: python -m tavaal.config_doc > docs/configuration.md")
-    check = subprocess.run([sys.executable, "-m", "tavaal.config_doc", "--check"], cwd=ROOT, check=False,
-                           capture_output=True, text=True, timeout=120)
+        "docs/configuration.md is stale; regenerate it: python -m tavaal.config_doc > docs/configuration.md"
+    )
+    check = subprocess.run(
+        [sys.executable, "-m", "tavaal.config_doc", "--check"],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert check.returncode == 0, check.stderr
 
 
@@ -53,7 +61,7 @@ def test_rows_carry_the_provenance_comments():
     assert "official code LR = 0.1" in found["train.lr"][0]
     assert "\\|L\\|" in found["vae.iterations"][0]  # pipes escaped
     # continuation comment lines are joined into the row; a heading comment line is not
-    assert "or \"running\" (eval mode" in found["vae.score_bn"][0]
+    assert 'or "running" (eval mode' in found["vae.score_bn"][0]
     assert "when every pool label is known, else manual" in found["al.oracle"][0]
     assert "your own images" not in found["data.download"][0]
     assert "*your own images" in DOC.read_text()

@@ -1,4 +1,5 @@
 """The loop end to end: growth per stage, resume after a real kill, bad input, entry points."""
+
 import signal
 import subprocess
 import sys
@@ -7,10 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, run_cli, run_main
 from tavaal import checkpoint
 from tavaal.config import load_config
 from tavaal.experiment import run_experiment
+
+from conftest import ROOT, TINY, run_cli, run_main
 
 
 def test_three_stage_run_grows_by_budget_and_never_relabels(tmp_path):
@@ -49,8 +51,13 @@ def test_resume_after_kill_selects_exactly_what_an_uninterrupted_run_selects(tmp
     args = TINY + ["--set", "al.stages=4", "--set", "vae.iterations=30"]
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_main(capsys, *args, "--out", str(full)).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "tavaal.run", *args, "--out", str(cut)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tavaal.run", *args, "--out", str(cut)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for(checkpoint.stage_dir(cut, 1), proc)
     proc.send_signal(signal.SIGKILL)  # a real kill, mid-stage 2
     proc.wait()
@@ -71,17 +78,20 @@ def _assert_one_line_error(res, needle):
     assert len(lines) == 1 and needle in lines[0], res.stderr
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--strategy", "nope"], "unknown strategy 'nope'"),
-    (["--set", "al.budget=-3"], "al.budget"),
-    (["--set", "al.stages=30"], "exceed the pool"),
-    (["--set", "data.name=fashionmnist", "--data-dir", "/nonexistent/fm"], "/nonexistent/fm"),
-    (["--set", "model.name=mlp"], "model 'mlp' expects a vector input_shape"),  # images into an MLP
-    (["--set", "data.name=toy2d"], "model 'small_cnn' expects an image input_shape"),  # vectors into a CNN
-    (["--set", "device=cuda:x"], "auto, cpu, cuda or cuda:N"),
-    (["--set", "train.lr=.nan"], "a finite number"),
-    (["--seed", "abc"], "invalid int value: 'abc'"),  # argparse's own errors are one line too
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--strategy", "nope"], "unknown strategy 'nope'"),
+        (["--set", "al.budget=-3"], "al.budget"),
+        (["--set", "al.stages=30"], "exceed the pool"),
+        (["--set", "data.name=fashionmnist", "--data-dir", "/nonexistent/fm"], "/nonexistent/fm"),
+        (["--set", "model.name=mlp"], "model 'mlp' expects a vector input_shape"),  # images into an MLP
+        (["--set", "data.name=toy2d"], "model 'small_cnn' expects an image input_shape"),  # vectors into a CNN
+        (["--set", "device=cuda:x"], "auto, cpu, cuda or cuda:N"),
+        (["--set", "train.lr=.nan"], "a finite number"),
+        (["--seed", "abc"], "invalid int value: 'abc'"),  # argparse's own errors are one line too
+    ],
+)
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, needle):
     res = run_main(capsys, *TINY, *extra, "--out", str(tmp_path / "out"))
     _assert_one_line_error(res, needle)
@@ -104,9 +114,11 @@ def test_resume_refuses_a_different_config(tmp_path, capsys):
 
 
 def test_core_imports_neither_ray_nor_mlflow():
-    code = ("import sys; import tavaal.core.training, tavaal.core.vae_training, tavaal.core.scoring, "
-            "tavaal.models, tavaal.losses, tavaal.strategies, tavaal.data, tavaal.experiment, tavaal.run; "
-            "bad = [m for m in ('ray', 'mlflow') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import tavaal.core.training, tavaal.core.vae_training, tavaal.core.scoring, "
+        "tavaal.models, tavaal.losses, tavaal.strategies, tavaal.data, tavaal.experiment, tavaal.run; "
+        "bad = [m for m in ('ray', 'mlflow') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -121,13 +133,33 @@ def test_list_entry_point():
 
 def test_fashionmnist_preset_runs_end_to_end_on_real_data(tmp_path, capsys):
     """The README's main command, with a tiny budget: the preset parses and runs on the Debian files."""
-    res = run_main(capsys, "--config", "configs/fashionmnist_tavaal_cpu.yaml", "--out", str(tmp_path / "fm"),
-                  "--set", "al.stages=2", "--set", "al.initial=64", "--set", "al.budget=32",
-                  "--set", "al.subset_size=256", "--set", "train.epochs=15", "--set", "vae.iterations=3",
-                  "--set", "data.num_test=500", "--json", str(tmp_path / "records.json"))
+    res = run_main(
+        capsys,
+        "--config",
+        "configs/fashionmnist_tavaal_cpu.yaml",
+        "--out",
+        str(tmp_path / "fm"),
+        "--set",
+        "al.stages=2",
+        "--set",
+        "al.initial=64",
+        "--set",
+        "al.budget=32",
+        "--set",
+        "al.subset_size=256",
+        "--set",
+        "train.epochs=15",
+        "--set",
+        "vae.iterations=3",
+        "--set",
+        "data.num_test=500",
+        "--json",
+        str(tmp_path / "records.json"),
+    )
     assert res.returncode == 0, res.stderr
     assert "stage 2/2  labeled 96" in res.stdout
     import json
+
     records = json.loads((tmp_path / "records.json").read_text())
     assert [r["num_labeled"] for r in records] == [64, 96] and len(records[0]["label_counts"]) == 10
     assert records[1]["accuracy"] > 0.3  # 10 classes: well above chance (0.1) after 15 epochs on 96 labels

@@ -1,5 +1,6 @@
 """The adversarial game's health numbers on hand-made inputs, the two BatchNorm modes of VAE scoring, the
 discriminator-loss tail of a VAE job, and the health in a stage record and in MLflow's metric names."""
+
 import dataclasses
 import math
 import subprocess
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import trained_stage
 from tavaal.config import load_config
 from tavaal.core.health import CHANCE_DISC_LOSS, auroc, average_ranks, game_health, spearman
 from tavaal.core.vae_training import VAEJob, VAEResult, VAETraining, train_vae
@@ -18,6 +18,8 @@ from tavaal.models import VAE
 from tavaal.strategies import QueryContext, build_strategy
 from tavaal.strategies.scorers import DiscriminatorScorer, batch_statistics
 from tavaal.tracking import stage_metrics
+
+from conftest import trained_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = load_config("configs/smoke.yaml", ["train.epochs=1", "vae.iterations=10"])
@@ -30,13 +32,16 @@ def test_average_ranks_share_ties():
     assert average_ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
 
 
-@pytest.mark.parametrize("pos,neg,expected", [
-    ([3, 4, 5], [0, 1, 2], 1.0),  # every positive above every negative
-    ([0, 1], [2, 3], 0.0),
-    ([1, 1], [1, 1], 0.5),  # all ties: chance
-    ([2, 0], [1], 0.5),  # one pair above, one below
-    ([1, 3], [1, 2], 0.625),  # pairs: (1,1) tie 1/2, (1,2) 0, (3,1) 1, (3,2) 1 -> 2.5 / 4
-])
+@pytest.mark.parametrize(
+    "pos,neg,expected",
+    [
+        ([3, 4, 5], [0, 1, 2], 1.0),  # every positive above every negative
+        ([0, 1], [2, 3], 0.0),
+        ([1, 1], [1, 1], 0.5),  # all ties: chance
+        ([2, 0], [1], 0.5),  # one pair above, one below
+        ([1, 3], [1, 2], 0.625),  # pairs: (1,1) tie 1/2, (1,2) 0, (3,1) 1, (3,2) 1 -> 2.5 / 4
+    ],
+)
 def test_auroc_known_values(pos, neg, expected):
     assert auroc(np.array(pos), np.array(neg)) == pytest.approx(expected)
 
@@ -45,21 +50,29 @@ def test_auroc_of_an_empty_side_is_nan():
     assert math.isnan(auroc(np.array([]), np.array([1.0])))
 
 
-@pytest.mark.parametrize("a,b,expected", [
-    ([1, 2, 3, 4], [10, 20, 30, 40], 1.0),
-    ([1, 2, 3, 4], [4, 3, 2, 1], -1.0),
-    ([1, 2, 3, 4, 5], [5, 6, 7, 8, 7], 0.8207826816681233),  # tie in b: scipy.stats.spearmanr's value
-    ([1, 2, 3], [2, 2, 2], float("nan")),  # constant: undefined
-])
+@pytest.mark.parametrize(
+    "a,b,expected",
+    [
+        ([1, 2, 3, 4], [10, 20, 30, 40], 1.0),
+        ([1, 2, 3, 4], [4, 3, 2, 1], -1.0),
+        ([1, 2, 3, 4, 5], [5, 6, 7, 8, 7], 0.8207826816681233),  # tie in b: scipy.stats.spearmanr's value
+        ([1, 2, 3], [2, 2, 2], float("nan")),  # constant: undefined
+    ],
+)
 def test_spearman_known_values(a, b, expected):
     got = spearman(np.array(a, dtype=float), np.array(b, dtype=float))
     assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected)
 
 
 def test_game_health_from_hand_made_scores():
-    h = game_health(1.0, logit_labeled=np.array([2.0, 3.0]), logit_candidates=np.array([0.0, 1.0, 4.0]),
-                    pick_counts=np.array([1, 0, 2]), rhat_labeled=np.array([0.0, 0.1]),
-                    rhat_candidates=np.array([1.0, 0.5, 0.05]))
+    h = game_health(
+        1.0,
+        logit_labeled=np.array([2.0, 3.0]),
+        logit_candidates=np.array([0.0, 1.0, 4.0]),
+        pick_counts=np.array([1, 0, 2]),
+        rhat_labeled=np.array([0.0, 0.1]),
+        rhat_candidates=np.array([1.0, 0.5, 0.05]),
+    )
     assert h["disc_loss_tail"] == 1.0 and h["disc_gap"] == pytest.approx(CHANCE_DISC_LOSS - 1.0)
     assert h["disc_auroc"] == pytest.approx(4 / 6)  # labeled above candidates in 4 of 6 pairs
     assert h["rhat_auroc"] == pytest.approx(5 / 6)  # candidates' r̂ above the labeled set's in 5 of 6
@@ -136,8 +149,11 @@ def test_both_bn_modes_select_validly_and_differently(stage, name):
     for mode in ("running", "batch"):
         cfg = dataclasses.replace(CFG, vae=dataclasses.replace(CFG.vae, score_bn=mode))
         strategy = build_strategy(name)
-        result = strategy.query(QueryContext(cfg, data, local, spec, tasks[strategy.ranker_loss],
-                                             pool.labeled_indices(), cand, 40, stage=0, seed=5))
+        result = strategy.query(
+            QueryContext(
+                cfg, data, local, spec, tasks[strategy.ranker_loss], pool.labeled_indices(), cand, 40, stage=0, seed=5
+            )
+        )
         assert result.selected.size == 40 and np.unique(result.selected).size == 40
         assert np.isin(result.selected, cand).all()
         h = result.health
@@ -174,10 +190,23 @@ def test_disc_loss_tail_is_the_mean_of_the_last_tenth(stage):
 
 
 def test_stage_metrics_carry_the_game_under_game_prefix():
-    rec = {"stage": 1, "num_labeled": 10, "accuracy": 0.5, "balanced_accuracy": 0.5, "label_entropy": 1.0,
-           "label_entropy_norm": 0.5, "train_accuracy": 0.99,
-           "health": {"disc_loss_tail": 1.38, "disc_gap": 0.006, "disc_auroc": 0.51, "rhat_auroc": 0.6,
-                      "score_rhat_spearman": 0.2, "pick_counts": [3, 0, 7]}}
+    rec = {
+        "stage": 1,
+        "num_labeled": 10,
+        "accuracy": 0.5,
+        "balanced_accuracy": 0.5,
+        "label_entropy": 1.0,
+        "label_entropy_norm": 0.5,
+        "train_accuracy": 0.99,
+        "health": {
+            "disc_loss_tail": 1.38,
+            "disc_gap": 0.006,
+            "disc_auroc": 0.51,
+            "rhat_auroc": 0.6,
+            "score_rhat_spearman": 0.2,
+            "pick_counts": [3, 0, 7],
+        },
+    }
     m = stage_metrics(rec)
     assert m["game/disc_loss_tail"] == 1.38 and m["game/disc_auroc"] == 0.51 and m["game/rhat_auroc"] == 0.6
     assert m["game/score_rhat_spearman"] == 0.2 and m["game/disc_gap"] == 0.006
@@ -190,11 +219,35 @@ def test_stage_metrics_carry_the_game_under_game_prefix():
 def test_diagnosis_script_honours_every_set(tmp_path):
     out = tmp_path / "diag.md"
     proc = subprocess.run(
-        [sys.executable, "benchmarks/tavaal_diagnosis.py", "--config", "configs/smoke.yaml", "--protocol", "none",
-         "--strategies", "tavaal", "--set", "al.stages=3", "--set", "vae.iterations=6", "--set", "vae.vae_steps=3",
-         "--set", "vae.kl_reduction=sum", "--set", "train.epochs=1", "--set", "data.imbalance_ratio=2",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=240, cwd=ROOT)
+        [
+            sys.executable,
+            "benchmarks/tavaal_diagnosis.py",
+            "--config",
+            "configs/smoke.yaml",
+            "--protocol",
+            "none",
+            "--strategies",
+            "tavaal",
+            "--set",
+            "al.stages=3",
+            "--set",
+            "vae.iterations=6",
+            "--set",
+            "vae.vae_steps=3",
+            "--set",
+            "vae.kl_reduction=sum",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "data.imbalance_ratio=2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = out.read_text()
     for mode in ("running", "batch"):  # both BN modes, each with the --set schedule, not the strategy's default

@@ -1,4 +1,5 @@
 """Known-answer tests for tavaal.losses: expected values are derived by hand with math.log/exp."""
+
 import math
 
 import pytest
@@ -92,8 +93,7 @@ LOGVAR = torch.tensor([[0.0, math.log(2.0)], [-1.0, 0.0]])
 
 def kl_elements() -> list[float]:
     return [
-        -0.5 * (1 + lv - m * m - math.exp(lv))
-        for m, lv in [(1.0, 0.0), (0.0, math.log(2.0)), (0.5, -1.0), (-1.0, 0.0)]
+        -0.5 * (1 + lv - m * m - math.exp(lv)) for m, lv in [(1.0, 0.0), (0.0, math.log(2.0)), (0.5, -1.0), (-1.0, 0.0)]
     ]
 
 

@@ -1,4 +1,5 @@
 """Task models, ranker (LossNet), VAE and discriminator: shapes, gradients, determinism, bf16."""
+
 import math
 import subprocess
 import sys

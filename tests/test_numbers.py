@@ -1,15 +1,18 @@
 """Numbers typed as people type them: ``1e-3``, ``5e-4``, ``.5`` are floats in YAML files
 and ``--set`` alike, in configs and search spaces; everything else parses as plain YAML did."""
+
 import math
 
 import pytest
 import yaml
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from conftest import run_main
 from tavaal.config import load_config, load_yaml, parse_override
 from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, read_space
+
+from conftest import run_main
 
 
 def _no_leading_zero(x: float) -> str:  # 0.5 -> .5, -0.25 -> -.25 (values with an exponent: as repr)
@@ -97,11 +100,43 @@ def test_set_weight_decay_5e_4_resolves():
     assert parse_override("vae.lr=-.5e-2") == ("vae.lr", -0.005)
 
 
-@pytest.mark.parametrize("text", [
-    "1", "-3", "+7", "0", "0x10", "017", "1_000", "yes", "no", "true", "False", "null", "~", "[8]", "[1, 2.5]",
-    "'5e-4'", '"1e-3"', "1e3abc", "e5", ".", "-.", "1e", "1.5.2", "2001-12-14", "1:30", "5.0e-4", "1.0e+3", ".5",
-    ".inf", "-.inf", "{a: 1}", "fast",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1",
+        "-3",
+        "+7",
+        "0",
+        "0x10",
+        "017",
+        "1_000",
+        "yes",
+        "no",
+        "true",
+        "False",
+        "null",
+        "~",
+        "[8]",
+        "[1, 2.5]",
+        "'5e-4'",
+        '"1e-3"',
+        "1e3abc",
+        "e5",
+        ".",
+        "-.",
+        "1e",
+        "1.5.2",
+        "2001-12-14",
+        "1:30",
+        "5.0e-4",
+        "1.0e+3",
+        ".5",
+        ".inf",
+        "-.inf",
+        "{a: 1}",
+        "fast",
+    ],
+)
 def test_everything_else_parses_as_before(text):
     assert repr(load_yaml(text)) == repr(yaml.safe_load(text))
 

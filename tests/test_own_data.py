@@ -1,5 +1,6 @@
 """Users' own data: Parquet and image-folder pools (real PNG bytes, real Parquet files), the manual oracle's
 round trip through the CLI, bad labels files, and Parquet scoring through Ray Data (tier: Ray, 2 CPUs)."""
+
 from __future__ import annotations
 
 import csv
@@ -17,7 +18,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, trained_stage
 from tavaal import checkpoint
 from tavaal.config import BackendConfig, DataConfig, load_config
 from tavaal.data import build_dataset
@@ -25,6 +25,8 @@ from tavaal.data.synthetic import synthetic_images
 from tavaal.experiment import run_experiment
 from tavaal.oracle import ManualOracle, pending, row_ids, with_labels
 from tavaal.run import main
+
+from conftest import run_cli, trained_stage
 
 NAMES = ("tl", "tr", "bl", "br")  # synthetic's classes: the quadrant of the blob
 N_POOL, N_TEST = 300, 100
@@ -44,21 +46,47 @@ def files(tmp_path_factory):
     images = [png(a[0]) for a in x]
     ids = [f"img{i:04d}" for i in range(N_POOL)]
     labels = [NAMES[c] for c in y]
-    pq.write_table(pa.table({"id": ids, "image": images[:N_POOL], "label": labels[:N_POOL]}), d / "pool.parquet",
-                   row_group_size=64)
-    pq.write_table(pa.table({"id": ids, "image": images[:N_POOL], "label": pa.nulls(N_POOL, pa.string())}),
-                   d / "unlabeled.parquet")
-    pq.write_table(pa.table({"id": [f"t{i}" for i in range(N_TEST)], "image": images[N_POOL:],
-                             "label": labels[N_POOL:]}), d / "test.parquet")
+    pq.write_table(
+        pa.table({"id": ids, "image": images[:N_POOL], "label": labels[:N_POOL]}), d / "pool.parquet", row_group_size=64
+    )
+    pq.write_table(
+        pa.table({"id": ids, "image": images[:N_POOL], "label": pa.nulls(N_POOL, pa.string())}), d / "unlabeled.parquet"
+    )
+    pq.write_table(
+        pa.table({"id": [f"t{i}" for i in range(N_TEST)], "image": images[N_POOL:], "label": labels[N_POOL:]}),
+        d / "test.parquet",
+    )
     return {"dir": d, "pixels": dict(zip(ids, x[:N_POOL])), "truth": dict(zip(ids, labels[:N_POOL]))}
 
 
 def args(files, pool: str, out: Path, *extra: str) -> list[str]:
-    return ["--config", "configs/smoke.yaml", "--set", "train.epochs=1", "--set", "vae.iterations=4",
-            "--set", "al.stages=2", "--set", "data.name=parquet", "--set", f"data.path={files['dir'] / pool}",
-            "--set", f"data.test_path={files['dir'] / 'test.parquet'}", "--set", "data.image_size=16",
-            "--set", "data.channels=1", "--set", "data.num_train=null", "--set", "data.num_test=null",
-            "--out", str(out), *extra]
+    return [
+        "--config",
+        "configs/smoke.yaml",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "vae.iterations=4",
+        "--set",
+        "al.stages=2",
+        "--set",
+        "data.name=parquet",
+        "--set",
+        f"data.path={files['dir'] / pool}",
+        "--set",
+        f"data.test_path={files['dir'] / 'test.parquet'}",
+        "--set",
+        "data.image_size=16",
+        "--set",
+        "data.channels=1",
+        "--set",
+        "data.num_train=null",
+        "--set",
+        "data.num_test=null",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def answer(request: Path, truth: dict, dest: Path | None = None) -> Path:
@@ -73,8 +101,11 @@ def answer(request: Path, truth: dict, dest: Path | None = None) -> Path:
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ---------------------------------------------------------------- data
@@ -119,10 +150,32 @@ def test_image_folder_pool_with_class_folders_and_an_unlabeled_folder(tmp_path):
     odd = int(np.flatnonzero([i.endswith("001.png") for i in data.train.ids])[0])
     np.testing.assert_array_equal(data.train.x[odd].numpy(), x[1])  # 16x16 files: the exact pixels
     # the manual oracle asks for the unlabeled folder's images by their own paths
-    res = main(["--config", "configs/smoke.yaml", "--set", "data.name=imagefolder",
-                "--set", f"data.path={tmp_path / 'imgs'}", "--set", "data.image_size=16", "--set", "data.channels=1",
-                "--set", "data.num_train=null", "--set", "al.budget=4", "--set", "al.subset_size=8",
-                "--set", "train.epochs=1", "--set", "vae.iterations=2", "--out", str(tmp_path / "run")])
+    res = main(
+        [
+            "--config",
+            "configs/smoke.yaml",
+            "--set",
+            "data.name=imagefolder",
+            "--set",
+            f"data.path={tmp_path / 'imgs'}",
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "data.channels=1",
+            "--set",
+            "data.num_train=null",
+            "--set",
+            "al.budget=4",
+            "--set",
+            "al.subset_size=8",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "vae.iterations=2",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert res == 0
     rows = list(csv.DictReader((tmp_path / "run" / "to_label" / "stage_1.csv").open()))
     assert len(rows) == 4 and all(r["id"].startswith("unlabeled/") and r["label"] == "" for r in rows)
@@ -187,8 +240,9 @@ def test_an_oracle_passed_into_the_loop_labels_what_the_simulated_oracle_labels(
     cfg = load_config("configs/smoke.yaml", sets)
     annotator = Annotator(cfg, files["truth"])
     got = run_experiment(cfg, oracle=annotator, log=lambda m: None)
-    want = run_experiment(load_config("configs/smoke.yaml", [*sets, f"data.path={files['dir'] / 'pool.parquet'}"]),
-                          log=lambda m: None)
+    want = run_experiment(
+        load_config("configs/smoke.yaml", [*sets, f"data.path={files['dir'] / 'pool.parquet'}"]), log=lambda m: None
+    )
     assert annotator.asked == [(0, 40), (1, 40)]  # stage 0's initial set, then stage 0's picks before stage 1
     assert [r.selected for r in got] == [r.selected for r in want] and len(got[0].selected) == 40
     assert [r.label_counts for r in got] == [r.label_counts for r in want]
@@ -212,14 +266,25 @@ def _bad_files(request: Path, truth: dict) -> dict[str, tuple[str, str]]:
     good = [f"{i},{truth[i]}" for i in rows]
     other = next(i for i in truth if i not in rows)
     return {
-        "unknown id": ("\n".join(["id,label", *good[:5], "nope,tl", *good[5:]]), "line 7: id 'nope' is not in the pool"),
+        "unknown id": (
+            "\n".join(["id,label", *good[:5], "nope,tl", *good[5:]]),
+            "line 7: id 'nope' is not in the pool",
+        ),
         "not requested": ("\n".join(["id,label", f"{other},tl", *good]), f"line 2: id '{other}' was not requested"),
-        "duplicate": ("\n".join(["id,label", *good, good[3]]), f"line 42: id '{rows[3]}' is labeled twice (first on line 5)"),
-        "unknown class": ("\n".join(["id,label", *good[:2], f"{rows[2]},zebra", *good[3:]]),
-                          "line 4: label 'zebra' is not a known class (bl, br, tl, tr)"),
+        "duplicate": (
+            "\n".join(["id,label", *good, good[3]]),
+            f"line 42: id '{rows[3]}' is labeled twice (first on line 5)",
+        ),
+        "unknown class": (
+            "\n".join(["id,label", *good[:2], f"{rows[2]},zebra", *good[3:]]),
+            "line 4: label 'zebra' is not a known class (bl, br, tl, tr)",
+        ),
         "wrong columns": ("\n".join(["image_id,class", *good]), "line 1: columns are image_id, class; expected"),
         "empty": ("", "is empty"),
-        "missing ids": ("\n".join(["id,label", *good[:-1]]), f"no line for 1 of the 40 requested ids (e.g. '{rows[-1]}')"),
+        "missing ids": (
+            "\n".join(["id,label", *good[:-1]]),
+            f"no line for 1 of the 40 requested ids (e.g. '{rows[-1]}')",
+        ),
         "empty label": ("\n".join(["id,label", f"{rows[0]},", *good[1:]]), f"line 2: id '{rows[0]}' has no label"),
     }
 
@@ -256,19 +321,35 @@ def test_resume_without_labels_asks_again_and_labels_with_nothing_pending_are_re
     assert "work in progress" in filled.read_text()  # an existing request is never overwritten
     assert checkpoint.list_stages(run) == [0]
     finished = tmp_path / "fresh"
-    assert main(["--config", "configs/smoke.yaml", "--set", "al.stages=1", "--set", "train.epochs=1",
-                 "--out", str(finished)]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                "configs/smoke.yaml",
+                "--set",
+                "al.stages=1",
+                "--set",
+                "train.epochs=1",
+                "--out",
+                str(finished),
+            ]
+        )
+        == 0
+    )
     assert main(["--resume", str(finished), "--labels", str(filled)]) == 2
     assert "no labels are pending" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--set", "data.id_column=key"], "has no column 'key' (data.id_column)"),
-    (["--oracle", "simulated", "--set", "data.path=UNL"], "have no label (e.g. id 'img0000')"),
-    (["--oracle", "manual"], "already has a label"),
-    (["--set", "data.path=/nonexistent/pool.parquet"], "/nonexistent/pool.parquet"),
-    (["--labels", "x.csv"], "--resume"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--set", "data.id_column=key"], "has no column 'key' (data.id_column)"),
+        (["--oracle", "simulated", "--set", "data.path=UNL"], "have no label (e.g. id 'img0000')"),
+        (["--oracle", "manual"], "already has a label"),
+        (["--set", "data.path=/nonexistent/pool.parquet"], "/nonexistent/pool.parquet"),
+        (["--labels", "x.csv"], "--resume"),
+    ],
+)
 def test_bad_own_data_input_exits_2(files, tmp_path, capsys, extra, needle):
     extra = [e.replace("UNL", str(files["dir"] / "unlabeled.parquet")) for e in extra]
     assert main(args(files, "pool.parquet", tmp_path / "out", *extra)) == 2
@@ -281,16 +362,25 @@ def test_bad_own_data_input_exits_2(files, tmp_path, capsys, extra, needle):
 
 
 def test_parquet_pool_scores_through_ray_data_equal_the_local_loop(files, ray_cluster):
-    from test_ray_data import Combined  # several scorers as one: one pipeline covers them all
-
     from tavaal.backends.ray.backend import RayBackend
     from tavaal.backends.ray.parquet import score_parquet_with_ray_data
     from tavaal.core.scoring import score_pool
     from tavaal.strategies.scorers import TaskScorer
 
-    cfg = load_config("configs/smoke.yaml", ["train.epochs=1", "data.name=parquet", "data.image_size=16",
-                                             "data.channels=1", "data.num_train=null", "data.num_test=null",
-                                             f"data.path={files['dir'] / 'pool.parquet'}"])
+    from test_ray_data import Combined  # several scorers as one: one pipeline covers them all
+
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [
+            "train.epochs=1",
+            "data.name=parquet",
+            "data.image_size=16",
+            "data.channels=1",
+            "data.num_train=null",
+            "data.num_test=null",
+            f"data.path={files['dir'] / 'pool.parquet'}",
+        ],
+    )
     data, pool, cand, spec, local, tasks = trained_stage(cfg, 150)
     scorer = Combined({kind: TaskScorer(spec, tasks["rank"], kind) for kind in ("entropy", "rhat")})
     idx = np.random.default_rng(3).permutation(cand)  # any order: rows come back aligned with it
@@ -320,10 +410,18 @@ def test_ray_backend_relabel_hands_the_new_labels_to_later_jobs(files, ray_clust
 
     from tavaal.backends.ray.backend import RayBackend
 
-    cfg = load_config("configs/smoke.yaml", ["data.name=parquet", "data.image_size=16", "data.channels=1",
-                                             "data.num_train=null", "data.num_test=null",
-                                             f"data.path={files['dir'] / 'unlabeled.parquet'}",
-                                             f"data.classes=[{', '.join(NAMES)}]"])
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [
+            "data.name=parquet",
+            "data.image_size=16",
+            "data.channels=1",
+            "data.num_train=null",
+            "data.num_test=null",
+            f"data.path={files['dir'] / 'unlabeled.parquet'}",
+            f"data.classes=[{', '.join(NAMES)}]",
+        ],
+    )
     data = build_dataset(cfg.data, 0)
     assert not data.known_rows.any()
     ids = [f"img{i:04d}" for i in range(5)]

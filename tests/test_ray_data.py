@@ -1,5 +1,6 @@
 """Ray Data pool scoring (tier: Ray, 2 CPUs): the same numbers and selections as the local loop, streaming
 memory on a 1,000,000-image pool, and bad input."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,6 @@ import pytest
 import ray
 import torch
 
-from conftest import trained_stage
 from tavaal.backends import LocalBackend
 from tavaal.backends.ray.data import _MAX_BATCHES_PER_BLOCK, _index_blocks, score_with_ray_data
 from tavaal.config import DataConfig, load_config
@@ -23,6 +23,8 @@ from tavaal.data import build_dataset
 from tavaal.registry import STRATEGIES
 from tavaal.strategies import QueryContext, build_strategy
 from tavaal.strategies.scorers import DiscriminatorScorer, TaskScorer
+
+from conftest import trained_stage
 
 # the test's own classes (a combined scorer) reach the actors by value: the workers cannot import tests/
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -84,8 +86,9 @@ def _disc_scorer(stage, conditional: bool, vae_cfg=CFG.vae) -> DiscriminatorScor
         rhat = np.full(len(data.train), np.nan, dtype=np.float32)
         rhat[both] = local.score(TaskScorer(spec, tasks["rank"], "rhat"), both, 64)["rhat"]
     v = dataclasses.replace(vae_cfg, vae_steps=1, kl_reduction="mean")
-    job = VAEJob(vae_input_shape(data.input_shape, v.input_size), v, pool.labeled_indices(), cand, 3, 0, conditional,
-                 rhat=rhat)
+    job = VAEJob(
+        vae_input_shape(data.input_shape, v.input_size), v, pool.labeled_indices(), cand, 3, 0, conditional, rhat=rhat
+    )
     return DiscriminatorScorer(job, local.train_vae(job))
 
 
@@ -138,8 +141,9 @@ class RayDataBackend:
         return self.local.train_vae(job, on_progress)
 
     def score(self, scorer, indices, batch_size):
-        out = score_with_ray_data(scorer, self.data_ref, indices, batch_size, concurrency=2,
-                                  pool_size=len(self.local.data.train))
+        out = score_with_ray_data(
+            scorer, self.data_ref, indices, batch_size, concurrency=2, pool_size=len(self.local.data.train)
+        )
         self.calls.append(out)
         return out
 
@@ -160,8 +164,18 @@ def test_strategy_selects_the_same_through_ray_data(ray_cluster, stage, name):
     strategy = build_strategy(name)
     results = {}
     for label, backend in (("local", RecordingLocal(local)), ("ray", RayDataBackend(local))):
-        ctx = QueryContext(CFG, data, backend, spec, tasks[strategy.ranker_loss], pool.labeled_indices(), cand,
-                           budget=16, stage=0, seed=5)
+        ctx = QueryContext(
+            CFG,
+            data,
+            backend,
+            spec,
+            tasks[strategy.ranker_loss],
+            pool.labeled_indices(),
+            cand,
+            budget=16,
+            stage=0,
+            seed=5,
+        )
         results[label] = (strategy.query(ctx), backend.calls)
     (loc, loc_calls), (ray_res, ray_calls) = results["local"], results["ray"]
     assert ray_res.selected.tolist() == loc.selected.tolist() and loc.selected.size == 16
@@ -261,13 +275,16 @@ def test_bad_or_empty_indices(ray_cluster, stage):
         score_with_ray_data(scorer, ray.put(data), np.array([0, 1, n + 5]), 37)
 
 
-@pytest.mark.parametrize("n, batch, workers, per_worker, blocks", [
-    (59_000, 512, 1, 1, 2),  # 116 batches: 2 blocks of at most 64
-    (59_000, 512, 2, 1, 2),  # tasks: one block per worker
-    (59_000, 512, 2, 4, 8),  # actors: 4 each, queued at the actor
-    (1_000_000, 512, 2, 1, 32),  # 1,954 batches: a multiple of 2 blocks of at most 64 batches
-    (100, 256, 2, 4, 1),  # fewer batches than workers: one block
-])
+@pytest.mark.parametrize(
+    "n, batch, workers, per_worker, blocks",
+    [
+        (59_000, 512, 1, 1, 2),  # 116 batches: 2 blocks of at most 64
+        (59_000, 512, 2, 1, 2),  # tasks: one block per worker
+        (59_000, 512, 2, 4, 8),  # actors: 4 each, queued at the actor
+        (1_000_000, 512, 2, 1, 32),  # 1,954 batches: a multiple of 2 blocks of at most 64 batches
+        (100, 256, 2, 4, 1),  # fewer batches than workers: one block
+    ],
+)
 def test_index_blocks_are_whole_batches_in_equal_shares(n, batch, workers, per_worker, blocks):
     indices = np.random.default_rng(0).permutation(2 * n)[:n]
     tables = _index_blocks(indices, batch, workers, per_worker)

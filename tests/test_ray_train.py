@@ -1,4 +1,5 @@
 """Ray tier: training through Ray Train (2 CPU workers, gloo), worker-failure recovery, a whole experiment."""
+
 import dataclasses
 
 import pytest
@@ -83,12 +84,20 @@ def test_kept_worker_group_runs_a_whole_experiment_like_local(ray_cluster, tmp_p
     """backend.keep_workers: one Ray Train run for every job of a 3-stage TA-VAAL experiment, the same picks as
     the local backend on the same thread count; the run grows by the budget and leaves alone the Ray it did not
     start."""
-    sets = ["train.epochs=1", "vae.iterations=4", "al.stages=3", "num_threads=1", "backend.name=ray",
-            "backend.keep_workers=true", f"backend.storage_path={tmp_path / 'train'}"]
+    sets = [
+        "train.epochs=1",
+        "vae.iterations=4",
+        "al.stages=3",
+        "num_threads=1",
+        "backend.name=ray",
+        "backend.keep_workers=true",
+        f"backend.storage_path={tmp_path / 'train'}",
+    ]
     cfg = load_config("configs/smoke.yaml", sets)
     on_ray = run_experiment(cfg, out_dir=tmp_path / "ray", log=lambda m: None)
-    local = run_experiment(dataclasses.replace(cfg, backend=BackendConfig()), out_dir=tmp_path / "local",
-                           log=lambda m: None)
+    local = run_experiment(
+        dataclasses.replace(cfg, backend=BackendConfig()), out_dir=tmp_path / "local", log=lambda m: None
+    )
     assert [r.selected for r in on_ray] == [r.selected for r in local]
     assert [r.accuracy for r in on_ray] == [r.accuracy for r in local]
     assert [r.num_labeled for r in on_ray] == [r.num_labeled for r in local] == [40, 80, 120]
@@ -126,15 +135,27 @@ def test_keep_workers_refuses_a_ray_too_small_to_score_beside_them():
     with pytest.raises(ConfigError, match="keep_workers: 2 training workers x 1 CPU"):
         check_room_to_score(BackendConfig(num_workers=2, keep_workers=True), {"CPU": 2.0})
     with pytest.raises(ConfigError, match="GPU"):
-        check_room_to_score(BackendConfig(gpus_per_worker=1, score_gpus_per_actor=1, keep_workers=True),
-                            {"CPU": 8.0, "GPU": 1.0})
+        check_room_to_score(
+            BackendConfig(gpus_per_worker=1, score_gpus_per_actor=1, keep_workers=True), {"CPU": 8.0, "GPU": 1.0}
+        )
 
 
 def test_backend_shortcut_flags_set_the_backend_fields():
     from tavaal.run import build_parser, resolve_config
 
-    args = build_parser().parse_args(["--config", "configs/smoke.yaml", "--backend", "ray", "--num-workers", "2",
-                                      "--cpus-per-worker", "0.5", "--keep-workers"])
+    args = build_parser().parse_args(
+        [
+            "--config",
+            "configs/smoke.yaml",
+            "--backend",
+            "ray",
+            "--num-workers",
+            "2",
+            "--cpus-per-worker",
+            "0.5",
+            "--keep-workers",
+        ]
+    )
     b = resolve_config(args).backend
     assert (b.name, b.num_workers, b.cpus_per_worker, b.keep_workers) == ("ray", 2, 0.5, True)
     assert resolve_config(build_parser().parse_args(["--config", "configs/smoke.yaml"])).backend.keep_workers is False

@@ -1,6 +1,7 @@
 """Reliability: damaged checkpoints fall back to the newest good stage, kept-checkpoint pruning, kills at
 random moments, tracking outages, random bad input, and runs refused or failed before their end leaving nothing
 started behind."""
+
 import json
 import os
 import shutil
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, free_port, run_cli, run_main
 from tavaal import checkpoint
 from tavaal.config import load_config
 from tavaal.experiment import run_experiment
+
+from conftest import ROOT, TINY, free_port, run_cli, run_main
 
 CFG = load_config("configs/smoke.yaml", ["train.epochs=1", "vae.iterations=4"])
 
@@ -52,11 +54,13 @@ def _garble_config(d):  # valid length, wrong bytes in the JSON the resume reads
     f.write_text(f.read_text().replace('"seed": 0', '"seed": 7'))
 
 
-CORRUPTIONS = {"truncated state.pt": (_truncate, "state.pt is damaged"),
-               "flipped byte": (_flip_byte, "state.pt is damaged"),
-               "missing config.json": (_drop_config, "config.json is missing"),
-               "missing manifest": (_drop_manifest, "no readable manifest.json"),
-               "edited config.json": (_garble_config, "config.json is damaged")}
+CORRUPTIONS = {
+    "truncated state.pt": (_truncate, "state.pt is damaged"),
+    "flipped byte": (_flip_byte, "state.pt is damaged"),
+    "missing config.json": (_drop_config, "config.json is missing"),
+    "missing manifest": (_drop_manifest, "no readable manifest.json"),
+    "edited config.json": (_garble_config, "config.json is damaged"),
+}
 
 
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))
@@ -106,14 +110,16 @@ def test_every_stage_damaged_exits_2_with_one_line_and_writes_nothing(full_run, 
 
 
 def test_keep_checkpoints_prunes_old_stages_and_resume_still_works(tmp_path, capsys):
-    cfg = load_config("configs/smoke.yaml", ["train.epochs=1", "vae.iterations=4", "al.stages=4",
-                                             "al.keep_checkpoints=2"])
+    cfg = load_config(
+        "configs/smoke.yaml", ["train.epochs=1", "vae.iterations=4", "al.stages=4", "al.keep_checkpoints=2"]
+    )
     records = run_experiment(cfg, out_dir=tmp_path, log=lambda m: None)
     assert checkpoint.list_stages(tmp_path) == [2, 3]
     ck = checkpoint.load_latest(tmp_path)
     assert [r["selected"] for r in ck.records] == [r.selected for r in records]  # the history is in every stage
-    more = load_config("configs/smoke.yaml", ["train.epochs=1", "vae.iterations=4", "al.stages=5",
-                                              "al.keep_checkpoints=2"])
+    more = load_config(
+        "configs/smoke.yaml", ["train.epochs=1", "vae.iterations=4", "al.stages=5", "al.keep_checkpoints=2"]
+    )
     assert len(run_experiment(more, out_dir=tmp_path, resume=True, log=lambda m: None)) == 5
     assert checkpoint.list_stages(tmp_path) == [3, 4]
     assert json.loads((checkpoint.stage_dir(tmp_path, 4) / "config.json").read_text())["al"]["stages"] == 5
@@ -131,8 +137,9 @@ def test_tracking_outage_mid_run_then_at_the_end_loses_and_duplicates_nothing(tm
     exactly once — when the server is back mid-run, or (still down at the end) through --resume."""
     import mlflow
 
-    from conftest import MlflowServer
     from tavaal.tracking import MARKER, MLflowTracker
+
+    from conftest import MlflowServer
 
     cfg = load_config("configs/smoke.yaml", ["train.epochs=1", "vae.iterations=4", "al.stages=4"])
     with MlflowServer(tmp_path / "mlflow") as server:
@@ -141,8 +148,13 @@ def test_tracking_outage_mid_run_then_at_the_end_loses_and_duplicates_nothing(tm
         said: list[str] = []
         tracker = MLflowTracker(server.uri, "outage", warn=said.append)
         down_then_up = {0: server.stop, 2: server.start}
-        records = run_experiment(cfg, tracker=tracker, out_dir=tmp_path / "a", log=lambda m: None,
-                                 on_stage=lambda r, path: down_then_up.get(r.stage, lambda: None)())
+        records = run_experiment(
+            cfg,
+            tracker=tracker,
+            out_dir=tmp_path / "a",
+            log=lambda m: None,
+            on_stage=lambda r, path: down_then_up.get(r.stage, lambda: None)(),
+        )
         assert len(records) == 4 and tracker.pending == []
         assert len(said) == 2 and "unreachable" in said[0] and "goes on" in said[0] and "back" in said[1]
         run = client.get_run(tracker.run_id)
@@ -150,14 +162,20 @@ def test_tracking_outage_mid_run_then_at_the_end_loses_and_duplicates_nothing(tm
         for key in (MARKER, "labels/count", "labels/entropy", "time/stage", "test/accuracy_class_0"):
             assert _steps(client, tracker.run_id, key) == [0, 1, 2, 3], key
         assert [a.path for a in client.list_artifacts(tracker.run_id, "selected")] == [
-            f"selected/stage-000{s}.parquet" for s in range(3)]
+            f"selected/stage-000{s}.parquet" for s in range(3)
+        ]
 
         # 2. down after stage 1 until the run has ended: the run finishes (exit 0), the MLflow run stays open
         out = tmp_path / "b"
         said.clear()
         tracker = MLflowTracker(server.uri, "outage", warn=said.append)
-        records = run_experiment(cfg, tracker=tracker, out_dir=out, log=lambda m: None,
-                                 on_stage=lambda r, path: server.stop() if r.stage == 0 else None)
+        records = run_experiment(
+            cfg,
+            tracker=tracker,
+            out_dir=out,
+            log=lambda m: None,
+            on_stage=lambda r, path: server.stop() if r.stage == 0 else None,
+        )
         assert len(records) == 4 and tracker.pending == [1, 2, 3]
         assert len(said) == 2 and "stages [1, 2, 3] are not in MLflow" in said[1] and "--resume" in said[1]
         server.start()
@@ -199,8 +217,14 @@ def test_ten_sigkills_at_seeded_moments_change_nothing(tmp_path, capsys):
     kills, log = 0, []
     while kills < 10:
         cmd = ["--resume", str(out)] if checkpoint.list_stages(out) else [*args, "--out", str(out)]
-        proc = subprocess.Popen([sys.executable, "-m", "tavaal.run", *cmd], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tavaal.run", *cmd],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         during_write = rng.random() < 0.3
         deadline = time.monotonic() + (120 if during_write else rng.uniform(2.0, 12.0))
         while proc.poll() is None and time.monotonic() < deadline:
@@ -223,8 +247,10 @@ def test_ten_sigkills_at_seeded_moments_change_nothing(tmp_path, capsys):
     assert a.pool.labeled_at.tolist() == b.pool.labeled_at.tolist()
     assert [r["selected"] for r in a.records] == [r["selected"] for r in b.records]
     assert not list(out.glob(".stage-*.tmp-*"))
-    print(f"kills survived: {kills}/{kills} ({sum(k == 'write' for k, _ in log)} during a checkpoint write); "
-          f"stages after each kill: {[s[-1] if s else None for _, s in log]}")
+    print(
+        f"kills survived: {kills}/{kills} ({sum(k == 'write' for k, _ in log)} during a checkpoint write); "
+        f"stages after each kill: {[s[-1] if s else None for _, s in log]}"
+    )
 
 
 # ---------------------------------------------------------------- random bad input (hypothesis)
@@ -236,16 +262,26 @@ SECTIONS = sorted({k.split(".")[0] for k in FIELDS if "." in k})
 def _strategies():
     from hypothesis import strategies as st
 
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
-                        st.text(max_size=10), st.lists(st.integers(-3, 300), max_size=3), st.just("1e999"))
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(),
+        st.text(max_size=10),
+        st.lists(st.integers(-3, 300), max_size=3),
+        st.just("1e999"),
+    )
     junk_key = st.text(alphabet="abcdefgz_.0 ", max_size=12)
     keys = st.one_of(st.sampled_from(FIELDS), st.sampled_from(SECTIONS), junk_key)
     sets = st.lists(st.tuples(keys, st.one_of(scalars, st.text(max_size=12))), max_size=4)
-    section = st.dictionaries(st.one_of(st.sampled_from(sorted({k.split(".")[-1] for k in FIELDS})), junk_key),
-                              scalars, max_size=4)
-    docs = st.one_of(st.dictionaries(st.one_of(st.sampled_from(SECTIONS), junk_key),
-                                     st.one_of(section, scalars), max_size=4),
-                     scalars, st.text(max_size=40))
+    section = st.dictionaries(
+        st.one_of(st.sampled_from(sorted({k.split(".")[-1] for k in FIELDS})), junk_key), scalars, max_size=4
+    )
+    docs = st.one_of(
+        st.dictionaries(st.one_of(st.sampled_from(SECTIONS), junk_key), st.one_of(section, scalars), max_size=4),
+        scalars,
+        st.text(max_size=40),
+    )
     return sets, docs
 
 
@@ -308,14 +344,16 @@ def test_random_set_values_and_config_documents_end_in_a_run_check_or_one_line_e
     random_docs()
     assert tried.get(2, 0) >= 200 and tried.get(0, 0) >= 1, tried  # both outcomes were really exercised
     assert not list(tmp_path.glob("runs*")) and not (tmp_path / "runs").exists()
-    print(f"random inputs: {sum(tried.values())} tried, {tried.get(2, 0)} clean one-line errors, "
-          f"{tried.get(0, 0)} valid")
+    print(
+        f"random inputs: {sum(tried.values())} tried, {tried.get(2, 0)} clean one-line errors, {tried.get(0, 0)} valid"
+    )
     # a valid one runs for real (the smoke preset trimmed), and --check wrote nothing anywhere
     res = run_main(capsys, *TINY, "--set", "al.stages=2", "--out", str(tmp_path / "real"))
     assert res.returncode == 0 and checkpoint.list_stages(tmp_path / "real") == [0, 1], res.stderr
 
 
 # --- refused or failed runs leave nothing started behind ------------------------------------------------------------
+
 
 def _mlflow_runs(uri: str) -> list:
     import mlflow
@@ -352,8 +390,17 @@ def test_a_model_data_mismatch_is_refused_before_anything_starts(tmp_path, ray_t
     RUNNING), no output directory and, with --backend ray (a subprocess: a Ray of its own if it started one), no
     Ray started."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    argv = [*TINY, "--set", "model.name=mlp", "--backend", backend, "--tracking-uri", uri,
-            "--out", str(tmp_path / "out")]
+    argv = [
+        *TINY,
+        "--set",
+        "model.name=mlp",
+        "--backend",
+        backend,
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(tmp_path / "out"),
+    ]
     res = run_cli(*argv, env={"RAY_TMPDIR": str(ray_tmp)}) if backend == "ray" else run_main(capsys, *argv)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1, res.stderr
@@ -400,9 +447,14 @@ print("ray started:", started, "processes left:", len(left))
 def test_a_run_refused_after_its_ray_started_stops_that_ray(ray_tmp):
     """The Ray backend starts a local Ray, then the tracking server turns out to be unreachable: the run is refused
     in one line, and the Ray it started is shut down before it returns, all of its processes gone."""
-    res = subprocess.run([sys.executable, "-c", REFUSED_AFTER_RAY_STARTED, f"http://127.0.0.1:{free_port()}"],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env={**os.environ, "RAY_TMPDIR": str(ray_tmp)})
+    res = subprocess.run(
+        [sys.executable, "-c", REFUSED_AFTER_RAY_STARTED, f"http://127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "refused: MLflow tracking server" in res.stdout and "unreachable" in res.stdout, res.stdout
     assert "ray initialized: False" in res.stdout

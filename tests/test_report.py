@@ -1,19 +1,32 @@
 """python -m tavaal.report on a real MLflow store filled through MLflowTracker."""
+
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, call_main
 from tavaal.report import collect, summarize
 from tavaal.tracking import MLflowTracker
 
+from conftest import ROOT, call_main
+
 
 def record(stage, acc, counts):
-    return {"stage": stage, "num_labeled": sum(counts), "accuracy": acc, "balanced_accuracy": acc,
-            "per_class_accuracy": [acc, acc], "label_counts": counts, "label_entropy": 0.5,
-            "label_entropy_norm": 0.7, "selected": [], "time_train": 1.0, "time_query": 0.0,
-            "time_stage": 1.0, "info": {}}
+    return {
+        "stage": stage,
+        "num_labeled": sum(counts),
+        "accuracy": acc,
+        "balanced_accuracy": acc,
+        "per_class_accuracy": [acc, acc],
+        "label_counts": counts,
+        "label_entropy": 0.5,
+        "label_entropy_norm": 0.7,
+        "selected": [],
+        "time_train": 1.0,
+        "time_query": 0.0,
+        "time_stage": 1.0,
+        "info": {},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +57,23 @@ def test_report_cli_writes_figures_and_table(store, tmp_path, capsys):
     from tavaal.report import main
 
     uri, _ = store
-    res = subprocess.run([sys.executable, "-m", "tavaal.report", "--experiment", "rep", "--tracking-uri", uri,
-                          "--out", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tavaal.report",
+            "--experiment",
+            "rep",
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     for name in ("accuracy.png", "improvement.png", "entropy.png", "report.md"):
         assert (tmp_path / "r" / name).stat().st_size > 0

@@ -1,4 +1,5 @@
 """Cityscapes and Caltech-101 on tiny trees in the real on-disk layouts; the synthetic ``shapes_seg`` set."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,13 +38,16 @@ _TRAIN_ID = {7: 0, 26: 13, 33: 18, 24: 11, 0: 255, 1: 255, 250: 255}  # cityscap
 def _write_cityscapes(root: Path) -> dict[str, Path]:
     """aachen + bochum in train, frankfurt in val; each image one colour; bochum's mask all person (24)."""
     paths = {}
-    for split, city, colour, ids in (("train", "bochum", (10, 200, 10), np.full((2, 4), 24, np.uint8)),
-                                     ("train", "aachen", (200, 10, 10), _IDS),
-                                     ("val", "frankfurt", (10, 10, 200), _IDS[::-1])):
+    for split, city, colour, ids in (
+        ("train", "bochum", (10, 200, 10), np.full((2, 4), 24, np.uint8)),
+        ("train", "aachen", (200, 10, 10), _IDS),
+        ("val", "frankfurt", (10, 10, 200), _IDS[::-1]),
+    ):
         stem = f"{city}_000000_000019"
         for folder, suffix, img in (
-                ("leftImg8bit", "leftImg8bit", Image.new("RGB", (64, 32), colour)),
-                ("gtFine", "gtFine_labelIds", Image.fromarray(np.kron(ids, np.ones((16, 16), np.uint8)), "L"))):
+            ("leftImg8bit", "leftImg8bit", Image.new("RGB", (64, 32), colour)),
+            ("gtFine", "gtFine_labelIds", Image.fromarray(np.kron(ids, np.ones((16, 16), np.uint8)), "L")),
+        ):
             path = root / folder / split / city / f"{stem}_{suffix}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             img.save(path)
@@ -73,8 +77,27 @@ def test_cityscapes_layout_sizes_and_label_mapping(tmp_path):
 def test_cityscapes_full_lookup_table():
     from tavaal.data.cityscapes import LABEL_TO_TRAIN
 
-    official = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-                26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+    official = {
+        7: 0,
+        8: 1,
+        11: 2,
+        12: 3,
+        13: 4,
+        17: 5,
+        19: 6,
+        20: 7,
+        21: 8,
+        22: 9,
+        23: 10,
+        24: 11,
+        25: 12,
+        26: 13,
+        27: 14,
+        28: 15,
+        31: 16,
+        32: 17,
+        33: 18,
+    }
     assert LABEL_TO_TRAIN.dtype == np.uint8 and LABEL_TO_TRAIN.shape == (256,)
     assert {i: int(t) for i, t in enumerate(LABEL_TO_TRAIN) if t != 255} == official  # all others (-1 = 255) ignored
 

@@ -1,5 +1,6 @@
 """Segmentation end to end: mIoU and the per-image loss on hand-made answers, masks moved with their images,
 every strategy on the shapes set, config checks, tracking names, and a 3-stage run killed and resumed."""
+
 import math
 import signal
 import subprocess
@@ -9,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_main
 from tavaal import checkpoint
 from tavaal.config import load_config
 from tavaal.core.metrics import confusion_matrix, label_counts, label_entropy, segmentation_metrics
@@ -22,10 +22,22 @@ from tavaal.registry import STRATEGIES
 from tavaal.strategies import QueryContext, build_strategy
 from tavaal.tracking import stage_metrics
 
+from conftest import ROOT, run_main
+
 # the CPU preset made tiny: 96 pool / 32 test images of 16x16, one epoch, a few VAE iterations
-TINY_SEG = ["data.num_train=96", "data.num_test=32", "data.image_size=16", "train.epochs=1", "train.batch_size=16",
-            "vae.iterations=4", "vae.batch_size=16", "al.initial=16", "al.budget=16", "al.stages=3",
-            "al.subset_size=48"]
+TINY_SEG = [
+    "data.num_train=96",
+    "data.num_test=32",
+    "data.image_size=16",
+    "train.epochs=1",
+    "train.batch_size=16",
+    "vae.iterations=4",
+    "vae.batch_size=16",
+    "al.initial=16",
+    "al.budget=16",
+    "al.stages=3",
+    "al.subset_size=48",
+]
 CFG = for_device(load_config("configs/shapes_seg_cpu.yaml", TINY_SEG), "cpu")  # as a run resolves it (score batch)
 
 
@@ -103,8 +115,10 @@ def seg_stage():
     backend = LocalBackend()
     backend.prepare(data, torch.device("cpu"))
     train = dataclasses.replace(CFG.train, epochs=1)
-    tasks = {loss: backend.train_task(TaskJob(spec, train, pool.labeled_indices(), loss, seed=1))
-             for loss in (None, "rank", "margin")}
+    tasks = {
+        loss: backend.train_task(TaskJob(spec, train, pool.labeled_indices(), loss, seed=1))
+        for loss in (None, "rank", "margin")
+    }
     return data, pool, cand, spec, backend, tasks
 
 
@@ -113,8 +127,9 @@ def test_every_strategy_works_on_segmentation(seg_stage, name):
     data, pool, cand, spec, backend, tasks = seg_stage
     assert data.task == "segmentation" and data.train.y.shape[1:] == (16, 16)
     strategy = build_strategy(name)
-    ctx = QueryContext(CFG, data, backend, spec, tasks[strategy.ranker_loss], pool.labeled_indices(), cand, 12,
-                       stage=0, seed=5)
+    ctx = QueryContext(
+        CFG, data, backend, spec, tasks[strategy.ranker_loss], pool.labeled_indices(), cand, 12, stage=0, seed=5
+    )
     result = strategy.query(ctx)
     assert result.selected.size == 12 and np.unique(result.selected).size == 12
     assert np.isin(result.selected, cand).all()
@@ -136,10 +151,13 @@ def test_vae_input_size_resizes_for_the_vae_only(seg_stage):
     assert any(v.shape[1] == 16 * 8 * 2 * 2 for v in enc_fc)  # 32 / 16 = 2: flatten of 8 x base(16) x 2 x 2
 
 
-@pytest.mark.parametrize("sets,needle", [
-    (["task=classification"], "set task: segmentation"),
-    (["model.name=small_cnn"], "model 'small_cnn' solves classification"),
-])
+@pytest.mark.parametrize(
+    "sets,needle",
+    [
+        (["task=classification"], "set task: segmentation"),
+        (["model.name=small_cnn"], "model 'small_cnn' solves classification"),
+    ],
+)
 def test_task_and_model_must_match_the_data(tmp_path, sets, needle):
     cfg = load_config("configs/shapes_seg_cpu.yaml", TINY_SEG + sets)
     with pytest.raises(ConfigError, match=needle):
@@ -147,21 +165,32 @@ def test_task_and_model_must_match_the_data(tmp_path, sets, needle):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.parametrize("sets,needle", [
-    (["data.imbalance_ratio=10"], "data.imbalance_ratio"),
-    (["al.oracle=manual"], "al.oracle"),
-    (["task=detection"], "classification or segmentation"),
-    (["vae.input_size=4"], "vae.input_size"),
-])
+@pytest.mark.parametrize(
+    "sets,needle",
+    [
+        (["data.imbalance_ratio=10"], "data.imbalance_ratio"),
+        (["al.oracle=manual"], "al.oracle"),
+        (["task=detection"], "classification or segmentation"),
+        (["vae.input_size=4"], "vae.input_size"),
+    ],
+)
 def test_segmentation_config_checks(sets, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config("configs/shapes_seg_cpu.yaml", TINY_SEG + sets)
 
 
 def test_stage_metrics_of_a_segmentation_record():
-    rec = {"accuracy": 0.9, "balanced_accuracy": 0.5, "num_labeled": 16, "label_entropy": 0.7,
-           "label_entropy_norm": 0.4, "label_counts": [10, 5], "per_class_accuracy": [1.0, 0.0], "miou": 0.45,
-           "per_class_iou": [0.9, float("nan")]}
+    rec = {
+        "accuracy": 0.9,
+        "balanced_accuracy": 0.5,
+        "num_labeled": 16,
+        "label_entropy": 0.7,
+        "label_entropy_norm": 0.4,
+        "label_counts": [10, 5],
+        "per_class_accuracy": [1.0, 0.0],
+        "miou": 0.45,
+        "per_class_iou": [0.9, float("nan")],
+    }
     m = stage_metrics(rec)
     assert m["test/miou"] == 0.45 and m["test/pixel_accuracy"] == 0.9 and m["test/accuracy"] == 0.9
     assert m["test/iou_class_0"] == 0.9 and math.isnan(m["test/iou_class_1"])
@@ -178,8 +207,13 @@ def test_three_stage_segmentation_run_killed_and_resumed_selects_the_same(tmp_pa
     res = run_main(capsys, *args, "--out", str(full))
     assert res.returncode == 0, res.stderr
     assert "miou" in res.stdout
-    proc = subprocess.Popen([sys.executable, "-m", "tavaal.run", *args, "--out", str(cut)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tavaal.run", *args, "--out", str(cut)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     from test_experiment import _wait_for
 
     _wait_for(checkpoint.stage_dir(cut, 0), proc)
@@ -198,11 +232,14 @@ def test_three_stage_segmentation_run_killed_and_resumed_selects_the_same(tmp_pa
         assert sum(r["label_counts"]) == r["num_labeled"] * 16 * 16  # pixels of the labeled images (no ignore)
 
 
-@pytest.mark.parametrize("preset,task,model", [
-    ("configs/shapes_seg_cpu.yaml", "segmentation", "seg_small"),
-    ("configs/cityscapes_tavaal.yaml", "segmentation", "deeplabv3_resnet50"),
-    ("configs/caltech101_tavaal.yaml", "classification", "resnet18"),
-])
+@pytest.mark.parametrize(
+    "preset,task,model",
+    [
+        ("configs/shapes_seg_cpu.yaml", "segmentation", "seg_small"),
+        ("configs/cityscapes_tavaal.yaml", "segmentation", "deeplabv3_resnet50"),
+        ("configs/caltech101_tavaal.yaml", "classification", "resnet18"),
+    ],
+)
 def test_presets_validate(preset, task, model):
     cfg = load_config(preset)
     assert (cfg.task, cfg.model.name) == (task, model)

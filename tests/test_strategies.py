@@ -1,16 +1,18 @@
 """Every registered strategy on a really trained tiny model, and the query direction of each."""
+
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import trained_stage
 from tavaal.config import load_config
 from tavaal.core.vae_training import VAEResult
 from tavaal.registry import STRATEGIES
 from tavaal.strategies import QueryContext, build_strategy
 from tavaal.strategies.scorers import TaskScorer
+
+from conftest import trained_stage
 
 CFG = load_config("configs/smoke.yaml", ["train.epochs=1", "vae.iterations=3"])
 
@@ -22,8 +24,18 @@ def setup():
 
 def _ctx(setup, strategy, backend=None, budget=16):
     data, pool, cand, spec, local, tasks = setup
-    return QueryContext(CFG, data, backend or local, spec, tasks[strategy.ranker_loss], pool.labeled_indices(),
-                        cand, budget, stage=0, seed=5)
+    return QueryContext(
+        CFG,
+        data,
+        backend or local,
+        spec,
+        tasks[strategy.ranker_loss],
+        pool.labeled_indices(),
+        cand,
+        budget,
+        stage=0,
+        seed=5,
+    )
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
@@ -53,10 +65,16 @@ class FakeBackend:
         return {"logit": idx, "p_labeled": 1 / (1 + np.exp(-idx))}
 
 
-@pytest.mark.parametrize("name,expect", [
-    ("entropy", "highest"), ("lloss", "highest"), ("lloss_rank", "highest"),
-    ("vaal", "lowest"), ("tavaal", "lowest"),
-])
+@pytest.mark.parametrize(
+    "name,expect",
+    [
+        ("entropy", "highest"),
+        ("lloss", "highest"),
+        ("lloss_rank", "highest"),
+        ("vaal", "lowest"),
+        ("tavaal", "lowest"),
+    ],
+)
 def test_query_direction(setup, name, expect):
     """With score = index: entropy and learning loss take the highest, (TA-)VAAL the lowest P(labeled)."""
     strategy = build_strategy(name)

@@ -1,4 +1,5 @@
 """The package's shape: no import cycles between tavaal's modules, and the config a leaf."""
+
 from __future__ import annotations
 
 import ast
@@ -40,7 +41,7 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
             if m.startswith(n + "."):  # a submodule importing its own package runs after the package's __init__
                 continue
             if state.get(n) == "open":
-                found.append(path[path.index(n):] + [n])
+                found.append(path[path.index(n) :] + [n])
             elif n not in state:
                 visit(n, path + [n])
         state[m] = "done"

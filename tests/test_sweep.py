@@ -1,4 +1,5 @@
 """Sweeps: search-space checks, the objective, and real sweeps (local Ray, MLflow store and server)."""
+
 import json
 import os
 import shutil
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, call_main, free_port, stop_group
 from tavaal.config import load_config
+from tavaal.core.metrics import objective_metrics
 from tavaal.errors import ConfigError
 from tavaal.search_space import check_space, default_point, read_space
-from tavaal.core.metrics import objective_metrics
 from tavaal.sweep.presets import STATE_FILE
+
+from conftest import ROOT, call_main, free_port, stop_group
 
 
 def sweep_main(capsys, *args):
@@ -33,37 +35,47 @@ def write_space(tmp_path, text):
 
 def test_sweep_package_has_no_cycle_and_help_imports_no_ray():
     """cli -> runner -> trial / callback: the lower modules import neither cli nor runner; --help imports no Ray."""
-    code = ("import sys, tavaal.sweep.trial, tavaal.sweep.callback; "
-            "up = sorted({'tavaal.sweep.cli', 'tavaal.sweep.runner'} & set(sys.modules)); print(up); "
-            "sys.exit(1 if up else 0)")
+    code = (
+        "import sys, tavaal.sweep.trial, tavaal.sweep.callback; "
+        "up = sorted({'tavaal.sweep.cli', 'tavaal.sweep.runner'} & set(sys.modules)); print(up); "
+        "sys.exit(1 if up else 0)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stdout + res.stderr
-    code = ("import runpy, sys; sys.argv = ['tavaal.sweep', '--help']\n"
-            "try: runpy.run_module('tavaal.sweep', run_name='__main__')\n"
-            "except SystemExit as e: assert e.code == 0, e.code\n"
-            "bad = sorted({'ray', 'mlflow', 'tavaal.sweep.runner'} & set(sys.modules)); print(bad); "
-            "sys.exit(1 if bad else 0)")
+    code = (
+        "import runpy, sys; sys.argv = ['tavaal.sweep', '--help']\n"
+        "try: runpy.run_module('tavaal.sweep', run_name='__main__')\n"
+        "except SystemExit as e: assert e.code == 0, e.code\n"
+        "bad = sorted({'ray', 'mlflow', 'tavaal.sweep.runner'} & set(sys.modules)); print(bad); "
+        "sys.exit(1 if bad else 0)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert res.returncode == 0 and "usage: python -m tavaal.sweep" in res.stdout, res.stdout + res.stderr
 
 
 def test_objective_known_values():
-    recs = [{"num_labeled": 100, "accuracy": 0.5}, {"num_labeled": 200, "accuracy": 0.7},
-            {"num_labeled": 400, "accuracy": 0.8}]
+    recs = [
+        {"num_labeled": 100, "accuracy": 0.5},
+        {"num_labeled": 200, "accuracy": 0.7},
+        {"num_labeled": 400, "accuracy": 0.8},
+    ]
     m = objective_metrics(recs)
     # trapezoid: (100·0.6 + 200·0.75) / 300 = 0.7
     assert m["auc"] == pytest.approx(0.7) and m["final_accuracy"] == 0.8
     assert objective_metrics(recs[:1]) == {"auc": 0.5, "final_accuracy": 0.5}
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("train.nope: {uniform: [0, 1]}", "unknown config key 'train.nope'"),
-    ("train.eta: {uniform: [2, 2]}", "empty range"),
-    ("vae.latent_dim: {choice: []}", "empty choice"),
-    ("train.eta: {loguniform: [0, 1]}", "low end > 0"),
-    ("train.lr: {uniform: [-1, 1]}", "train.lr"),
-    ("train.eta: {normal: [0, 1]}", "must be one of"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("train.nope: {uniform: [0, 1]}", "unknown config key 'train.nope'"),
+        ("train.eta: {uniform: [2, 2]}", "empty range"),
+        ("vae.latent_dim: {choice: []}", "empty choice"),
+        ("train.eta: {loguniform: [0, 1]}", "low end > 0"),
+        ("train.lr: {uniform: [-1, 1]}", "train.lr"),
+        ("train.eta: {normal: [0, 1]}", "must be one of"),
+    ],
+)
 def test_bad_space_is_rejected(tmp_path, text, needle):
     base = load_config("configs/smoke.yaml").to_dict()
     path = write_space(tmp_path, text)
@@ -79,16 +91,27 @@ def test_default_point_is_the_paper_default():
     assert point["vae.vae_steps"] == 1
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (["--space", "SPACE"], "unknown config key"),
-    (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
-    (["--resume", "no-such-sweep"], "no sweep 'no-such-sweep'"),
-    (["--set", "al.oracle=manual"], "sweeps need the simulated oracle"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--space", "SPACE"], "unknown config key"),
+        (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
+        (["--resume", "no-such-sweep"], "no sweep 'no-such-sweep'"),
+        (["--set", "al.oracle=manual"], "sweeps need the simulated oracle"),
+    ],
+)
 def test_sweep_bad_input_exits_2_before_any_trial(tmp_path, capsys, extra, needle):
     extra = [write_space(tmp_path, "vae.nope: {choice: [1]}") if a == "SPACE" else a for a in extra]
-    res = sweep_main(capsys, "--preset", "smoke", "--storage-path", str(tmp_path / "runs"),
-                     "--tracking-uri", f"sqlite:///{tmp_path}/m.db", *extra)
+    res = sweep_main(
+        capsys,
+        "--preset",
+        "smoke",
+        "--storage-path",
+        str(tmp_path / "runs"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/m.db",
+        *extra,
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], res.stderr
@@ -119,7 +142,8 @@ def check_sweep_store(uri, trials=2, stages=2, experiment="tavaal-sweep"):
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "accuracy.png", "selected"} <= arts
         assert [a.path for a in client.list_artifacts(run.info.run_id, "selected")] == [
-            f"selected/stage-{k:04d}.parquet" for k in range(stages - 1)]  # the last stage queries nothing
+            f"selected/stage-{k:04d}.parquet" for k in range(stages - 1)
+        ]  # the last stage queries nothing
     return client, parents, children
 
 
@@ -164,19 +188,56 @@ def test_killed_sweep_resumes_without_duplicate_steps_and_same_picks(tmp_path, r
     in MLflow once, and the final pools equal an uninterrupted sweep's (the reference and the resume run in this
     process, on the session's Ray)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    common = ["--preset", "smoke", "--search", "random", "--seed", "3", "--max-concurrent", "1",
-              "--set", "al.stages=3", "--set", "vae.iterations=30"]
-    ref = sweep_main(capsys, *common, "--storage-path", str(tmp_path / "ref"), "--name", "r",
-                     "--tracking-uri", f"sqlite:///{tmp_path}/ref.db")
+    common = [
+        "--preset",
+        "smoke",
+        "--search",
+        "random",
+        "--seed",
+        "3",
+        "--max-concurrent",
+        "1",
+        "--set",
+        "al.stages=3",
+        "--set",
+        "vae.iterations=30",
+    ]
+    ref = sweep_main(
+        capsys,
+        *common,
+        "--storage-path",
+        str(tmp_path / "ref"),
+        "--name",
+        "r",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/ref.db",
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
     runs = tmp_path / "runs"
     # the first trial also errors once after its first stage: Tune retries it from that stage's checkpoint
     fault = tmp_path / "fault"
     fault.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "tavaal.sweep", *common, "--storage-path", str(runs),
-                             "--name", "k", "--tracking-uri", uri, "--max-failures", "2"], cwd=ROOT,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "TAVAAL_TRIAL_FAULT": f"0:{fault}"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tavaal.sweep",
+            *common,
+            "--storage-path",
+            str(runs),
+            "--name",
+            "k",
+            "--tracking-uri",
+            uri,
+            "--max-failures",
+            "2",
+        ],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TAVAAL_TRIAL_FAULT": f"0:{fault}"},
+    )
     deadline = time.monotonic() + 300
     while not list(runs.glob("k/*/checkpoint_000001")):  # the first trial has finished 2 stages
         assert proc.poll() is None and time.monotonic() < deadline
@@ -204,8 +265,9 @@ def wait_authorized(url: str, token: str, proc, log, timeout: float = 120) -> No
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
-                                        timeout=2) as r:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=2
+            ) as r:
                 assert r.status == 200
             break
         except OSError:
@@ -237,11 +299,32 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path, mlfl
     env = user | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}  # never the machine's ~/.ray
     ray_tmp = f"/tmp/tvhead-{gcs}"  # short: Ray's socket paths
     head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2", "--include-dashboard", "true",
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--temp-dir", ray_tmp,
-         # not the agent's default port 52365: the session's Ray (conftest) may hold it, and the job API needs it
-         "--dashboard-agent-listen-port", str(agent)],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            str(gcs),
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dash),
+            "--temp-dir",
+            ray_tmp,
+            # not the agent's default port 52365: the session's Ray (conftest) may hold it, and the job API needs it
+            "--dashboard-agent-listen-port",
+            str(agent),
+        ],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=env,
+    )
     try:
         wait_authorized(f"{address}/api/version", token.read_text(), head, log)
 
@@ -249,9 +332,25 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path, mlfl
             # the dashboard answers before its job agent is up ("No available agent to submit job, please try
             # again later"; seen on a loaded machine): try again for up to a minute, as Ray says
             for _ in range(30):
-                res = subprocess.run(["ray", "job", "submit", "--address", address, "--submission-id", job_id,
-                                      "--working-dir", str(ROOT), "--", *entrypoint],
-                                     capture_output=True, text=True, timeout=600, env=job_env)
+                res = subprocess.run(
+                    [
+                        "ray",
+                        "job",
+                        "submit",
+                        "--address",
+                        address,
+                        "--submission-id",
+                        job_id,
+                        "--working-dir",
+                        str(ROOT),
+                        "--",
+                        *entrypoint,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                    env=job_env,
+                )
                 if "No available agent to submit job" not in res.stdout + res.stderr:
                     return res
                 time.sleep(2)
@@ -259,10 +358,27 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path, mlfl
 
         uri = mlflow_server.uri
         # storage given as a URI (as s3:// or gs:// on a cluster): it must stay one, through Tune and the state file
-        sweep = ["python", "-m", "tavaal.sweep", "--preset", "smoke", "--tracking-uri", uri, "--experiment", "job",
-                 "--storage-path", f"file://{tmp_path}/runs", "--name", "s", "--cpus-per-trial", "2"]
-        refused = {"no-token": (user, "Missing authentication token"),
-                   "other-token": (env | {"RAY_AUTH_TOKEN": secrets.token_hex(32)}, "Invalid authentication token")}
+        sweep = [
+            "python",
+            "-m",
+            "tavaal.sweep",
+            "--preset",
+            "smoke",
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            "job",
+            "--storage-path",
+            f"file://{tmp_path}/runs",
+            "--name",
+            "s",
+            "--cpus-per-trial",
+            "2",
+        ]
+        refused = {
+            "no-token": (user, "Missing authentication token"),
+            "other-token": (env | {"RAY_AUTH_TOKEN": secrets.token_hex(32)}, "Invalid authentication token"),
+        }
         for job_id, (job_env, needle) in refused.items():
             res = submit(job_id, job_env, *sweep)
             assert res.returncode != 0 and needle in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]
@@ -276,9 +392,16 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path, mlfl
         # the project's lines and table only: no Tune reporter box or TensorBoard hint, no per-stage checkpoint
         # line, no colour codes
         lines = log.splitlines()
-        assert [line for line in lines if line.startswith("trial ")] and len([line for line in lines if " stage " in line]) == 4
-        for noise in ("Configuration for experiment", "TensorBoard", "View detailed results", "Checkpoint successfully",
-                      "\x1b["):
+        assert [line for line in lines if line.startswith("trial ")] and len(
+            [line for line in lines if " stage " in line]
+        ) == 4
+        for noise in (
+            "Configuration for experiment",
+            "TensorBoard",
+            "View detailed results",
+            "Checkpoint successfully",
+            "\x1b[",
+        ):
             assert noise not in log, noise
         check_sweep_store(uri, experiment="job")
         state = json.loads((tmp_path / "runs" / "s" / STATE_FILE).read_text())
@@ -287,17 +410,34 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path, mlfl
         # nothing named "file:" in the job's working directory (Ray's copy of the checkout) nor in the checkout
         copies = list(Path(ray_tmp).glob("session_*/runtime_resources/working_dir_files/*"))
         assert copies and not [c for c in copies if (c / "file:").exists()] and not (ROOT / "file:").exists()
-        jobs = subprocess.run(["ray", "job", "list", "--address", address], capture_output=True, text=True,
-                              timeout=120, env=env)
+        jobs = subprocess.run(
+            ["ray", "job", "list", "--address", address], capture_output=True, text=True, timeout=120, env=env
+        )
         assert jobs.returncode == 0 and "submission_id='tavaal-smoke'" in jobs.stdout + jobs.stderr, jobs.stderr
         assert not [j for j in refused if f"submission_id='{j}'" in jobs.stdout + jobs.stderr]
         # a driver that joins without the token (mode on, none found): one line naming the fix, exit 2
         home = tmp_path / "home"
         home.mkdir()
-        res = subprocess.run([sys.executable, "-m", "tavaal.run", "--config", "configs/smoke.yaml", "--backend", "ray",
-                              "--address", f"127.0.0.1:{gcs}", "--out", str(tmp_path / "run")],
-                             capture_output=True, text=True, timeout=120, cwd=ROOT,
-                             env=user | {"RAY_AUTH_MODE": "token", "HOME": str(home)})
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tavaal.run",
+                "--config",
+                "configs/smoke.yaml",
+                "--backend",
+                "ray",
+                "--address",
+                f"127.0.0.1:{gcs}",
+                "--out",
+                str(tmp_path / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=user | {"RAY_AUTH_MODE": "token", "HOME": str(home)},
+        )
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and "RAY_AUTH_TOKEN" in lines[0], res.stderr[-3000:]
     finally:

@@ -1,4 +1,5 @@
 """MLflowTracker against real stores: a SQLite file under tmp_path and one real ``mlflow server`` on loopback."""
+
 import csv
 import json
 import time
@@ -6,28 +7,56 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import free_port
 from tavaal.config import Config
 from tavaal.errors import TrackingError
-from tavaal.tracking import (MLflowTracker, NullTracker, find_child_run, log_parent_summary, stage_metrics,
-                             start_parent_run)
+from tavaal.tracking import (
+    MLflowTracker,
+    NullTracker,
+    find_child_run,
+    log_parent_summary,
+    stage_metrics,
+    start_parent_run,
+)
+
+from conftest import free_port
 
 CLASSES = 3
-METRICS = (["test/accuracy", "test/balanced_accuracy", "labels/count", "labels/entropy", "labels/entropy_norm",
-            "time/stage", "time/train", "time/query", "info/vae_loss", "info/disc_loss"]
-           + [f"labels/class_{c}" for c in range(CLASSES)] + [f"test/accuracy_class_{c}" for c in range(CLASSES)])
+METRICS = (
+    [
+        "test/accuracy",
+        "test/balanced_accuracy",
+        "labels/count",
+        "labels/entropy",
+        "labels/entropy_norm",
+        "time/stage",
+        "time/train",
+        "time/query",
+        "info/vae_loss",
+        "info/disc_loss",
+    ]
+    + [f"labels/class_{c}" for c in range(CLASSES)]
+    + [f"test/accuracy_class_{c}" for c in range(CLASSES)]
+)
 
 
 def make_record(stage: int, last: bool = False) -> dict:
     """A StageRecord.to_dict() as the loop makes it: 20 initial labels, 10 more per stage."""
     counts = [7 + 4 * stage, 7 + 3 * stage, 6 + 3 * stage]
-    return {"stage": stage, "num_labeled": sum(counts), "accuracy": 0.5 + 0.1 * stage,
-            "balanced_accuracy": 0.45 + 0.1 * stage, "per_class_accuracy": [0.4 + 0.1 * stage + 0.05 * c
-                                                                              for c in range(CLASSES)],
-            "label_counts": counts, "label_entropy": 1.05 + 0.01 * stage, "label_entropy_norm": 0.95 + 0.01 * stage,
-            "selected": [] if last else [1000 * (stage + 1) + i for i in range(10)],
-            "time_train": 1.5 + stage, "time_query": 0.25, "time_stage": 2.0 + stage,
-            "info": {} if last else {"vae_loss": 3.0 - stage, "disc_loss": 0.7, "name": "not a number"}}
+    return {
+        "stage": stage,
+        "num_labeled": sum(counts),
+        "accuracy": 0.5 + 0.1 * stage,
+        "balanced_accuracy": 0.45 + 0.1 * stage,
+        "per_class_accuracy": [0.4 + 0.1 * stage + 0.05 * c for c in range(CLASSES)],
+        "label_counts": counts,
+        "label_entropy": 1.05 + 0.01 * stage,
+        "label_entropy_norm": 0.95 + 0.01 * stage,
+        "selected": [] if last else [1000 * (stage + 1) + i for i in range(10)],
+        "time_train": 1.5 + stage,
+        "time_query": 0.25,
+        "time_stage": 2.0 + stage,
+        "info": {} if last else {"vae_loss": 3.0 - stage, "disc_loss": 0.7, "name": "not a number"},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +91,9 @@ def test_stage_metrics_names_and_marker_last():
 
 def test_run_logs_params_metrics_and_artifacts(store, tmp_path):
     cfg = Config()
-    tracker = MLflowTracker(store["tracking_uri"], "exp-run", run_name="one",
-                            artifact_location=store["artifact_location"])
+    tracker = MLflowTracker(
+        store["tracking_uri"], "exp-run", run_name="one", artifact_location=store["artifact_location"]
+    )
     run_id = tracker.start(cfg.to_dict())
     for stage in range(3):
         tracker.log_stage(make_record(stage, last=stage == 2))
@@ -90,8 +120,7 @@ def test_run_logs_params_metrics_and_artifacts(store, tmp_path):
     with open(client.download_artifacts(run_id, "config.json", str(tmp_path / "c"))) as f:
         config = json.load(f)
     assert config == json.loads(json.dumps(cfg.to_dict()))
-    assert {a.path for a in client.list_artifacts(run_id)} >= {"config.json", "config.yaml", "accuracy.png",
-                                                                "selected"}
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"config.json", "config.yaml", "accuracy.png", "selected"}
     with open(client.download_artifacts(run_id, "accuracy.png", str(tmp_path / "p")), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert run.info.artifact_uri.startswith(store["artifact_location"])  # nothing lands in the repo's mlruns/
@@ -135,23 +164,26 @@ def test_sweep_parent_children_and_summary(store, tmp_path):
     parent = start_parent_run(uri, "sweep", "sweep-1", {"sweep": {"objective": "auc"}})  # artifacts beside the db
     children = {}
     for trial in ("t1", "t2"):
-        t = MLflowTracker(uri, "sweep", run_name=f"trial-{trial}", parent_run_id=parent,
-                          tags={"tavaal.trial_id": trial})
+        t = MLflowTracker(
+            uri, "sweep", run_name=f"trial-{trial}", parent_run_id=parent, tags={"tavaal.trial_id": trial}
+        )
         children[trial] = t.start({"seed": 0, "trial": trial})
         for stage in range(2):
             t.log_stage(make_record(stage))
         t.end()
     assert find_child_run(uri, parent, "t2") == children["t2"]
     assert find_child_run(uri, parent, "t9") is None
-    trials = [{"trial_id": "t2", "status": "OK", "auc": 0.8, "param.eta": 1.0},
-              {"trial_id": "t1", "status": "OK", "auc": 0.6, "param.eta": 0.5}]
+    trials = [
+        {"trial_id": "t2", "status": "OK", "auc": 0.8, "param.eta": 1.0},
+        {"trial_id": "t1", "status": "OK", "auc": 0.6, "param.eta": 0.5},
+    ]
     log_parent_summary(uri, parent, trials, "auc")
 
     client = client_for(uri)
     for run_id in children.values():
         assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent
     run = client.get_run(parent)
-    assert run.info.artifact_uri.startswith(uri[len("sqlite:///"):].replace("mlflow.db", "mlruns/sweep/"))
+    assert run.info.artifact_uri.startswith(uri[len("sqlite:///") :].replace("mlflow.db", "mlruns/sweep/"))
     assert run.info.status == "FINISHED" and run.data.params == {"sweep.objective": "auc"}
     with open(client.download_artifacts(parent, "trials.csv", str(tmp_path))) as f:
         assert list(csv.DictReader(f)) == [{k: str(v) for k, v in row.items()} for row in trials]
