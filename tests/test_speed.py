@@ -1,5 +1,6 @@
 """Speed levers: each gives valid results on the smoke preset, ``precision: auto`` and the per-device
 score batch resolve as documented, and benchmarks/paper_stage.py's smoke run writes its whole table."""
+
 import json
 import re
 import subprocess
@@ -98,17 +99,47 @@ def test_channels_last_and_bf16_scorers_match_fp32():
 
 @pytest.mark.slow
 def test_paper_stage_smoke_run_writes_every_setting_and_part(tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/paper_stage.py", "--smoke", "--profile", "1", "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/paper_stage.py", "--smoke", "--profile", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     md = next(tmp_path.glob("paper-stage-*.md")).read_text()
     settings = ["fp32", "bf16", "channels_last", "vae28", "batch128", "all", "all+malloc"]
     assert "| part | " + " | ".join(settings) + " |" in md
-    for part in ("task training / it", "evaluation", "r̂", "VAE + D / it", "scoring", "**stage**",
-                 "**projected full stage** (h)"):
+    for part in (
+        "task training / it",
+        "evaluation",
+        "r̂",
+        "VAE + D / it",
+        "scoring",
+        "**stage**",
+        "**projected full stage** (h)",
+    ):
         row = next(line for line in md.splitlines() if line.startswith(f"| {part} |"))
         cells = re.findall(r"([\d.]+) \(([\d.]+)x\)", row)
         assert len(cells) == len(settings) and cells[0][1] == "1.00", row  # ratios to the first setting
     overlap = next(line for line in md.splitlines() if line.startswith("| selected also by fp32 |"))
     assert overlap.split(" | ")[1] == "1.000"
     assert "load average (1, 5, 15 min) before" in md and "torch.profiler" in md and "wrote" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bf16_ranker_smoke_run_writes_every_variant(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bf16_ranker.py", "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    md = next(tmp_path.glob("bf16-ranker-*.md")).read_text()
+    rows = [line.split(" | ") for line in md.splitlines() if line.startswith("| 0 |")]
+    assert [r[1] for r in rows] == ["fp32", "bf16", "bf16, no ranker", "bf16, fp32 ranker"]
+    for r in rows:
+        assert 0.0 <= float(r[2]) <= 1.0 and 0.0 <= float(r[3]) <= 1.0 and float(r[4]) > 0  # accuracies, CE
+    assert "bf16 supported (mkldnn)" in md and "wrote" in proc.stdout
