@@ -73,9 +73,7 @@ class RayBackend:
         the old reference) is let go; the next job starts one on the new data."""
         import ray
 
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        self._release_workers()
         self.data, self.data_ref = data, ray.put(data)
 
     @property
@@ -148,9 +146,7 @@ class RayBackend:
     def close(self) -> None:
         import ray
 
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        self._release_workers()
         self.data_ref = self.data = None
         if self._tmp_storage:
             shutil.rmtree(self._tmp_storage, ignore_errors=True)
@@ -158,6 +154,12 @@ class RayBackend:
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
             self._owns_ray = False
+
+    def _release_workers(self) -> None:
+        """Let the kept worker group go (the next job starts a new one)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def _ref(self) -> Any:
         if self.data_ref is None:
