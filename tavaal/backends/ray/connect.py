@@ -4,14 +4,21 @@ Token authentication (Ray >= 2.52) is Ray's own: a Ray started here turns it on 
 ``~/.ray/auth_token``; a cluster is joined with the token this process's environment names, ``RAY_AUTH_MODE=token``
 and ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (a job submitted to the cluster inherits
 the head's). A cluster that refuses this process is a one-line ConfigError that says so.
+
+A Ray started here is for this machine only: every process of it (GCS, raylet, object manager, dashboard and
+runtime-env agents, metrics export, workers) listens on 127.0.0.1 (``loopback_only``). A cluster that other
+machines join is started deliberately, with ``ray start --head``, and joined by address; joining is unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from tavaal.errors import ConfigError
+from tavaal.redact import redact
 
 # OMP passive waiting: see tavaal/__init__.py. Ray Train's controller polls its workers every 2 s by default, so
 # every job ended ~5 s after its last report (measured, trivial TorchTrainer on 2 cores: 5.0 s -> 1.0 s at 0.1 s),
@@ -34,12 +41,45 @@ def local_system_config(num_cpus: int | None = None) -> dict:
     return {"num_workers_soft_limit": max(8, 4 * cpus)}
 
 
+# Ray's switch for a single-machine Ray (its default on macOS and Windows): the node's address is 127.0.0.1
+# instead of the machine's outward address, and every Ray process binds its ports to the node's address
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """While a new local Ray starts inside this block, its node address is 127.0.0.1, so its processes listen on
+    loopback only, not on every interface: ``with loopback_only(): ray.init(..., _node_ip_address=LOOPBACK)``.
+
+    Ray reads the switch (``SINGLE_MACHINE_ENV=0``) from the environment when it is imported, so this sets it for
+    the processes the new Ray starts (they inherit the environment) and, in this already-imported process, the
+    constant Ray derived from it (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``, Ray 2.60); both go back to
+    what they were afterwards. Only for starting a Ray: joining a cluster must keep the machine's own address.
+    """
+    from ray._private import ray_constants
+
+    env_before = os.environ.get(SINGLE_MACHINE_ENV)
+    const_before = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = const_before
+        if env_before is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = env_before
+
+
 def connect_ray(address: str | None, log_to_driver: bool = False) -> bool:
     """Join the Ray at ``address`` (else ``$RAY_ADDRESS``, else one that ``ray start`` began on this machine), or
     start one here.
 
     Returns True if this call connected, False if the process already was. Workers get ``WORKER_ENV``; a Ray
-    started here also ``local_system_config()`` (a cluster is configured by its own ``ray start``).
+    started here also ``local_system_config()`` (a cluster is configured by its own ``ray start``) and listens on
+    loopback only (``loopback_only``).
     """
     import ray
     from ray.exceptions import AuthenticationError
@@ -47,17 +87,20 @@ def connect_ray(address: str | None, log_to_driver: bool = False) -> bool:
     if ray.is_initialized():
         return False
     start_local = _starts_here(address)
-    where = address or os.environ.get("RAY_ADDRESS") or ("this machine" if start_local else "the `ray start` cluster")
+    where = redact(
+        address or os.environ.get("RAY_ADDRESS") or ("this machine" if start_local else "the `ray start` cluster")
+    )
+    local: dict[str, Any] = {"_system_config": local_system_config(), "_node_ip_address": LOOPBACK}
     try:
-        system: dict[str, Any] = {"_system_config": local_system_config()} if start_local else {}
-        ray.init(
-            address=address,
-            runtime_env={"env_vars": WORKER_ENV},
-            include_dashboard=False,
-            log_to_driver=log_to_driver,
-            configure_logging=False,
-            **system,
-        )
+        with loopback_only() if start_local else contextlib.nullcontext():
+            ray.init(
+                address=address,
+                runtime_env={"env_vars": WORKER_ENV},
+                include_dashboard=False,
+                log_to_driver=log_to_driver,
+                configure_logging=False,
+                **(local if start_local else {}),
+            )
     except AuthenticationError:  # RAY_AUTH_MODE=token here, but no token in this process's environment
         raise ConfigError(
             f"Ray at {where} asks for an authentication token and none was found; put the cluster's "
