@@ -222,3 +222,125 @@ def test_real_mlflow_server(mlflow_server):
     # the server stores this run's files under its artifact root (the server is shared: this run's folder)
     stored = [p for p in (mlflow_server.root / "artifacts").rglob("stage-0001.parquet") if run_id in p.parts]
     assert len(stored) == 1 and pq.read_table(stored[0]).column("index").to_pylist() == list(range(2000, 2010))
+
+
+# ---------------------------------------------------------------- credentials in URIs (issue 24)
+
+KEY_ID, SECRET, TOKEN, SIGNATURE = "AKIAEXAMPLE7Q", "wJalrXUt/K7MDENG+bPxRfiCYzz", "ghp_t0kenValue9", "5ig9ature0ff"
+
+
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("s3://KEY:SECRET@bucket/pool.parquet", "s3://***@bucket/pool.parquet"),
+        (f"s3://{KEY_ID}:{SECRET}@bucket/a/pool.parquet", "s3://***@bucket/a/pool.parquet"),  # "/" in the secret
+        ("https://user:pass@host:8443/x?a=1", "https://***@host:8443/x?a=1"),
+        (f"https://{TOKEN}@github.com/org/repo.git", "https://***@github.com/org/repo.git"),
+        (
+            f"https://b.s3.amazonaws.com/k?X-Amz-Credential=AK%2F1&X-Amz-Signature={SIGNATURE}&X-Amz-Expires=60#f",
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60#f",
+        ),
+        (
+            "https://acct.blob.core.windows.net/c/p?sv=2024&sig=abc%2Fd&se=x",
+            "https://acct.blob.core.windows.net/c/p?sv=2024&sig=***&se=x",
+        ),
+        ("http://h/api?token=t&password=p&api_key=k&page=2", "http://h/api?token=***&password=***&api_key=***&page=2"),
+        (
+            "error at http://u:p@127.0.0.1:9 (see http://u:p@127.0.0.1:9/health)",
+            "error at http://***@127.0.0.1:9 (see http://***@127.0.0.1:9/health)",
+        ),
+        # no credentials: unchanged, character for character
+        ("sqlite:///tmp/m.db?mode=ro", "sqlite:///tmp/m.db?mode=ro"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("http://[::1]:5000/x?", "http://[::1]:5000/x?"),
+        ("gs://bucket/path@v2/x", "gs://bucket/path@v2/x"),
+        ("no uri here: user:pass", "no uri here: user:pass"),
+        (3.5, "3.5"),
+    ],
+)
+def test_redact_known_values(text, want):
+    from tavaal.redact import redact
+
+    assert redact(text) == want
+
+
+def test_redact_values_keeps_structure():
+    from tavaal.redact import redact_values
+
+    cfg = {"data": {"path": "s3://k:s@b/p", "n": 3, "paths": ["https://t@h/x", None]}, "seed": 0}
+    assert redact_values(cfg) == {
+        "data": {"path": "s3://***@b/p", "n": 3, "paths": ["https://***@h/x", None]},
+        "seed": 0,
+    }
+    assert cfg["data"]["path"] == "s3://k:s@b/p"  # a copy: the run's own config is untouched
+
+
+def store_files(root):
+    """(path, bytes) of every file under ``root``: the SQLite file (and its journal) and every artifact."""
+    return [(p, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+def test_no_credentials_reach_the_mlflow_store(tmp_path, capsys):
+    """A run whose config holds credentialed URIs, tracked into a real SQLite store (params, config artifacts,
+    tags, a sweep's parent run and its trials.csv): no secret is anywhere in the store's bytes, the masked
+    form is."""
+    root = tmp_path / "store"
+    root.mkdir()
+    uri = f"sqlite:///{root}/mlflow.db"
+    pool = f"s3://{KEY_ID}:{SECRET}@bucket/pool.parquet"
+    config = Config().to_dict()
+    config["data"]["path"] = pool
+    config["backend"]["storage_path"] = f"https://{TOKEN}@host/ckpt?X-Amz-Signature={SIGNATURE}&part=1"
+    tracker = MLflowTracker(uri, "creds", run_name="one", tags={"source": f"https://{TOKEN}@github.com/o/r.git"})
+    run_id = tracker.start(config)
+    for stage in range(2):
+        tracker.log_stage(make_record(stage))
+    tracker.end()
+    parent = start_parent_run(uri, "creds-sweep", "sweep", {"sweep.base": pool}, tags={"origin": pool})
+    log_parent_summary(uri, parent, [{"trial_id": "t1", "status": "OK", "auc": 0.5, "param.data.path": pool}], "auc")
+
+    client = client_for(uri)
+    run = client.get_run(run_id)
+    assert run.data.params["data.path"] == "s3://***@bucket/pool.parquet"
+    assert run.data.params["backend.storage_path"] == "https://***@host/ckpt?X-Amz-Signature=***&part=1"
+    assert run.data.tags["source"] == "https://***@github.com/o/r.git"
+    assert client.get_run(parent).data.params["sweep.base"] == "s3://***@bucket/pool.parquet"
+    with open(client.download_artifacts(run_id, "config.json", str(tmp_path / "dl"))) as f:
+        assert json.load(f)["data"]["path"] == "s3://***@bucket/pool.parquet"
+    assert config["data"]["path"] == pool  # the run's own config keeps its credentials (it needs them)
+
+    files = store_files(root)
+    names = {p.name for p, _ in files}
+    assert {"mlflow.db", "config.json", "config.yaml", "trials.csv", "accuracy.png"} <= names, names
+    for secret in (KEY_ID, SECRET, TOKEN, SIGNATURE):
+        leaks = [str(p) for p, data in files if secret.encode() in data]
+        assert not leaks, f"{secret} found in {leaks}"
+    masked = b"s3://***@bucket/pool.parquet"
+    for name in ("mlflow.db", "config.json", "config.yaml", "trials.csv"):
+        assert any(masked in data for p, data in files if p.name == name), name
+    out = capsys.readouterr()
+    assert not [s for s in (KEY_ID, SECRET, TOKEN, SIGNATURE) if s in out.out + out.err]
+
+
+def test_a_password_in_an_unreachable_tracking_uri_stays_out_of_the_error(capsys):
+    uri = f"http://user:s3cretPw@127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingError) as e:
+        MLflowTracker(uri).start({"seed": 0})
+    msg = str(e.value)
+    assert "s3cretPw" not in msg and "\n" not in msg
+    assert f"http://***@127.0.0.1:{uri.rsplit(':', 1)[1]} is unreachable" in msg
+    out = capsys.readouterr()
+    assert "s3cretPw" not in out.out + out.err
+
+
+def test_a_password_in_a_server_uri_is_used_but_never_printed(mlflow_server, capsys):
+    """User info in a server URI reaches the server (the health check sends it as basic auth; this server has no
+    auth and ignores it), and neither the tracker nor mlflow's "View run at <URI>" lines print it."""
+    uri = mlflow_server.uri.replace("http://", "http://user:s3cretPw@")
+    tracker = MLflowTracker(uri, "served-creds", run_name="remote")
+    run_id = tracker.start({"seed": 3})
+    tracker.log_stage(make_record(0))
+    tracker.end()
+    assert client_for(mlflow_server.uri).get_run(run_id).info.status == "FINISHED"
+    out = capsys.readouterr()
+    assert "s3cretPw" not in out.out + out.err

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tavaal.config import load_config, parse_override
 from tavaal.errors import ConfigError
+from tavaal.redact import redact
 from tavaal.search_space import check_space, default_point, read_space, to_tune
 from tavaal.sweep.presets import PRESETS, STATE_FILE
 from tavaal.sweep.trial import al_trial
@@ -59,8 +60,8 @@ def _fs(path: str):
             return pyarrow.fs.FileSystem.from_uri(path)
         except Exception as e:  # an unknown scheme, a bucket without credentials, ...
             raise ConfigError(
-                f"storage path {path} cannot be opened ({type(e).__name__}: "
-                f"{' '.join(str(e).split())[:160]}); check the URI and its credentials"
+                f"storage path {redact(path)} cannot be opened ({type(e).__name__}: "
+                f"{redact(' '.join(str(e).split()))[:160]}); check the URI and its credentials"
             ) from None
     return pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())
 
@@ -94,7 +95,7 @@ def _sweep_dir(args) -> tuple[str, str, str]:
         path = given if is_file(join(given, STATE_FILE)) else join(args.storage_path, given)
         if not is_file(join(path, STATE_FILE)):
             raise ConfigError(
-                f"no sweep '{args.resume}' to resume (looked for {join(path, STATE_FILE)}); pass the "
+                f"no sweep '{args.resume}' to resume (looked for {redact(join(path, STATE_FILE))}); pass the "
                 "sweep name (with the --storage-path it was started with) or its directory"
             )
         if "://" not in path:
@@ -105,7 +106,7 @@ def _sweep_dir(args) -> tuple[str, str, str]:
     storage = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).resolve())
     path = join(storage, name)
     if is_file(join(path, STATE_FILE)):
-        raise ConfigError(f"sweep '{name}' already exists in {storage}; pass --resume {name} or a new --name")
+        raise ConfigError(f"sweep '{name}' already exists in {redact(storage)}; pass --resume {name} or a new --name")
     return name, storage, path
 
 
@@ -173,8 +174,8 @@ def run_sweep(args) -> int:
         write_text(join(path, STATE_FILE), json.dumps(state, indent=2))
     tuner = _tuner(args, name, storage, path, state, base, space)
     print(
-        f"tavaal.sweep: {name}: {state['num_samples']} trials; checkpoints in {path}; MLflow "
-        f"{state['tracking_uri']} experiment '{state['experiment']}'",
+        f"tavaal.sweep: {name}: {state['num_samples']} trials; checkpoints in {redact(path)}; MLflow "
+        f"{redact(state['tracking_uri'])} experiment '{state['experiment']}'",
         flush=True,
     )
     results = tuner.fit()
@@ -273,7 +274,7 @@ def _summarize(results, state: dict) -> int:
     print("  ".join(k.replace("param.", "") for k in keys))
     for row in rows:
         print("  ".join(_fmt(row.get(k)) for k in keys))
-    uri = state["tracking_uri"]
+    uri = redact(state["tracking_uri"])  # a password in it stays off the screen and out of logs
     ui = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
     print(f"\nbrowse the runs: {ui}   (experiment '{state['experiment']}')")
     errors = sum(1 for row in rows if row["status"] != "OK")

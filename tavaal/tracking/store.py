@@ -5,20 +5,24 @@ not load it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import json
 import math
 import numbers
+import os
 import re
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tavaal.errors import TrackingError
+from tavaal.redact import has_credentials, redact, redact_values
 from tavaal.tracking.plots import accuracy_figure
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the embedded default store, in the working directory
@@ -44,31 +48,43 @@ def connect(tracking_uri: str):
 
 
 def check_health(url: str) -> None:
-    """A plain GET of ``/health`` with a short timeout (mlflow's own retries take minutes to give up)."""
+    """A plain GET of ``/health`` with a short timeout (mlflow's own retries take minutes to give up).
+
+    User info in the URL (``http://user:pass@host``) goes out as a basic-auth header, as mlflow's own requests
+    send it (urllib would read it as part of the host name); the messages name the URL redacted."""
+    parts = urllib.parse.urlsplit(url)
+    request = urllib.request.Request(
+        parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/") + "/health"
+    )
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S):
+        with urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT_S):
             pass
     except urllib.error.HTTPError:
         return  # something answered (a proxy or auth layer, say): the API call that follows will tell
     except (OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         name = type(reason).__name__ if isinstance(reason, BaseException) else type(e).__name__
-        raise TrackingError(f"MLflow tracking server {url} is unreachable ({name}); {FALLBACK_HINT}") from None
+        raise TrackingError(f"MLflow tracking server {redact(url)} is unreachable ({name}); {FALLBACK_HINT}") from None
 
 
 @contextlib.contextmanager
 def tracking_errors(uri: str, doing: str) -> Iterator[None]:
-    """Turn any failure of the tracking client into a one-line TrackingError naming the URI."""
+    """Turn any failure of the tracking client into a one-line TrackingError naming the URI (credentials in the
+    URI, or in the client's own message, masked: ``tavaal.redact``)."""
     try:
         yield
     except TrackingError:
         raise
     except Exception as e:
-        detail = " ".join(str(e).split())[:200]
+        detail = redact(" ".join(str(e).split()))[:200]
         raise TrackingError(
-            f"MLflow tracking at {uri} failed while {doing} ({type(e).__name__}: {detail}); "
+            f"MLflow tracking at {redact(uri)} failed while {doing} ({type(e).__name__}: {detail}); "
             f"check the server or store, or pass --tracking-uri {DEFAULT_TRACKING_URI}"
-        ) from e
+        ) from None
 
 
 # MLflow 3's UI opens an experiment in its training view with this tag (without it: an empty GenAI traces page)
@@ -108,10 +124,33 @@ def reopen_run(client, run_id: str, uri: str):
         run = client.get_run(run_id)
     except MlflowException:
         raise TrackingError(
-            f"MLflow run {run_id} not found at {uri}; resume with the tracking URI the run started with"
+            f"MLflow run {run_id} not found at {redact(uri)}; resume with the tracking URI the run started with"
         ) from None
     client.update_run(run_id, status="RUNNING")
     return run
+
+
+def safe_tags(tags: dict | None) -> dict[str, str]:
+    """Tags as text, values with the credentials of any URI in them masked."""
+    return {str(k): redact(v) for k, v in (tags or {}).items()}
+
+
+def set_terminated(client, uri: str, run_id: str, status: str) -> None:
+    """``client.set_terminated``; against a server whose URI carries credentials, without mlflow's "View run at
+    <URI>" lines on stdout (they would print the password)."""
+    if not (uri.startswith(("http://", "https://")) and has_credentials(uri)):
+        client.set_terminated(run_id, status)
+        return
+    key = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    before = os.environ.get(key)
+    os.environ[key] = "true"
+    try:
+        client.set_terminated(run_id, status)
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 # ---------------------------------------------------------------- what gets logged
@@ -126,17 +165,20 @@ def flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    """Flattened params (``al.budget``), values as text with the credentials of any URI in them masked."""
     from mlflow.entities import Param
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-    items = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flatten(params)]
+    items = [Param(k, redact(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in flatten(params)]
     for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
         client.log_batch(run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
 
 
 def log_config(client, run_id: str, config: dict[str, Any]) -> None:
+    """``config.json`` and ``config.yaml``, with the credentials of any URI in them masked."""
     import yaml
 
+    config = redact_values(json.loads(json.dumps(config, default=str)))
     client.log_text(run_id, json.dumps(config, indent=2, default=str), "config.json")
     client.log_text(run_id, yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False), "config.yaml")
 
@@ -231,7 +273,7 @@ def start_parent_run(
         if run_id is not None:
             return reopen_run(client, run_id, uri).info.run_id
         exp_id = ensure_experiment(client, uri, experiment, artifact_location)
-        run = client.create_run(exp_id, run_name=run_name, tags={str(k): str(v) for k, v in (tags or {}).items()})
+        run = client.create_run(exp_id, run_name=redact(run_name), tags=safe_tags(tags))
         log_params(client, run.info.run_id, params or {})
     return run.info.run_id
 
@@ -272,7 +314,7 @@ def log_parent_summary(
         with path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
-            writer.writerows(trials)
+            writer.writerows(redact_values(trials))
         client.log_artifact(parent_run_id, str(path))
         by_trial = {str(row.get("trial_id")): row.get(objective) for row in trials}
         curves = {}
@@ -283,4 +325,4 @@ def log_parent_summary(
             curves[label] = curve_points(client, run.info.run_id)
         log_figure(client, parent_run_id, accuracy_figure(curves, f"{len(curves)} trials"), "comparison.png")
         if status is not None:
-            client.set_terminated(parent_run_id, status)
+            set_terminated(client, uri, parent_run_id, status)

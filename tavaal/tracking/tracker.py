@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tavaal.errors import TrackingError
+from tavaal.redact import redact
 from tavaal.tracking.plots import accuracy_figure
 from tavaal.tracking.store import (
     DEFAULT_TRACKING_URI,
@@ -27,6 +28,8 @@ from tavaal.tracking.store import (
     log_selected,
     metric_steps,
     reopen_run,
+    safe_tags,
+    set_terminated,
     stage_metrics,
     tracking_errors,
 )
@@ -71,7 +74,7 @@ class MLflowTracker:
     ) -> None:
         self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
         self.experiment, self.run_name, self.parent_run_id = experiment, run_name, parent_run_id
-        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self.tags = safe_tags(tags)
         self.artifact_location = artifact_location  # only used when the experiment is created here
         self.run_id: str | None = None
         self._client: MlflowClient | None = None
@@ -80,7 +83,7 @@ class MLflowTracker:
         self._tried: set[int] = set()  # stages whose sending failed once (they may have reached the server)
         self._warned = False
         self._ended = False
-        self.warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.warn = warn or (lambda msg: print(redact(msg), file=sys.stderr, flush=True))
 
     def check(self) -> None:
         """Raise TrackingError (one line) unless the server or store answers."""
@@ -94,7 +97,8 @@ class MLflowTracker:
             if run_id is None:
                 tags = self.tags | ({PARENT_TAG: self.parent_run_id} if self.parent_run_id else {})
                 exp_id = ensure_experiment(client, self.tracking_uri, self.experiment, self.artifact_location)
-                run = client.create_run(exp_id, run_name=self.run_name, tags=tags)
+                run_name = None if self.run_name is None else redact(self.run_name)
+                run = client.create_run(exp_id, run_name=run_name, tags=tags)
             else:
                 run = reopen_run(client, run_id, self.tracking_uri)
             self.run_id = run.info.run_id
@@ -170,10 +174,10 @@ class MLflowTracker:
         if self.run_id is None or self._ended:
             return
         if not self.flush():
+            uri = redact(self.tracking_uri)
             self.warn(
                 f"warning: stages {self.pending} are not in MLflow run {self.run_id} yet: when "
-                f"{self.tracking_uri} answers again, run python -m tavaal.run --resume <run dir> --tracking-uri "
-                f"{self.tracking_uri} to send them"
+                f"{uri} answers again, run python -m tavaal.run --resume <run dir> --tracking-uri {uri} to send them"
             )
             return
         client = self._client
@@ -182,7 +186,7 @@ class MLflowTracker:
             with tracking_errors(self.tracking_uri, "ending the run"):
                 if self._points:
                     log_figure(client, self.run_id, accuracy_figure({"this run": self._points}), "accuracy.png")
-                client.set_terminated(self.run_id, status)
+                set_terminated(client, self.tracking_uri, self.run_id, status)
         except TrackingError as e:
             self.warn(f"warning: {e}")  # every stage is in the run; only the figure or the status is missing
             return
