@@ -10,6 +10,7 @@ would reject the tiny files the tests write; torchvision is used only to downloa
 
 from __future__ import annotations
 
+import builtins
 import pickle
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tavaal.errors import DataError
 from tavaal.registry import DATASETS
 
 CACHE_DIR = Path("~/.cache/tavaal/data").expanduser()
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 # Normalization as in cubeyoung/TA-VAAL load_dataset.py: CIFAR-10's values are the ones it uses; CIFAR-100's
 # are the ones it gives in a comment "# CIFAR-100" (the code itself normalizes CIFAR-100 with CIFAR-10's).
@@ -30,11 +32,80 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
 
+def _numpy_reconstructors() -> dict[tuple[str, str], Any]:
+    """The functions numpy's own pickles call, under every module name numpy 1 and 2 have written them with.
+
+    numpy's pickling says where they live (``__reduce__``/``__reduce_ex__``), so no private module is imported.
+    """
+    reconstruct = np.zeros(1, np.uint8).__reduce__()[0]  # _reconstruct, protocols 0-4
+    frombuffer = np.zeros(1, np.uint8).__reduce_ex__(5)[0]  # _frombuffer, protocol 5
+    scalar = np.int64(0).__reduce__()[0]  # numpy scalars, e.g. in a label list
+    found: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for package in ("numpy.core", "numpy._core"):
+        found[(f"{package}.multiarray", "_reconstruct")] = reconstruct
+        found[(f"{package}.multiarray", "scalar")] = scalar
+        found[(f"{package}.numeric", "_frombuffer")] = frombuffer
+    return found
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle that asks for something a CIFAR batch never needs (it was stopped before that was loaded)."""
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as pickle protocols 0-2 use it for bytes (always latin1); any other codec is refused."""
+    if encoding.replace("-", "").lower() != "latin1" or not isinstance(text, str):
+        raise RefusedPickle(f"it asks to encode with {str(encoding)[:50]!r}")
+    return text.encode("latin1")
+
+
+_BUILTINS = (
+    "dict",
+    "list",
+    "tuple",
+    "set",
+    "frozenset",
+    "bytes",
+    "bytearray",
+    "str",
+    "int",
+    "float",
+    "complex",
+    "bool",
+)
+# everything a CIFAR batch (a dict of a numpy array, lists of numbers and strings) can ask an unpickler to load
+ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    **_numpy_reconstructors(),
+    ("_codecs", "encode"): _latin1_encode,
+    **{(module, name): getattr(builtins, name) for module in ("builtins", "__builtin__") for name in _BUILTINS},
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, numbers, strings and numpy arrays, and nothing else.
+
+    A pickle can name any importable function and have it called while it loads (``os.system`` in a file
+    someone put in a data directory), so ``find_class`` answers only the names in ``ALLOWED_GLOBALS`` and
+    refuses every other before it is imported.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise RefusedPickle(f"it asks to load {f'{module}.{name}'[:200]!r}") from None  # repr: one line
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     """Load one CIFAR pickle; keys as str whether the file was written by Python 2 (str) or 3 (bytes)."""
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")  # the originals were pickled by Python 2
+            d = CifarUnpickler(f, encoding="latin1").load()  # the originals were pickled by Python 2
+    except RefusedPickle as e:
+        raise DataError(
+            f"'{path}' is not a CIFAR batch file ({e}; nothing in it was run); replace it with the files "
+            f"from {CIFAR_URL}"
+        ) from None
     except Exception as e:  # UnpicklingError, EOFError, ValueError...: a truncated or foreign file
         raise DataError(
             f"cannot read CIFAR file '{path}' ({type(e).__name__}); replace it with a good copy "
@@ -94,7 +165,7 @@ def _find(cfg: DataConfig, folder: str, required: list[str], title: str, tv_clas
         msg = (str(e).strip().splitlines() or [""])[0]
         raise DataError(
             f"could not download {title} into '{root}' ({type(e).__name__}: {msg}); extract the "
-            f"python version from https://www.cs.toronto.edu/~kriz/cifar.html into {where}"
+            f"python version from {CIFAR_URL} into {where}"
         ) from None
     if not all((root / folder / name).is_file() for name in required):
         raise DataError(f"the {title} download left no complete {where}; delete it and retry")
