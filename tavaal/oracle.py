@@ -6,7 +6,8 @@ oracle the picks' labels are unknown (-1) until people answer, so before a stage
 ``python -m tavaal.run --resume OUT --labels FILE.csv`` checks the answers, stores them and goes on. Files under
 the run's output directory ``OUT`` (each written to a temporary name, fsynced and renamed into place):
 
-  to_label/stage_K.csv, .parquet   the batch to annotate before stage K: id, path, label (empty)
+  to_label/stage_K.csv, .parquet   the batch to annotate before stage K: id, path, label (empty); in the CSV
+                                   a cell a spreadsheet would run as a formula is quoted (``csvsafe``)
   to_label/stage_K/                the images of that batch, when the pool stores encoded bytes
   to_label/config.json             the run's resolved config (a resume before the first checkpoint reads it)
   labels/stage_K.json              the labels of that batch, validated, written once and never changed
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import re
@@ -32,13 +34,15 @@ from typing import cast
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import UnidentifiedImageError
 
 from tavaal import checkpoint
 from tavaal.config import Config, check_pool_size
 from tavaal.core.pool import PoolState, initial_pool
 from tavaal.core.seeding import numpy_rng
+from tavaal.csvsafe import uncell, write_csv
 from tavaal.data.base import ALData, Split
-from tavaal.data.encoded import EncodedImages, image_suffix
+from tavaal.data.encoded import EncodedImages, decode_image, image_suffix
 from tavaal.errors import CheckpointError, ConfigError, DataError
 from tavaal.files import atomic_write
 
@@ -101,6 +105,8 @@ def write_request(out_dir: str | Path, stage: int, data: ALData, positions: np.n
     """
     req = Path(out_dir) / REQUEST_DIR
     csv_path = req / f"stage_{stage}.csv"
+    if not csv_path.is_file():
+        check_images(data, positions)  # before anything is written: nothing unreadable is offered to annotators
     atomic_write(req / "config.json", lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True)))
     if csv_path.is_file():
         return csv_path
@@ -108,15 +114,26 @@ def write_request(out_dir: str | Path, stage: int, data: ALData, positions: np.n
     paths = _image_paths(req / f"stage_{stage}", data, positions)
     table = pa.table({"id": ids, "path": paths, "label": pa.nulls(len(ids), pa.string())})
     atomic_write(req / f"stage_{stage}.parquet", lambda p: pq.write_table(table, p))
-
-    def write_csv(p: Path) -> None:
-        with open(p, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "path", "label"])
-            w.writerows([i, path, ""] for i, path in zip(ids, paths))
-
-    atomic_write(csv_path, write_csv)
+    # people open this file in a spreadsheet: csvsafe quotes every cell it would run as a formula
+    rows = [[i, path, ""] for i, path in zip(ids, paths)]
+    atomic_write(csv_path, lambda p: write_csv(p, ["id", "path", "label"], rows))
     return csv_path
+
+
+def check_images(data: ALData, positions: np.ndarray) -> None:
+    """Decode the images of ``positions`` (a DataError naming the row and id if one is not an image)."""
+    if not hasattr(data.train.x, "encoded"):
+        return
+    x = cast(EncodedImages, data.train.x)
+    for pos, rid in zip(positions, row_ids(data, positions)):
+        try:
+            decode_image(x.encoded([pos])[0], x.size, x.channels)
+        except (UnidentifiedImageError, OSError, ValueError, TypeError) as e:
+            row = int(x.source_rows([pos])[0])
+            raise DataError(
+                f"row {row} (id '{rid}') of {x.where} is not a readable image ({type(e).__name__}); "
+                "replace the image or drop that row, then run the same command again"
+            ) from None
 
 
 def _image_paths(folder: Path, data: ALData, positions: np.ndarray) -> list[str]:
@@ -161,49 +178,48 @@ def read_labels(
     """
     f = Path(file)
     fix = f"fix the file and run the same command again (the request is {request})"
-    if not f.is_file():
-        raise DataError(f"labels file '{f}' not found; pass the filled-in request, e.g. --labels {request}")
-    with open(f, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
+    rows = _csv_rows(f, request, fix)
+    header = rows[0][1] if rows else None
+    if header is None or not any(h.strip() for h in header):
+        raise DataError(
+            f"labels file '{f}' is empty; expected a header line with 'id' and 'label' and one "
+            f"line per requested id; {fix}"
+        )
+    cols = [h.strip() for h in header]
+    if "id" not in cols or "label" not in cols:
+        raise DataError(
+            f"labels file '{f}' line 1: columns are {', '.join(cols)}; expected columns 'id' and 'label'; {fix}"
+        )
+    i_id, i_label = cols.index("id"), cols.index("label")
+    wanted, known = set(requested), set(classes)
+    out: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for line, row in rows[1:]:
+        if not any(v.strip() for v in row):
+            continue  # blank line
+        where = f"labels file '{f}' line {line}"
+        if len(row) <= max(i_id, i_label):
+            raise DataError(f"{where}: has {len(row)} fields, expected at least {max(i_id, i_label) + 1}; {fix}")
+        # the request quoted ids a spreadsheet would run (csvsafe); spaces a spreadsheet added are dropped
+        # unless they are part of the id itself
+        rid = uncell(row[i_id]) if uncell(row[i_id]) in pool_ids else uncell(row[i_id].strip())
+        label = row[i_label].strip()
+        if rid not in pool_ids:
+            raise DataError(f"{where}: id '{rid}' is not in the pool; {fix}")
+        if rid not in wanted:
             raise DataError(
-                f"labels file '{f}' is empty; expected a header line with 'id' and 'label' and one "
-                f"line per requested id; {fix}"
+                f"{where}: id '{rid}' was not requested (only the ids of the request may be labeled); {fix}"
             )
-        cols = [h.strip() for h in header]
-        if "id" not in cols or "label" not in cols:
+        if rid in out:
+            raise DataError(f"{where}: id '{rid}' is labeled twice (first on line {first_line[rid]}); {fix}")
+        if not label:
+            raise DataError(f"{where}: id '{rid}' has no label; every requested id needs one; {fix}")
+        if label not in known and not allow_new:
             raise DataError(
-                f"labels file '{f}' line 1: columns are {', '.join(cols)}; expected columns 'id' and 'label'; {fix}"
+                f"{where}: label '{label}' is not a known class ({', '.join(classes)}); correct "
+                "it, or allow new classes with --set data.new_classes=true"
             )
-        i_id, i_label = cols.index("id"), cols.index("label")
-        wanted, known = set(requested), set(classes)
-        out: dict[str, str] = {}
-        first_line: dict[str, int] = {}
-        for row in reader:
-            line = reader.line_num
-            if not any(v.strip() for v in row):
-                continue  # blank line
-            where = f"labels file '{f}' line {line}"
-            if len(row) <= max(i_id, i_label):
-                raise DataError(f"{where}: has {len(row)} fields, expected at least {max(i_id, i_label) + 1}; {fix}")
-            rid, label = row[i_id].strip(), row[i_label].strip()
-            if rid not in pool_ids:
-                raise DataError(f"{where}: id '{rid}' is not in the pool; {fix}")
-            if rid not in wanted:
-                raise DataError(
-                    f"{where}: id '{rid}' was not requested (only the ids of the request may be labeled); {fix}"
-                )
-            if rid in out:
-                raise DataError(f"{where}: id '{rid}' is labeled twice (first on line {first_line[rid]}); {fix}")
-            if not label:
-                raise DataError(f"{where}: id '{rid}' has no label; every requested id needs one; {fix}")
-            if label not in known and not allow_new:
-                raise DataError(
-                    f"{where}: label '{label}' is not a known class ({', '.join(classes)}); correct "
-                    "it, or allow new classes with --set data.new_classes=true"
-                )
-            out[rid], first_line[rid] = label, line
+        out[rid], first_line[rid] = label, line
     missing = [i for i in requested if i not in out]
     if missing:
         raise DataError(
@@ -211,6 +227,44 @@ def read_labels(
             f"(e.g. '{missing[0]}'); every requested id needs a label; {fix}"
         )
     return out
+
+
+def _csv_rows(f: Path, request: Path, fix: str) -> list[tuple[int, list[str]]]:
+    """Every row of the CSV file ``f`` with its line number; a file that cannot be read as UTF-8 CSV is a
+    one-line DataError naming the file and the problem."""
+    if f.is_dir():
+        raise DataError(f"labels file '{f}' is a directory; pass the filled-in request CSV, e.g. --labels {request}")
+    if not f.is_file():
+        raise DataError(f"labels file '{f}' not found; pass the filled-in request, e.g. --labels {request}")
+    try:
+        raw = f.read_bytes()
+    except OSError as e:
+        raise DataError(
+            f"labels file '{f}' cannot be read ({e.strerror or type(e).__name__}); make it readable, or pass a "
+            f"copy, e.g. --labels {request}"
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a byte order mark
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"labels file '{f}' line {line}: byte 0x{raw[e.start]:02x} is not UTF-8 text; save the file as "
+            f"CSV UTF-8 (in a spreadsheet: 'CSV UTF-8' or encoding 'Unicode (UTF-8)'); {fix}"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as e:
+        line = rows[-1][0] + 1 if rows else 1  # where the record that failed starts
+        if "field larger than field limit" in str(e):
+            raise DataError(
+                f"labels file '{f}' line {line}: a field is longer than csv's limit of {csv.field_size_limit()} "
+                f"characters (an unclosed quote joins the lines after it into one field); {fix}"
+            ) from None
+        raise DataError(f"labels file '{f}' line {line}: not valid CSV ({e}); {fix}") from None
+    return rows
 
 
 def ingest_labels(
