@@ -6,6 +6,8 @@ CIFAR-100: ``<root>/cifar-100-python/{train, test, meta}`` (``fine_labels``: the
 Each batch is a pickled dict with ``data`` uint8 ``[N, 3072]`` (1024 red, 1024 green, 1024 blue values,
 row-major) and a label list. We read the pickles ourselves rather than through torchvision, whose md5 check
 would reject the tiny files the tests write; torchvision is used only to download when files are missing.
+A pickle can run any code while it loads, and a data directory is not ours: ``CifarUnpickler`` builds dicts,
+lists, numbers, strings and numpy arrays only and refuses any file that asks for more.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ Ray's object store ships a file path, and each worker reads the column itself.
 from __future__ import annotations
 
 import io
+import os
+import posixpath
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -34,11 +35,47 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def inside(value: str, base_dir: str) -> str | None:
+    """``value`` (a relative or absolute path, or a URI) resolved against ``base_dir``; None when it leads
+    outside ``base_dir``.
+
+    Resolution is by the path's text alone (``..`` taken out, no file opened), so it is the same in every
+    process; a symbolic link inside ``base_dir`` is followed when the image is read, as the folder's owner made it.
+    """
+    if "://" in base_dir:
+        scheme, _, rest = base_dir.partition("://")
+        base = posixpath.normpath("/" + rest)
+        if "://" in value:
+            value_scheme, _, value_rest = value.partition("://")
+            if value_scheme != scheme:
+                return None
+            target = posixpath.normpath("/" + value_rest)
+        elif value.startswith("/"):
+            return None
+        else:
+            target = posixpath.normpath(posixpath.join(base, value))
+        within = target.startswith(base.rstrip("/") + "/")
+        return f"{scheme}:/{target}" if within else None
+    if "://" in value:
+        return None
+    base = os.path.normpath(os.path.abspath(base_dir))
+    target = os.path.normpath(os.path.join(base, value))
+    return target if target != base and os.path.commonpath([base, target]) == base else None
+
+
 def resolve_path(value: str, base_dir: str | None) -> str:
-    """A path from an image column: absolute and URIs as they are, relative ones against ``base_dir``."""
-    if "://" in value or base_dir is None or Path(value).is_absolute():
+    """A path from an image column, resolved against ``base_dir``; one that leads outside ``base_dir`` (``..``,
+    an absolute path elsewhere, another URI) is a DataError: a data file must not point people or workers at
+    files it does not hold. ``base_dir`` None: the path as it is (an image folder's own files)."""
+    if base_dir is None:
         return value
-    return f"{base_dir.rstrip('/')}/{value}" if "://" in base_dir else str(Path(base_dir) / value)
+    target = inside(value, base_dir)
+    if target is None:
+        raise DataError(
+            f"image path {value[:200]!r} leads outside '{base_dir}'; images must lie under the folder of the "
+            "Parquet data: move them there and give paths relative to it"
+        )
+    return target
 
 
 def decode_image(encoded: bytes, size: int, channels: int) -> np.ndarray:

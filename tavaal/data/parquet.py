@@ -1,10 +1,13 @@
 """Your own images as a Parquet pool: one row per image, an id, the image (bytes or a path), maybe a label.
 
 ``data.path`` is a ``.parquet`` file, a directory of them, or a URI pyarrow reads (s3://...). Columns
-(names in ``data.id_column``/``image_column``/``label_column``): a stable unique id; the image as encoded
-PNG/JPEG bytes or as a path (relative paths resolve against the Parquet's folder); an optional label (a class
-name or an integer; null = not labeled yet). Only the id and label columns are read to build the data set;
-the image column is read and decoded lazily (``encoded.EncodedImages``).
+(names in ``data.id_column``/``image_column``/``label_column``): a stable unique id (an integer or a string
+column, no nulls); the image as encoded PNG/JPEG bytes or as a path inside the Parquet's folder (relative
+paths resolve against it); an optional label (a class name, an integer or a boolean; null = not labeled yet).
+The id and label columns, and an image column of paths, are read and checked to build the data set; images
+are decoded lazily (``encoded.EncodedImages``). The file comes from outside the project, so a column of the
+wrong kind is refused with one line rather than turned into strings: a list label would become a class of
+its own, a NaN id the id 'nan', and a path such as ``../../etc/passwd`` a file offered to annotators.
 
 ``own_data`` turns rows into an ``ALData`` for both own-data formats (``imagefolder.py`` uses it too): the
 class list, labels as class indices (-1 = unknown), and the test split (``data.test_path``, or a held-out
@@ -24,7 +27,7 @@ import torch
 
 from tavaal.config import DataConfig
 from tavaal.data.base import ALData, Split
-from tavaal.data.encoded import EncodedImages
+from tavaal.data.encoded import EncodedImages, inside
 from tavaal.errors import ConfigError, DataError
 from tavaal.registry import DATASETS
 
@@ -63,13 +66,51 @@ def base_dir(path: str) -> str:
     return path.rsplit("/", 1)[0] if path.rstrip("/").endswith(".parquet") else path
 
 
-def label_strings(col: pa.ChunkedArray) -> list[str | None]:
-    """Labels as class-name strings (integers, also float-typed ones from pandas, as their decimal form)."""
+def _value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t  # a pandas category column: its values' type
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _shown(value: object) -> str:
+    return repr(value)[:80]  # one line, however long or odd the cell
+
+
+def _row(row: int, ids: np.ndarray | None = None) -> str:
+    return f"row {row}" if ids is None else f"row {row} (id {_shown(ids[row : row + 1].tolist()[0])})"
+
+
+def label_strings(col: pa.ChunkedArray, where: str, ids: np.ndarray | None = None) -> list[str | None]:
+    """Labels as class-name strings: names, integers (also float-typed ones from pandas, as their decimal form)
+    and booleans; null or NaN = not labeled yet. Any other type (a list, a struct, a fraction) is a DataError
+    naming the first such row: it would otherwise become a class of its own and train a meaningless model.
+    ``where`` names the column and file for messages."""
+    t = _value_type(col.type)
+    if pa.types.is_null(t):
+        return [None] * len(col)
     values = col.to_pylist()
-    return [
-        None if v is None or v != v else str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
-        for v in values
-    ]
+    if not (_is_text(t) or pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_floating(t)):
+        row = next((i for i, v in enumerate(values) if v is not None), 0)
+        raise DataError(
+            f"{where} holds {col.type} values ({_row(row, ids)}: {_shown(values[row])}); a label is one class name "
+            "or integer per row (null = not labeled yet): write the column as string or int64"
+        )
+    out: list[str | None] = []
+    for row, v in enumerate(values):
+        if v is None or v != v:
+            out.append(None)
+        elif isinstance(v, float):
+            if not v.is_integer():
+                raise DataError(
+                    f"{where} has the label {_shown(v)} at {_row(row, ids)}; a label is one class name or integer "
+                    "(null or NaN = not labeled yet): fix that row or write the column as string or int64"
+                )
+            out.append(str(int(v)))
+        else:
+            out.append(str(v))
+    return out
 
 
 def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
@@ -84,7 +125,7 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
     image_type = ds.schema.field(cfg.image_column).type
     if pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type):
         kind = "bytes"
-    elif pa.types.is_string(image_type) or pa.types.is_large_string(image_type):
+    elif _is_text(image_type):
         kind = "path"
     else:
         raise DataError(
@@ -92,9 +133,19 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
             "(binary) or image paths (string)"
         )
     has_label = cfg.label_column in names
-    table = ds.to_table(columns=[cfg.id_column] + ([cfg.label_column] if has_label else []))
-    ids = np.asarray(table.column(cfg.id_column).to_pylist(), dtype=object)
-    labels: list[str | None] = label_strings(table.column(cfg.label_column)) if has_label else [None] * len(ids)
+    # a path column is read up front too (text, not images): every path is checked before any is used
+    wanted = [cfg.id_column] + [cfg.label_column] * has_label + [cfg.image_column] * (kind == "path")
+    table = ds.to_table(columns=list(dict.fromkeys(wanted)))
+    ids = _checked_ids(table.column(cfg.id_column), f"id column '{cfg.id_column}' of '{path}'")
+    labels: list[str | None] = (
+        label_strings(table.column(cfg.label_column), f"label column '{cfg.label_column}' of '{path}'", ids)
+        if has_label
+        else [None] * len(ids)
+    )
+    if kind == "path":
+        _check_paths(
+            table.column(cfg.image_column), base_dir(path), f"image column '{cfg.image_column}' of '{path}'", ids
+        )
     images = EncodedImages(
         functools.partial(load_column, path, cfg.image_column),
         len(ids),
@@ -102,24 +153,49 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
         cfg.image_size,
         cfg.channels,
         base_dir(path),
-        f"'{path}'",
+        f"column '{cfg.image_column}' of '{path}'",
     )
-    return OwnRows(_checked_ids(ids, path), labels, images, f"'{path}'")
+    return OwnRows(ids, labels, images, f"'{path}'")
 
 
-def _checked_ids(ids: np.ndarray, where: str) -> np.ndarray:
-    """Ids as int64 when they are all integers, else strings; null or duplicate ids are a DataError."""
-    keys = [None if v is None else str(v) for v in ids]
-    seen: dict[str, int] = {}
-    for row, k in enumerate(keys):
-        if k is None or k == "":
-            raise DataError(f"row {row} of {where} has no id; every row needs a unique id")
-        if k in seen:
-            raise DataError(f"rows {seen[k]} and {row} of {where} have the same id '{k}'; ids must be unique")
-        seen[k] = row
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ids):
-        return np.asarray(ids, dtype=np.int64)
-    return np.asarray(keys, dtype=object)
+def _checked_ids(col: pa.ChunkedArray, where: str) -> np.ndarray:
+    """Ids as int64 (an integer column) or strings (a string column); any other type, a null or empty id and a
+    duplicate id are a DataError. A float id column is refused rather than printed: NaN would become the id
+    'nan' and 1.0 the id '1.0', which no one wrote."""
+    t = _value_type(col.type)
+    values = col.to_pylist()
+    if not (pa.types.is_integer(t) or _is_text(t)):
+        row = next((i for i, v in enumerate(values) if v is None or v != v), 0)
+        raise DataError(
+            f"{where} holds {col.type} values (row {row}: {_shown(values[row] if values else None)}); ids must be "
+            "integers or strings, one per row: write the column as int64 or string"
+        )
+    seen: dict[object, int] = {}
+    for row, v in enumerate(values):
+        if v is None or v == "":
+            raise DataError(f"{where} has no id at row {row}; every row needs a unique id: fill it in or drop the row")
+        if v in seen:
+            raise DataError(
+                f"{where} has the same id {_shown(v)} at rows {seen[v]} and {row}; ids must be unique: "
+                "give one of them another id or drop it"
+            )
+        seen[v] = row
+    if pa.types.is_integer(t):
+        return np.asarray(values, dtype=np.int64)
+    return np.asarray(values, dtype=object)
+
+
+def _check_paths(col: pa.ChunkedArray, base: str, where: str, ids: np.ndarray) -> None:
+    """Every image path must name a file inside ``base`` (the Parquet's folder): a path such as
+    ``../../etc/passwd`` would be read by workers and offered to annotators in the request."""
+    for row, v in enumerate(col.to_pylist()):
+        if v is None or v == "":
+            raise DataError(f"{where} has no image at {_row(row, ids)}; give every row an image path or drop the row")
+        if inside(v, base) is None:
+            raise DataError(
+                f"{where} points outside the pool's folder '{base}' at {_row(row, ids)}: {_shown(v)}; images must "
+                "lie under the folder of the Parquet data: move them there and give paths relative to it"
+            )
 
 
 def class_list(cfg: DataConfig, *label_lists: list[str | None]) -> tuple[str, ...]:
