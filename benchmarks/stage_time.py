@@ -102,7 +102,7 @@ def run(cfg, out_dir: Path) -> tuple[dict, list]:
         part["stage"] = record.time_stage + part["checkpoint"]
         backend.stage = record.stage + 1
         print(
-            f"  {cfg.backend.name} stage {record.stage + 1}: {part['stage']:.1f} s, acc {record.accuracy:.4f}",
+            f"  {cfg.backend.name} stage {record.stage}: {part['stage']:.1f} s, acc {record.accuracy:.4f}",
             flush=True,
         )
 
@@ -164,7 +164,7 @@ def main() -> None:
                 continue
             cells = [f"{b:.2f} | {b / a:.2f}" if a >= 0.005 else f"{b:.2f} | -" for b in bs]
             label = f"**{part}**" if part == "stage" else part
-            lines.append(f"| {stage + 1} | {label} | {a:.2f} | " + " | ".join(cells) + " |")
+            lines.append(f"| {stage} | {label} | {a:.2f} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     write_results(
         args.out,

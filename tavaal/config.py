@@ -292,6 +292,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
 MAX_WIDTH = 65_536  # layer widths, latent sizes and image sides: beyond this a model cannot be held in memory
 MAX_BATCH = 1_048_576  # samples per batch
 MAX_POOL = 100_000_000  # samples in a split (the AL state holds a few integers per pool sample)
+# Caps on loop lengths, so that a typo (1e20) is refused instead of running until killed. Each is far beyond
+# what any published protocol uses: the paper trains 200 epochs per stage, and the official VAE formula gives
+# at most int((50,000 + 10,000) · 100 / 128) = 46,875 iterations on a whole CIFAR pool.
+MAX_EPOCHS = 10_000  # 50x the paper's 200
+MAX_ITERATIONS = 10_000_000  # VAE/discriminator iterations per stage: over 200x the formula's largest value
+MAX_STEPS = 1_000  # VAE steps per iteration (VAAL: 2)
+MAX_THREADS = 4_096  # torch CPU threads: more than any machine's cores, and within torch's int range
 
 
 def _check(ok: bool, key: str, expected: str, value: Any) -> None:
@@ -329,7 +336,12 @@ def validate(cfg: Config) -> None:
         "auto, cpu, cuda or cuda:N",
         dev,
     )
-    _check(cfg.num_threads is None or cfg.num_threads >= 1, "num_threads", ">= 1", cfg.num_threads)
+    _check(
+        cfg.num_threads is None or 1 <= cfg.num_threads <= MAX_THREADS,
+        "num_threads",
+        f"in [1, {MAX_THREADS}] or null (torch's default)",
+        cfg.num_threads,
+    )
     d = cfg.data
     _check(
         d.num_train is None or 1 <= d.num_train <= MAX_POOL,
@@ -370,7 +382,7 @@ def validate(cfg: Config) -> None:
         cfg.model.ranker_hidden,
     )
     t = cfg.train
-    _check(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
+    _check(1 <= t.epochs <= MAX_EPOCHS, "train.epochs", f"in [1, {MAX_EPOCHS:_}]", t.epochs)
     _check(
         2 <= t.batch_size <= MAX_BATCH and t.batch_size % 2 == 0,
         "train.batch_size",
@@ -381,15 +393,20 @@ def validate(cfg: Config) -> None:
     _check(0 <= t.momentum < 1, "train.momentum", "in [0, 1)", t.momentum)
     _check(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
     _check(
-        all(m >= 1 for m in t.milestones) and list(t.milestones) == sorted(t.milestones),
+        all(1 <= m <= MAX_EPOCHS for m in t.milestones) and list(t.milestones) == sorted(t.milestones),
         "train.milestones",
-        "increasing epochs >= 1",
+        f"increasing epochs in [1, {MAX_EPOCHS:_}]",
         list(t.milestones),
     )
     _check(0 < t.gamma <= 1, "train.gamma", "in (0, 1]", t.gamma)
     _check(t.eta >= 0, "train.eta", ">= 0", t.eta)
     _check(t.margin >= 0, "train.margin", ">= 0", t.margin)
-    _check(t.ranker_stop_grad_epoch >= 0, "train.ranker_stop_grad_epoch", ">= 0", t.ranker_stop_grad_epoch)
+    _check(
+        0 <= t.ranker_stop_grad_epoch <= MAX_EPOCHS,
+        "train.ranker_stop_grad_epoch",
+        f"in [0, {MAX_EPOCHS:_}]",
+        t.ranker_stop_grad_epoch,
+    )
     _check(t.precision in ("fp32", "bf16", "auto"), "train.precision", "fp32, bf16 or auto", t.precision)
     v = cfg.vae
     _check(1 <= v.latent_dim <= MAX_WIDTH, "vae.latent_dim", f"in [1, {MAX_WIDTH}]", v.latent_dim)
@@ -399,10 +416,20 @@ def validate(cfg: Config) -> None:
         f"in [1, {MAX_WIDTH // 8}] (widths go to 8x)",
         v.base_channels,
     )
-    _check(v.iterations is None or v.iterations >= 1, "vae.iterations", ">= 1 or null (official formula)", v.iterations)
-    _check(v.iteration_epochs >= 1, "vae.iteration_epochs", ">= 1", v.iteration_epochs)
+    _check(
+        v.iterations is None or 1 <= v.iterations <= MAX_ITERATIONS,
+        "vae.iterations",
+        f"in [1, {MAX_ITERATIONS:_}] or null (official formula)",
+        v.iterations,
+    )
+    _check(1 <= v.iteration_epochs <= MAX_EPOCHS, "vae.iteration_epochs", f"in [1, {MAX_EPOCHS:_}]", v.iteration_epochs)
     _check(1 <= v.batch_size <= MAX_BATCH, "vae.batch_size", f"in [1, {MAX_BATCH}]", v.batch_size)
-    _check(v.vae_steps is None or v.vae_steps >= 1, "vae.vae_steps", ">= 1 or null", v.vae_steps)
+    _check(
+        v.vae_steps is None or 1 <= v.vae_steps <= MAX_STEPS,
+        "vae.vae_steps",
+        f"in [1, {MAX_STEPS}] or null",
+        v.vae_steps,
+    )
     _check(v.lr > 0, "vae.lr", "> 0", v.lr)
     _check(v.disc_lr > 0, "vae.disc_lr", "> 0", v.disc_lr)
     _check(v.beta >= 0, "vae.beta", ">= 0", v.beta)
@@ -417,10 +444,15 @@ def validate(cfg: Config) -> None:
         v.input_size,
     )
     a = cfg.al
-    _check(a.initial >= 1, "al.initial", ">= 1", a.initial)
-    _check(a.budget >= 1, "al.budget", ">= 1", a.budget)
-    _check(a.stages >= 1, "al.stages", ">= 1", a.stages)
-    _check(a.subset_size >= a.budget, "al.subset_size", f">= al.budget ({a.budget})", a.subset_size)
+    _check(1 <= a.initial <= MAX_POOL, "al.initial", f"in [1, {MAX_POOL:_}]", a.initial)
+    _check(1 <= a.budget <= MAX_POOL, "al.budget", f"in [1, {MAX_POOL:_}]", a.budget)
+    _check(1 <= a.stages <= MAX_POOL, "al.stages", f"in [1, {MAX_POOL:_}]", a.stages)
+    _check(
+        a.budget <= a.subset_size <= MAX_POOL,
+        "al.subset_size",
+        f"in [al.budget ({a.budget}), {MAX_POOL:_}]",
+        a.subset_size,
+    )
     _check(
         a.score_batch_size is None or 1 <= a.score_batch_size <= MAX_BATCH,
         "al.score_batch_size",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,30 +18,18 @@ import torch
 from tavaal import checkpoint
 from tavaal.backends import Backend, build_backend
 from tavaal.config import Config, from_dict
+from tavaal.core.memory import batch_bytes, check_fits
 from tavaal.core.metrics import label_counts, label_entropy
 from tavaal.core.pool import PoolState, draw_candidates
 from tavaal.core.precision import for_device, resolve_device, score_batch_size
 from tavaal.core.seeding import derive_seed, numpy_rng
-from tavaal.core.training import ModelSpec, TaskJob, evaluate
+from tavaal.core.training import ModelSpec, TaskJob, TaskResult, evaluate
 from tavaal.data import build_dataset
 from tavaal.data.base import ALData
 from tavaal.errors import CheckpointError, ConfigError
 from tavaal.oracle import Oracle, build_oracle, has_initial_request, run_config
 from tavaal.strategies import QueryContext, Strategy, build_strategy
 from tavaal.tracking import NullTracker, Tracker
-
-# fields that may differ between a run and its resume (they do not change what gets selected)
-RESUMABLE_FIELDS = (
-    "device",
-    "num_threads",
-    "backend",
-    "al.stages",
-    "al.score_batch_size",
-    "al.keep_checkpoints",
-    "data.data_dir",
-    "data.download",
-    "data.new_classes",
-)
 
 
 @dataclass
@@ -90,6 +78,11 @@ def run_experiment(
     data knows every pool label, else manual); a manual run stops where labels are missing, after writing the
     batch to annotate (``tavaal/oracle.py``), and ``labels`` (a CSV) answers it on resume.
     """
+    with checkpoint.run_dir_lock(out_dir):  # one process at a time per run directory
+        return _run(cfg, backend, tracker, out_dir, resume, log, verbose, on_stage, labels, oracle)
+
+
+def _run(cfg, backend, tracker, out_dir, resume, log, verbose, on_stage, labels, oracle) -> list[StageRecord]:
     device = resolve_device(cfg.device)
     cfg = for_device(cfg, device)  # precision auto, score batch per device: resolved once, recorded as run
     if cfg.num_threads:
@@ -104,9 +97,12 @@ def run_experiment(
         )
     strategy = build_strategy(cfg.al.strategy)
     # every check before anything is written or started: a model that cannot take the data leaves nothing behind
-    check_compatible(cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden))
-    pool, records, meta = _start(cfg, data, out_dir, resume, log, initial)
-    answered = oracle.labels_for(len(records), data, pool)  # a labels file is validated in full before any write
+    check_compatible(
+        cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden), device
+    )
+    pool, records, meta, unqueried = _start(cfg, data, out_dir, resume, log, initial)
+    first = len(records) - (unqueried is not None)  # a stage that was the last of a shorter plan gets its query
+    answered = oracle.labels_for(first, data, pool)  # a labels file is validated in full before any write
     if answered is None:  # labels missing: the batch to annotate is written
         return records
     data = answered
@@ -122,15 +118,27 @@ def run_experiment(
             meta["tracking_run_id"] = run_id
         for record in records:  # idempotent: stages checkpointed but not yet tracked (killed in between) get sent
             tracker.log_stage(record.to_dict())
-        for stage in range(len(records), cfg.al.stages):
-            record, pool, states = run_stage(
-                cfg, stage, pool, data, spec, strategy, backend, device, log if verbose else _quiet
-            )
+        for stage in range(first, cfg.al.stages):
+            if stage == len(records) - 1 and unqueried is not None:  # trained and evaluated before: query only
+                record, pool, states = query_stage(
+                    cfg, records.pop(), pool, data, spec, strategy, backend, unqueried, log if verbose else _quiet
+                )
+            else:
+                record, pool, states = run_stage(
+                    cfg, stage, pool, data, spec, strategy, backend, device, log if verbose else _quiet
+                )
             records.append(record)
             stage_path = None
             if out_dir is not None:
                 stage_path = checkpoint.save_stage(
-                    out_dir, stage, pool, [r.to_dict() for r in records], states, cfg.to_dict(), meta
+                    out_dir,
+                    stage,
+                    pool,
+                    [r.to_dict() for r in records],
+                    states,
+                    cfg.to_dict(),
+                    meta,
+                    replace=unqueried is not None and stage == first,
                 )
                 checkpoint.prune(out_dir, cfg.al.keep_checkpoints)
             tracker.log_stage(record.to_dict())
@@ -157,9 +165,18 @@ def run_experiment(
     return records
 
 
-def check_compatible(cfg: Config, data: ALData, spec: ModelSpec) -> None:
+def check_compatible(cfg: Config, data: ALData, spec: ModelSpec, device: torch.device | None = None) -> None:
     """Build the stage's models once on the data's input shape: a model that cannot take the data is a
-    ConfigError now, not a traceback after the first stage's training."""
+    ConfigError now, not a traceback after the first stage's training. Also that one batch of inputs fits in the
+    device's memory (a lower bound: a data.image_size far too large is refused before any work)."""
+    device = device or resolve_device(cfg.device)
+    batch = max(cfg.train.batch_size, score_batch_size(cfg.al.score_batch_size, device), 2 * cfg.vae.batch_size)
+    check_fits(
+        batch_bytes(batch, data.input_shape),
+        device,
+        f"one batch of {batch} inputs of shape {list(data.input_shape)} (float32)",
+        "lower data.image_size (or the batch sizes: train.batch_size, al.score_batch_size, vae.batch_size)",
+    )
     if cfg.task != data.task:
         raise ConfigError(
             f"config field 'task' is '{cfg.task}' but data '{cfg.data.name}' is a {data.task} data set; "
@@ -201,15 +218,19 @@ def _quiet(msg: str) -> None:
 
 def _start(
     cfg: Config, data: ALData, out_dir, resume: bool, log, initial: PoolState
-) -> tuple[PoolState, list[StageRecord], dict]:
-    """Fresh: the initial labels. Resume: the pool and records of the newest complete stage."""
+) -> tuple[PoolState, list[StageRecord], dict, TaskResult | None]:
+    """Fresh: the initial labels, and the run's identity written. Resume: the pool and records of the newest
+    complete stage, and (when that stage was the last of a shorter plan and ``al.stages`` now goes further) its
+    models' states, from which it queries without training again: an extended run picks what a run planned this
+    long from the start would pick."""
     if resume:
         if out_dir is None:
             raise ConfigError("--resume needs the run's output directory")
         if not checkpoint.list_stages(out_dir) and has_initial_request(out_dir):
             check_resumable(run_config(out_dir), cfg)  # stopped before stage 0, for its labels
+            ident = checkpoint.read_identity(out_dir)
             log(f"resuming {out_dir} before stage 0 (its labels were requested)")
-            return initial, [], {}
+            return initial, [], {"run_id": ident["run_id"]} if ident else {}, None
         ck = checkpoint.load_latest(out_dir, log=log)
         check_resumable(ck.config, cfg)
         if len(ck.pool) != len(data.train):
@@ -217,21 +238,41 @@ def _start(
                 f"checkpoint {ck.path} has a pool of {len(ck.pool)} samples but the data set has "
                 f"{len(data.train)}; resume with the data the run started with"
             )
-        log(f"resuming from {ck.path} (stage {ck.stage} complete, {ck.pool.num_labeled} labeled)")
-        return ck.pool, [StageRecord(**r) for r in ck.records], dict(ck.meta)
+        if ck.stage + 1 > cfg.al.stages:
+            raise ConfigError(
+                f"config field 'al.stages' is {cfg.al.stages} but {out_dir} has stages 0..{ck.stage} complete; "
+                f"set al.stages >= {ck.stage + 1} (or leave it as the run had it)"
+            )
+        records = [StageRecord(**r) for r in ck.records]
+        meta = dict(ck.meta)
+        ident = checkpoint.run_identity(out_dir)
+        meta["run_id"] = ident["run_id"] if ident and ident.get("run_id") else meta.get("run_id")
+        last = records[-1]
+        unqueried = None
+        if not last.selected and last.stage + 1 < cfg.al.stages:
+            unqueried = TaskResult(ck.states["model"], ck.states.get("ranker"))
+        nxt = f"stage {last.stage} queries next" if unqueried else f"stage {last.stage + 1} next"
+        log(
+            f"resuming from {ck.path}: stages 0..{ck.stage} complete, {nxt}, "
+            f"{ck.pool.num_labeled} labeled ({last.num_labeled} trained on by stage {last.stage})"
+        )
+        return ck.pool, records, meta, unqueried
     if out_dir is not None and (checkpoint.list_stages(out_dir) or has_initial_request(out_dir)):
         raise CheckpointError(
             f"'{out_dir}' already holds stage checkpoints; pass --resume {out_dir} to continue "
             "that run, or choose a new --out"
         )
-    return initial, [], {}
+    meta = {}
+    if out_dir is not None:
+        meta["run_id"] = checkpoint.write_identity(out_dir, cfg.to_dict())["run_id"]
+    return initial, [], meta, None
 
 
 def check_resumable(saved: dict, cfg: Config) -> None:
     """The config of a resume must match the checkpoint's except in fields that do not change picks."""
     old, new = from_dict(saved).flat(), cfg.flat()
     for key in sorted(set(old) | set(new)):
-        if any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS):
+        if checkpoint.resumable(key):
             continue
         if old.get(key) != new.get(key):
             raise ConfigError(
@@ -271,18 +312,6 @@ def run_stage(
     metrics = evaluate(model.to(device), data, device, batch, t.precision, channels_last=t.channels_last)
     fit = evaluate(model, data, device, batch, t.precision, "train", labeled, t.channels_last)
     states = {"model": task.model_state} | ({"ranker": task.ranker_state} if task.ranker_state else {})
-    selected, info, health, t1 = np.empty(0, dtype=np.int64), {}, {}, time.perf_counter()
-    if stage < cfg.al.stages - 1:
-        candidates = draw_candidates(pool, cfg.al.subset_size, numpy_rng(cfg.seed, "candidates", stage))
-        budget = min(cfg.al.budget, candidates.size)
-        result = strategy.query(
-            QueryContext(cfg, data, backend, spec, task, labeled, candidates, budget, stage, seed, log)
-        )
-        selected = np.asarray(result.selected, dtype=np.int64)
-        check_selection(selected, candidates, budget, strategy.name)
-        pool = pool.label(selected, stage + 1)
-        states |= result.states
-        info, health = result.info, result.health
     counts = label_counts(data.train_targets, labeled, data.num_classes)
     h, h_norm = label_entropy(counts)
     now = time.perf_counter()
@@ -295,17 +324,49 @@ def run_stage(
         label_counts=[int(c) for c in counts],
         label_entropy=h,
         label_entropy_norm=h_norm,
-        selected=[int(i) for i in selected],
         time_train=t_train,
-        time_query=now - t1,
         time_stage=now - t0,
-        info=info,
         miou=metrics.get("miou"),
         per_class_iou=metrics.get("per_class_iou", []),
-        health=health,
         train_accuracy=fit["accuracy"],
     )
+    if stage < cfg.al.stages - 1:
+        return query_stage(cfg, record, pool, data, spec, strategy, backend, task, log)
     return record, pool, states
+
+
+def query_stage(
+    cfg: Config,
+    record: StageRecord,
+    pool: PoolState,
+    data: ALData,
+    spec: ModelSpec,
+    strategy: Strategy,
+    backend: Backend,
+    task: TaskResult,
+    log: Callable[[str], None],
+) -> tuple[StageRecord, PoolState, dict]:
+    """Score a fresh random candidate subset with the stage's trained models (``task``) and label the top-K
+    (``labeled_at = stage + 1``); returns the record with the picks, the new pool and every model's state."""
+    t1 = time.perf_counter()
+    stage, labeled = record.stage, pool.labeled_indices()
+    candidates = draw_candidates(pool, cfg.al.subset_size, numpy_rng(cfg.seed, "candidates", stage))
+    budget = min(cfg.al.budget, candidates.size)
+    seed = derive_seed(cfg.seed, "stage", stage)
+    result = strategy.query(QueryContext(cfg, data, backend, spec, task, labeled, candidates, budget, stage, seed, log))
+    selected = np.asarray(result.selected, dtype=np.int64)
+    check_selection(selected, candidates, budget, strategy.name)
+    states = {"model": task.model_state} | ({"ranker": task.ranker_state} if task.ranker_state else {})
+    t_query = time.perf_counter() - t1
+    record = replace(
+        record,
+        selected=[int(i) for i in selected],
+        info=result.info,
+        health=result.health,
+        time_query=t_query,
+        time_stage=record.time_stage + t_query,
+    )
+    return record, pool.label(selected, stage + 1), states | result.states
 
 
 def check_selection(selected: np.ndarray, candidates: np.ndarray, budget: int, name: str) -> None:
@@ -320,7 +381,7 @@ def check_selection(selected: np.ndarray, candidates: np.ndarray, budget: int, n
 def format_record(r: StageRecord, stages: int) -> str:
     quality = f"acc {r.accuracy:.4f}" if r.miou is None else f"miou {r.miou:.4f}  pixel_acc {r.accuracy:.4f}"
     return (
-        f"stage {r.stage + 1}/{stages}  labeled {r.num_labeled}  {quality}  "
+        f"stage {r.stage} of 0..{stages - 1}  labeled {r.num_labeled}  {quality}  "
         f"bal_acc {r.balanced_accuracy:.4f}  label_entropy {r.label_entropy:.3f} "
         f"({r.label_entropy_norm:.3f})  time {r.time_stage:.1f}s (train {r.time_train:.1f}s, "
         f"query {r.time_query:.1f}s)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -117,16 +118,41 @@ def resolve_config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """The files a run writes, checked before any work: ``--out`` must be a directory (or creatable) and ``--json``
+    a file in an existing, writable directory, so that neither fails after the stages have run."""
+    from tavaal.errors import ConfigError
+
+    for flag, value in (("--out", args.out), ("--resume", args.resume)):
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise ConfigError(f"{flag} '{value}' is an existing file, not a directory; choose a directory path")
+    if args.json:
+        target = Path(args.json)
+        parent = target.parent if str(target.parent) else Path(".")
+        if target.is_dir():
+            raise ConfigError(f"--json '{target}' is a directory; pass a file path, e.g. {target / 'records.json'}")
+        if not parent.is_dir():
+            raise ConfigError(
+                f"--json '{target}': directory '{parent}' does not exist; create it or choose another path"
+            )
+        if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+            raise ConfigError(f"--json '{target}' cannot be written (no permission); choose another path")
+
+
 def check_only(cfg) -> int:
     """``--check``: everything a run checks before its first stage, without training or writing."""
+    from tavaal.core.precision import resolve_device
     from tavaal.core.training import ModelSpec
     from tavaal.data import build_dataset
     from tavaal.experiment import check_compatible
     from tavaal.oracle import build_oracle
 
+    device = resolve_device(cfg.device)  # a GPU the machine does not have
     data = build_dataset(cfg.data, cfg.seed)
     build_oracle(cfg, data).initial_state(data)  # the labeling plan against the pool
-    check_compatible(cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden))
+    check_compatible(
+        cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden), device
+    )
     a = cfg.al
     print(
         f"config OK: {a.strategy} on {cfg.data.name} ({len(data.train)} pool, {len(data.test)} test samples), "
@@ -159,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             from tavaal.errors import ConfigError
 
             raise ConfigError("--labels answers a stopped run: pass --resume DIR with it")
+        check_paths(args)
         cfg = resolve_config(args)
         if args.check:
             return check_only(cfg)
@@ -189,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; resume with --resume " + str(out), file=sys.stderr)
         return 130
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in records], indent=2))
+        try:
+            Path(args.json).write_text(json.dumps([r.to_dict() for r in records], indent=2))
+        except OSError as e:  # checked before the run; this is a disk that filled or a path removed since
+            print(f"error: cannot write --json '{args.json}' ({e.strerror}); the stages are in {out}", file=sys.stderr)
+            return 2
     return 0
 
 

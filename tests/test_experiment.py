@@ -157,7 +157,7 @@ def test_fashionmnist_preset_runs_end_to_end_on_real_data(tmp_path, capsys):
         str(tmp_path / "records.json"),
     )
     assert res.returncode == 0, res.stderr
-    assert "stage 2/2  labeled 96" in res.stdout
+    assert "stage 1 of 0..1  labeled 96" in res.stdout
     import json
 
     records = json.loads((tmp_path / "records.json").read_text())

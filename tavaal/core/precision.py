@@ -13,6 +13,8 @@ import functools
 
 import torch
 
+from tavaal.errors import ConfigError
+
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
@@ -71,7 +73,21 @@ def for_device(cfg, device: torch.device | str):
 
 
 def resolve_device(name: str) -> torch.device:
-    """ "auto" -> cuda when available, else cpu."""
+    """ "auto" -> cuda when available, else cpu. A CUDA device this machine does not have is a ConfigError now,
+    not a traceback at the first tensor moved to it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"config field 'device' is '{name}' but torch sees no CUDA GPU on this machine; "
+                "use --device cpu (or auto)"
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"config field 'device' is '{name}' but this machine has {count} CUDA GPU(s) "
+                f"(cuda:0..cuda:{count - 1}); choose one of them, or --device auto"
+            )
+    return device

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from tavaal.config import DataConfig
+from tavaal.core.memory import check_fits
 from tavaal.data.base import ALData, Split
 from tavaal.errors import ConfigError, DataError
 from tavaal.registry import DATASETS
@@ -131,6 +132,13 @@ def caltech101(cfg: DataConfig) -> ALData:
         held = set(held_out(name, len(paths), cfg.test_fraction).tolist())
         for i, path in enumerate(paths):
             rows[i in held].append((path, c))
+    need = 3 * cfg.image_size**2 * (len(rows[False]) + len(rows[True]))  # both splits held decoded, uint8
+    check_fits(
+        need,
+        torch.device("cpu"),
+        f"caltech101's {len(rows[False]) + len(rows[True])} images decoded at {cfg.image_size}x{cfg.image_size}",
+        "lower data.image_size",
+    )
     train, test = (_read(rows[t], cfg.image_size) for t in (False, True))
     return ALData(
         name="caltech101",
