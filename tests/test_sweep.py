@@ -98,6 +98,8 @@ def test_default_point_is_the_paper_default():
         (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
         (["--resume", "no-such-sweep"], "no sweep 'no-such-sweep'"),
         (["--set", "al.oracle=manual"], "sweeps need the simulated oracle"),
+        # a password in the tracking URI: named redacted (issue 24)
+        (["--tracking-uri", "http://user:s3cret@127.0.0.1:9"], "MLflow tracking server http://***@127.0.0.1:9 is"),
     ],
 )
 def test_sweep_bad_input_exits_2_before_any_trial(tmp_path, capsys, extra, needle):
@@ -115,7 +117,81 @@ def test_sweep_bad_input_exits_2_before_any_trial(tmp_path, capsys, extra, needl
     assert res.returncode == 2, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert "s3cret" not in res.stderr + res.stdout
     assert not list((tmp_path / "runs").glob("*/tavaal_sweep.json"))
+
+
+def no_ray(address=None, log_to_driver=False):
+    raise AssertionError("the sweep started or joined Ray")
+
+
+@pytest.mark.parametrize(
+    "flag,value,needle",
+    [
+        ("--cpus-per-trial", "nan", "--cpus-per-trial nan: expected a finite number > 0 (CPUs each trial reserves"),
+        ("--cpus-per-trial", "0", "--cpus-per-trial 0: expected a finite number > 0"),
+        ("--cpus-per-trial", "-1", "--cpus-per-trial -1: expected a finite number > 0"),
+        ("--cpus-per-trial", "inf", "--cpus-per-trial inf: expected a finite number > 0"),
+        ("--gpus-per-trial", "inf", "--gpus-per-trial inf: expected a finite number >= 0 (GPUs each trial reserves"),
+        ("--gpus-per-trial", "nan", "--gpus-per-trial nan: expected a finite number >= 0"),
+        ("--gpus-per-trial", "-0.5", "--gpus-per-trial -0.5: expected a finite number >= 0"),
+        ("--max-concurrent", "0", "--max-concurrent 0: expected a whole number >= 1 (trials at once)"),
+        ("--max-concurrent", "1.5", "--max-concurrent 1.5: expected a whole number >= 1"),
+        ("--num-samples", "0", "--num-samples 0: expected a whole number >= 1 (the number of trials)"),
+        ("--num-samples", "nan", "--num-samples nan: expected a whole number >= 1"),
+        ("--num-samples", "inf", "--num-samples inf: expected a whole number >= 1"),
+        ("--max-failures", "-1", "--max-failures -1: expected a whole number >= 0 (retries of a failed trial"),
+        ("--seed", "-1", "--seed -1: expected a whole number >= 0 and <= 4294967295 (the search algorithm's seed)"),
+        ("--seed", "nan", "--seed nan: expected a whole number >= 0"),
+        ("--cpus-per-trial", "two", "argument --cpus-per-trial: 'two' is not a number; see python -m tavaal.sweep"),
+    ],
+)
+def test_sweep_flag_out_of_bounds_is_one_line_before_anything(tmp_path, capsys, monkeypatch, flag, value, needle):
+    """nan, inf, zero or negative numeric flags: one line naming the flag, the value and what it takes, exit 2,
+    before Ray starts or anything is written (issue 24: these gave tracebacks, a sweep that hung, or ran)."""
+    monkeypatch.setattr("tavaal.backends.ray.connect.connect_ray", no_ray)
+    res = sweep_main(
+        capsys,
+        "--preset",
+        "smoke",
+        "--storage-path",
+        tmp_path / "runs",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/m.db",
+        flag,
+        value,
+    )
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+    assert needle in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == []  # no sweep directory, no MLflow store
+
+
+@pytest.mark.parametrize("flag,what", [("--cpus-per-trial", "CPUs"), ("--gpus-per-trial", "GPUs")])
+def test_sweep_asking_more_than_this_machine_has_is_one_line(tmp_path, capsys, monkeypatch, flag, what):
+    """A sweep that starts its own Ray: a trial that needs more than the machine has would wait forever."""
+    import torch
+
+    from tavaal.sweep.runner import check_fits_this_machine
+
+    have = os.cpu_count() if what == "CPUs" else torch.cuda.device_count()
+    monkeypatch.setattr("tavaal.backends.ray.connect.starts_local_ray", lambda address: True)
+    monkeypatch.setattr("tavaal.backends.ray.connect.connect_ray", no_ray)
+    args = ["--preset", "smoke", "--storage-path", tmp_path / "runs", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    res = sweep_main(capsys, *args, flag, have + 1)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+    assert lines[0].startswith(
+        f"error: {flag} {have + 1}: this machine has {have} {what} and the sweep starts its own Ray"
+    ), lines[0]
+    assert list(tmp_path.iterdir()) == []
+    # joining a cluster (an address): it may have, or gain, what this machine lacks
+    monkeypatch.setattr("tavaal.backends.ray.connect.starts_local_ray", lambda address: address is None)
+    from argparse import Namespace
+
+    check_fits_this_machine(Namespace(address="ray://head:10001", cpus_per_trial=1e6, gpus_per_trial=64.0))
+    with pytest.raises(ConfigError, match=f"this machine has {os.cpu_count()} CPUs"):
+        check_fits_this_machine(Namespace(address=None, cpus_per_trial=1e6, gpus_per_trial=0.0))
 
 
 def child_runs(uri, experiment="tavaal-sweep"):

@@ -117,6 +117,30 @@ def _resources(args, saved: dict) -> None:
             setattr(args, key, saved.get(key, default))
 
 
+def check_fits_this_machine(args) -> None:
+    """A sweep that starts its own Ray has this machine's CPUs and GPUs and no more: a trial that asks for more would
+    wait for them forever. One-line ConfigError instead (a cluster joined by address may grow: not checked)."""
+    import os
+
+    from tavaal.backends.ray.connect import starts_local_ray
+
+    if not starts_local_ray(args.address):
+        return
+    import torch
+
+    have = {"CPUs": os.cpu_count() or 1, "GPUs": torch.cuda.device_count()}
+    for flag, asked, what in (
+        ("--cpus-per-trial", args.cpus_per_trial, "CPUs"),
+        ("--gpus-per-trial", args.gpus_per_trial, "GPUs"),
+    ):
+        if asked > have[what]:
+            fix = f"ask for at most {have[what]}" if have[what] else f"leave {flag} at 0"
+            raise ConfigError(
+                f"{flag} {asked:g}: this machine has {have[what]} {what} and the sweep starts its own Ray on it, "
+                f"so no trial could ever start; {fix}, or pass --address of a cluster that has them"
+            )
+
+
 # Ray Tune's own reporter (an experiment box, a TensorBoard hint, per-trial tables) and the colour codes of worker
 # lines stay out of a sweep's output: it prints the project's lines and table. Set before Ray starts or Tune reads
 # them; a user's own setting wins.
@@ -141,12 +165,12 @@ def run_sweep(args) -> int:
         )
         base, space = state["base"], {k: tuple(v) for k, v in state["space"].items()}
         _resources(args, state.get("resources", {}))
+        check_fits_this_machine(args)
         connect_ray(args.address, log_to_driver=True)  # a Ray that refuses us: before the parent run is touched
         start_parent_run(args.tracking_uri, args.experiment, name, run_id=state["parent_run_id"])  # RUNNING again
     else:
-        if args.num_samples is not None and args.num_samples < 1:
-            raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
         _resources(args, {})
+        check_fits_this_machine(args)  # before the MLflow store is touched (a SQLite file would be created)
         base, space, space_path = _base_and_space(args)
         MLflowTracker(args.tracking_uri, args.experiment).check()  # one-line error before any trial
         connect_ray(args.address, log_to_driver=True)  # likewise, before the parent run exists

@@ -117,6 +117,14 @@ def connect_ray(address: str | None, log_to_driver: bool = False) -> bool:
     return True
 
 
+def starts_local_ray(address: str | None) -> bool:
+    """Whether ``connect_ray(address)`` would start a new Ray on this machine (this process is not connected yet,
+    and there is no cluster to join)."""
+    import ray
+
+    return not ray.is_initialized() and _starts_here(address)
+
+
 def _starts_here(address: str | None) -> bool:
     """Whether ``ray.init(address)`` starts a new Ray: no address, no ``$RAY_ADDRESS`` and no cluster that ``ray start``
     began on this machine (ray.init joins that one, and refuses a ``_system_config`` then)."""
