@@ -84,6 +84,9 @@ class VAEConfig:
     first_iter_noise: bool = False  # official TA-VAAL quirk: U(0,1) instead of r at the very first iteration
     disc_hidden: int = 512  # discriminator MLP width (official: 512)
     input_size: int | None = None  # images resized to input_size x input_size for the VAE (None: the data's size)
+    normalize: bool = True  # the VAE's images: normalized by the data's mean/std as the task model sees them (true),
+    # or raw [0, 1] pixels (false), as the official TA-VAAL code feeds its VAE on Fashion-MNIST (transforms.ToTensor
+    # only); only the VAE's input and reconstruction target change, never the task model's
     score_bn: str = "batch"  # VAE BatchNorm when scoring: "batch" (each batch of vae.batch_size normalized by its
     # own statistics, as every training batch was: the official TA-VAAL and VAAL code, whose VAE stays in train mode)
     # or "running" (eval mode: running statistics that mix labeled and unlabeled batches)

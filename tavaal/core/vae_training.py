@@ -27,6 +27,8 @@ from tavaal.data.base import ALData
 from tavaal.losses import discriminator_loss, vae_adversarial_loss, vae_loss
 from tavaal.models import VAE, Discriminator
 
+PixelStats = tuple[tuple[float, ...], tuple[float, ...]]  # per-channel (mean, std) of a data set's normalization
+
 
 def vae_input_shape(data_shape: tuple[int, ...], size: int | None) -> tuple[int, ...]:
     """The VAE's input shape: ``(C, size, size)`` for images when ``size`` is set, else the data's shape."""
@@ -35,8 +37,13 @@ def vae_input_shape(data_shape: tuple[int, ...], size: int | None) -> tuple[int,
     return (data_shape[0], size, size)
 
 
-def fit_to_vae(x: torch.Tensor, size: int | None) -> torch.Tensor:
-    """Resize an image batch ``[B, C, H, W]`` to ``[B, C, size, size]`` (no-op when ``size`` is None or met)."""
+def fit_to_vae(x: torch.Tensor, size: int | None, pixel_stats: PixelStats | None = None) -> torch.Tensor:
+    """Resize an image batch ``[B, C, H, W]`` to ``[B, C, size, size]`` (no-op when ``size`` is None or met), after
+    undoing the data's normalization when ``pixel_stats`` (mean, std per channel) is given (``vae.normalize``
+    false: the VAE sees [0, 1] pixels)."""
+    if pixel_stats is not None and x.dim() == 4:
+        mean, std = (torch.tensor(s, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for s in pixel_stats)
+        x = x * std + mean
     if size is None or x.dim() != 4 or tuple(x.shape[-2:]) == (size, size):
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -56,6 +63,7 @@ class VAEJob:
     precision: str = "fp32"  # fp32, bf16 or auto (train.precision)
     rhat: np.ndarray | None = None  # float32 [N]: r̂ per absolute index (NaN where not computed)
     channels_last: bool = False  # images and the conv VAE in NHWC (train.channels_last)
+    pixel_stats: PixelStats | None = None  # the data's (mean, std) to undo before the VAE (vae.normalize false)
 
     def __post_init__(self) -> None:
         # checked where a job is made, so no backend starts work (or a Ray job) that cannot run
@@ -184,7 +192,11 @@ class VAETraining:
 
     def _batch(self, x: torch.Tensor) -> torch.Tensor:
         """An image batch on the device, resized for the VAE (``vae.input_size``), in the job's memory format."""
-        return to_device(fit_to_vae(x.to(self.device), self.job.vae.input_size), self.device, self.job.channels_last)
+        return to_device(
+            fit_to_vae(x.to(self.device), self.job.vae.input_size, self.job.pixel_stats),
+            self.device,
+            self.job.channels_last,
+        )
 
     def disc_loss_tail(self) -> float | None:
         """The discriminator loss averaged over the last tenth of the job's iterations (None before them)."""

@@ -117,7 +117,9 @@ class DiscriminatorScorer:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
         assert self._vae is not None and self._disc is not None, "setup(device) first"
-        x = to_device(fit_to_vae(x, self.job.vae.input_size), self._device, self.job.channels_last)
+        x = to_device(
+            fit_to_vae(x, self.job.vae.input_size, self.job.pixel_stats), self._device, self.job.channels_last
+        )
         with (
             batch_statistics(self._vae, self.job.vae.score_bn == "batch" and x.shape[0] > 1),
             autocast(self._device, self._precision),

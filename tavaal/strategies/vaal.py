@@ -35,6 +35,7 @@ def adversarial_query(
         precision=ctx.cfg.train.precision,
         rhat=rhat,
         channels_last=ctx.cfg.train.channels_last,
+        pixel_stats=None if v.normalize or not ctx.data.mean else (tuple(ctx.data.mean), tuple(ctx.data.std)),
     )
     ctx.log(f"  VAE/discriminator: {job.iterations} iterations")
     result = ctx.backend.train_vae(
