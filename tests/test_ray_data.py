@@ -40,26 +40,46 @@ def stage():
 
 
 class CountsSetups:
-    """Outputs its process id and how many scorer setups that process has done so far."""
+    """Outputs, per row: its pool index (``pool_index``), the process that scored it, how many scorer setups that process has done so
+    far, and how many rows that process has scored since its latest setup (this call's scorer, once per process)."""
 
     def setup(self, device: torch.device) -> None:
         os.environ["TAVAAL_TEST_SETUPS"] = str(int(os.environ.get("TAVAAL_TEST_SETUPS", "0")) + 1)
+        os.environ["TAVAAL_TEST_ROWS"] = "0"
 
     def __call__(self, x: torch.Tensor, idx: np.ndarray) -> dict[str, torch.Tensor]:
         n = len(idx)
-        return {"pid": torch.full((n,), os.getpid()), "setups": torch.full((n,), int(os.environ["TAVAAL_TEST_SETUPS"]))}
+        rows = int(os.environ["TAVAAL_TEST_ROWS"]) + n
+        os.environ["TAVAAL_TEST_ROWS"] = str(rows)
+        return {
+            "pool_index": torch.as_tensor(idx),
+            "pid": torch.full((n,), os.getpid()),
+            "setups": torch.full((n,), int(os.environ["TAVAAL_TEST_SETUPS"])),
+            "rows": torch.full((n,), rows),
+        }
 
 
 def test_tasks_set_the_scorer_up_once_per_process_and_call(ray_cluster, stage):
+    """Which processes score which share of the rows is Ray's scheduling (one may score all of them on a busy
+    machine); what holds regardless: each process sets a call's scorer up once, a new call sets up again, and
+    every row is scored exactly once, in order."""
     data = stage[0]
     ref = ray.put(data)
+    seen: dict[int, int] = {}  # process -> its setup count in the previous call
     for _ in range(2):  # a second call (a new stage's scorer) sets up again, once per process
         got = score_with_ray_data(CountsSetups(), ref, np.arange(300), batch_size=10, concurrency=2, compute="tasks")
-        # both workers start at once, one block each (Ray Data's operator reservation would hold the second
-        # task back for a second, and the first worker would score both)
-        assert sorted(np.unique(got["pid"], return_counts=True)[1]) == [150, 150]
+        np.testing.assert_array_equal(got["pool_index"], np.arange(300))  # every row back, in order
+        scored = 0
         for pid in np.unique(got["pid"]):
-            assert np.unique(got["setups"][got["pid"] == pid]).size == 1  # 30 batches, one setup per process
+            mine = got["pid"] == pid
+            assert np.unique(got["setups"][mine]).size == 1  # one setup in this process for the whole call
+            setups = int(got["setups"][mine][0])
+            assert pid not in seen or setups == seen[pid] + 1  # and one more than in its previous call
+            seen[pid] = setups
+            # rows since that setup: exactly the rows of this process, so none was scored twice
+            assert int(got["rows"][mine].max()) == int(mine.sum())
+            scored += int(mine.sum())
+        assert scored == 300
 
 
 class Combined:
