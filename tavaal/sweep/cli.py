@@ -27,7 +27,7 @@ from tavaal.sweep.presets import OBJECTIVES, PRESETS
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (and exit code 2, as argparse's own)."""
 
-    def error(self, message: str):  # type: ignore[override]  # argparse's returns NoReturn; exit() never returns
+    def error(self, message: str):
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
 
 
