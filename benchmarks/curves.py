@@ -82,6 +82,7 @@ import numpy as np
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 from tavaal.config import Config, load_config
 from tavaal.core.metrics import objective_metrics, stage_quality
+from tavaal.data.imbalance import parse_minority
 from tavaal.errors import TavaalError
 from tavaal.files import atomic_write
 from tavaal.report import summarize
@@ -337,6 +338,91 @@ def paired(runs: dict, a: str, b: str, metric) -> tuple[float, int, int]:
     return (float(np.mean(diffs)) if diffs else float("nan")), sum(d > 0 for d in diffs), len(seeds)
 
 
+def paired_interval(runs: dict, a: str, b: str, metric) -> tuple[float, float, float, int]:
+    """(mean, low, high, n): the mean of metric(a) - metric(b) over the seeds both have and its 95% interval
+    (Student's t over the paired differences; nan bounds below 2 seeds)."""
+    from scipy import stats
+
+    seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
+    diffs = np.array([metric(runs[a][k]["records"]) - metric(runs[b][k]["records"]) for k in seeds], dtype=float)
+    if diffs.size == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    mean = float(diffs.mean())
+    if diffs.size < 2:
+        return mean, float("nan"), float("nan"), 1
+    half = float(stats.t.ppf(0.975, diffs.size - 1) * diffs.std(ddof=1) / np.sqrt(diffs.size))
+    return mean, mean - half, mean + half, int(diffs.size)
+
+
+def _interval_cell(runs: dict, a: str, b: str, metric) -> str:
+    mean, low, high, n = paired_interval(runs, a, b, metric)
+    if n == 0:
+        return "—"
+    if n < 2:
+        return f"{mean * 100:+.2f}"
+    return f"{mean * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}]"
+
+
+def interval_section(runs: dict, names: list[str], labels: list[int], pt: str) -> list[str]:
+    """Paired differences with 95% intervals, per stage and of the AUC: every strategy against random, and
+    tavaal against each of its rivals; an interval that holds 0 shows no difference at this many seeds."""
+    pairs = [(s, "random") for s in names if s != "random" and "random" in runs]
+    pairs += [("tavaal", r) for r in RIVALS if r != "random" and r in runs and "tavaal" in runs]
+    if not pairs:
+        return []
+    lines = [
+        "",
+        f"Paired differences ({pt}, mean [95% interval] over paired seeds, Student's t):",
+        "",
+        "| labels | " + " | ".join(f"{a} − {b}" for a, b in pairs) + " |",
+        "| --- |" + " --- |" * len(pairs),
+    ]
+    for i, n in enumerate(labels):
+        lines.append(f"| {n} | " + " | ".join(_interval_cell(runs, a, b, at_stage(i)) for a, b in pairs) + " |")
+    lines.append("| **AUC** | " + " | ".join(_interval_cell(runs, a, b, auc) for a, b in pairs) + " |")
+    return lines
+
+
+def minority_share(records: list[dict], stage: int, minority: list[int]) -> float | None:
+    """Share of stage ``stage``'s picks from the minority classes: the growth of the labeled set's class counts to
+    the next stage (every strategy has it; None after the last stage)."""
+    if stage + 1 >= len(records) or "label_counts" not in records[stage + 1]:
+        return None
+    picks = np.array(records[stage + 1]["label_counts"]) - np.array(records[stage]["label_counts"])
+    return float(picks[minority].sum() / picks.sum()) if picks.sum() > 0 else None
+
+
+def health_section(runs: dict, labels: list[int]) -> list[str]:
+    """The adversarial game's health beside the curves, per query stage, mean over seeds: the discriminator's loss
+    over the last tenth of its iterations (2 ln 2 = 1.386 is chance) and AUROC of labeled vs candidates (0.5:
+    chance), for tavaal the AUROC of r̂ and Spearman's correlation of the query score with r̂, and for every
+    strategy the minority classes' share of the picks (imbalanced pools)."""
+    first = next(iter(next(iter(runs.values())).values()))
+    data = first["config"]["data"]
+    counts = first["records"][0].get("label_counts")
+    imbalanced = data["imbalance_ratio"] > 1 and metric_name(runs) == "accuracy" and counts is not None
+    minority = parse_minority(data["minority_classes"], len(counts)) if imbalanced else []
+    keys = [("disc_loss_tail", "disc loss"), ("disc_auroc", "disc AUROC"), ("rhat_auroc", "r̂ AUROC")]
+    keys.append(("score_rhat_spearman", "spearman(score, r̂)"))
+    lines = ["", "Game health per query stage (mean over seeds; — where a strategy has none):", ""]
+    head = ["strategy", "labels", *(t for _, t in keys)] + (["minority share of picks"] if imbalanced else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for s in ordered(runs):
+        for i, n in enumerate(labels[:-1]):
+            recs = [e["records"][i] for e in runs[s].values() if i < len(e["records"])]
+            cells = []
+            for key, _ in keys:
+                vals = [r["health"][key] for r in recs if (r.get("health") or {}).get(key) is not None]
+                cells.append(f"{np.mean(vals):.3f}" if vals else "—")
+            if imbalanced:
+                shares = [v for e in runs[s].values() if (v := minority_share(e["records"], i, minority)) is not None]
+                cells.append(f"{np.mean(shares):.2f}" if shares else "—")
+            if all(c == "—" for c in cells):
+                continue
+            lines.append(f"| {s} | {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def metric_name(runs: dict) -> str:
     """ "mIoU" or "accuracy": what ``stage_quality`` measures in a setting (``runs``: strategy -> seed -> JSON)."""
     first = next(iter(next(iter(runs.values())).values()))
@@ -438,13 +524,17 @@ def setting_section(setting: str, runs: dict, name: str, config: dict | None = N
         for i, n in enumerate(labels):
             lines.append(f"| {n} | " + " | ".join(_diff(runs, s, "random", at_stage(i)) for s in others) + " |")
         lines.append("| **AUC** | " + " | ".join(_diff(runs, s, "random", auc) for s in others) + " |")
+    lines += interval_section(runs, names, labels, pt)
+    lines += health_section(runs, labels)
     lines += ["", "Summary:", ""]
     for rival in (r for r in RIVALS if r in runs and "tavaal" in runs):
         d, ahead, n = paired(runs, "tavaal", rival, auc)
         f, f_ahead, _ = paired(runs, "tavaal", rival, at_stage(len(labels) - 1))
+        _, low, high, _ = paired_interval(runs, "tavaal", rival, auc)
+        interval = f"; AUC 95% interval [{low * 100:+.1f}, {high * 100:+.1f}]" if n >= 2 else ""
         lines.append(
             f"- tavaal vs {rival}: {d * 100:+.1f} {pt} AUC ({ahead}/{n} seeds ahead), {f * 100:+.1f} {pt} "
-            f"at {labels[-1]} labels ({f_ahead}/{n} seeds ahead)"
+            f"at {labels[-1]} labels ({f_ahead}/{n} seeds ahead){interval}"
         )
     ent = {
         s: [e["records"][-1]["label_entropy_norm"] for e in runs[s].values()] for s in ("tavaal", "random") if s in runs

@@ -241,6 +241,11 @@ def test_curves_report_numbers_on_known_records(tmp_path):
     assert "| **AUC** | +2.50 (1/2) | +0.00 (1/2) |" in md
     assert "- tavaal vs random: +0.0 pt AUC (1/2 seeds ahead), +0.0 pt at 400 labels (1/2 seeds ahead)" in md
     assert "- tavaal vs vaal: -2.5 pt AUC (1/2 seeds ahead)" in md
+    # 95% intervals over two paired seeds, mean ± t(0.975, 1) · sd / sqrt(2) with t = 12.706: AUC vaal - random
+    # -1.67, +6.67 (sd 5.89); tavaal - random +8.33, -8.33 (sd 11.79); tavaal - vaal +10, -15 (sd 17.68)
+    assert "| labels | vaal − random | tavaal − random | tavaal − vaal |" in md
+    assert "| **AUC** | +2.50 [-50.44, +55.44] | +0.00 [-105.89, +105.89] | -2.50 [-161.33, +156.33] |" in md
+    assert "AUC 95% interval [-105.9, +105.9]" in md
     assert "tavaal 0.900 ± 0.000, random 0.800 ± 0.000" in md
     assert "| label entropy (norm), last stage | 0.800 ± 0.000 | 0.850 ± 0.000 | 0.900 ± 0.000 |" in md
     assert png_size(tmp_path / "fake" / "imbalanced.png") == (1500, 420)
@@ -332,3 +337,20 @@ def test_ablations_pair_variants_with_their_baselines(tmp_path):
     assert cells[7] == f"{d * 100:+.2f} ({ahead}/{n})"  # vs vaal: its own variant's vaal
     assert cells[10] != "—" and cells[12] != "—"  # the game's health: discriminator loss tail, r̂ AUROC
     assert ablations.variant_configs("fit")["fit_balanced"][1] == ("random", "lloss_rank", "vaal", "tavaal")
+
+
+def test_paired_interval_and_minority_share_on_known_answers():
+    """The curves report's 95% interval (Student's t over paired seed differences) and the minority classes'
+    share of a stage's picks (from the growth of the labeled set's class counts)."""
+
+    def run(acc):
+        return {"records": [{"accuracy": acc, "num_labeled": 1}]}
+
+    runs = {"a": {k: run(v) for k, v in enumerate((0.3, 0.5, 0.7))}, "b": {k: run(0.2) for k in range(3)}}
+    mean, low, high, n = curves.paired_interval(runs, "a", "b", curves.at_stage(0))
+    half = 4.302652729911275 * 0.2 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n): diffs 0.1, 0.3, 0.5 have sd 0.2
+    assert n == 3 and mean == pytest.approx(0.3) and (low, high) == pytest.approx((0.3 - half, 0.3 + half))
+    assert curves.paired_interval({"a": {0: run(0.5)}, "b": {0: run(0.2)}}, "a", "b", curves.at_stage(0))[3] == 1
+    records = [{"label_counts": [5, 5, 5]}, {"label_counts": [8, 6, 11]}, {"label_counts": [8, 6, 11]}]
+    assert curves.minority_share(records, 0, [0, 2]) == pytest.approx(9 / 10)
+    assert curves.minority_share(records, 1, [0, 2]) is None and curves.minority_share(records, 2, [0]) is None
