@@ -40,8 +40,8 @@ def stage():
 
 
 class CountsSetups:
-    """Outputs, per row: its pool index (``pool_index``), the process that scored it, how many scorer setups that process has done so
-    far, and how many rows that process has scored since its latest setup (this call's scorer, once per process)."""
+    """Outputs, per row: its pool index (``pool_index``), the process that scored it, how many scorer setups that
+    process has done so far, and how many rows it has scored since its latest setup (this call's scorer)."""
 
     def setup(self, device: torch.device) -> None:
         os.environ["TAVAAL_TEST_SETUPS"] = str(int(os.environ.get("TAVAAL_TEST_SETUPS", "0")) + 1)
