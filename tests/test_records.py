@@ -291,3 +291,24 @@ def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
     res = run_main(capsys, *TINY, "--set", "al.stages=1", "--out", str(tmp_path / "ok"), "--json", str(tmp_path))
     assert res.returncode == 2 and "is a directory; pass a file path" in res.stderr
     assert not os.path.exists(tmp_path / "ok")
+
+
+def test_an_extended_tracked_run_logs_the_old_last_stage_query_once_and_nothing_twice(tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    uri, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "run"
+    res = run_main(capsys, *TINY, "--out", str(out), "--tracking-uri", uri)
+    assert res.returncode == 0, res.stderr
+    res = run_main(capsys, "--resume", str(out), "--set", "al.stages=5", "--tracking-uri", uri)
+    assert res.returncode == 0, res.stderr
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+    def steps(key):
+        return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+
+    assert steps("test/accuracy") == [0, 1, 2, 3, 4]  # every stage once: the re-queried stage 2 is not re-sent
+    assert steps("labels/picked") == [0, 1, 2, 3]  # ... but its query is, once
+    assert steps("game/disc_loss_tail") == [0, 1, 2, 3]
+    picked = [a.path for a in client.list_artifacts(run.info.run_id, "selected")]
+    assert picked == [f"selected/stage-000{s}.parquet" for s in range(4)]

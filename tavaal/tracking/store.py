@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import csv
 import json
 import math
 import numbers
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tavaal.csvsafe import write_csv
 from tavaal.errors import TrackingError
 from tavaal.redact import has_credentials, redact, redact_values
 from tavaal.tracking.plots import accuracy_figure
@@ -28,6 +28,7 @@ from tavaal.tracking.plots import accuracy_figure
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the embedded default store, in the working directory
 FALLBACK_HINT = "start it or pass --tracking-uri sqlite:///mlflow.db"
 MARKER = "test/accuracy"  # logged last in a stage's batch: its steps are the stages already logged
+PICKED = "labels/picked"  # labels a stage's query picked: its steps are the stages whose query is logged
 HEALTH_TIMEOUT_S = 5.0  # an unreachable server fails in seconds, not after mlflow's minutes of retries
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -201,13 +202,23 @@ def stage_metrics(rec: dict[str, Any]) -> dict[str, float]:
         m |= {f"test/iou_class_{c}": v for c, v in enumerate(rec.get("per_class_iou", []))}
     if rec.get("train_accuracy") is not None:
         m["train/accuracy"] = rec["train_accuracy"]
+    m |= query_metrics(rec)
+    return {k: float(v) for k, v in m.items()} | {MARKER: float(rec["accuracy"])}
+
+
+def query_metrics(rec: dict[str, Any]) -> dict[str, float]:
+    """The metrics of a stage's query alone (its picks, the game's health, the strategy's numbers): what a stage
+    that was the last of a shorter plan adds when an extended run queries it."""
+    m: dict[str, Any] = {}
     health = dict(rec.get("health") or {})  # vaal/tavaal: game/disc_loss_tail, game/disc_auroc, ...
     m |= {f"game/picks_class_{c}": n for c, n in enumerate(health.pop("pick_counts", []))}
     m |= {f"game/{k}": v for k, v in health.items() if v is not None}
     for key, v in flatten(rec.get("info") or {}):
         if isinstance(v, numbers.Real) and not isinstance(v, bool):
             m["info/" + re.sub(r"[^\w\-. /]", "_", key)] = v
-    return {k: float(v) for k, v in m.items()} | {MARKER: float(rec["accuracy"])}
+    if rec.get("selected"):  # last: in a batch of the query alone, it marks the batch as stored
+        m[PICKED] = len(rec["selected"])
+    return {k: float(v) for k, v in m.items()}
 
 
 def log_metrics(client, run_id: str, step: int, metrics: dict[str, float]) -> None:
@@ -311,10 +322,8 @@ def log_parent_summary(
     with tracking_errors(uri, "writing the sweep summary"), tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trials.csv"
         columns = list(dict.fromkeys(k for row in trials for k in row))
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(redact_values(trials))
+        # every cell through csvsafe: people open trials.csv in a spreadsheet, and config values are free text
+        write_csv(path, columns, ([row.get(c) for c in columns] for row in redact_values(trials)))
         client.log_artifact(parent_run_id, str(path))
         by_trial = {str(row.get("trial_id")): row.get(objective) for row in trials}
         curves = {}

@@ -17,6 +17,7 @@ from tavaal.tracking.store import (
     DEFAULT_TRACKING_URI,
     MARKER,
     PARENT_TAG,
+    PICKED,
     check_health,
     connect,
     curve_points,
@@ -27,6 +28,7 @@ from tavaal.tracking.store import (
     log_params,
     log_selected,
     metric_steps,
+    query_metrics,
     reopen_run,
     safe_tags,
     set_terminated,
@@ -79,6 +81,7 @@ class MLflowTracker:
         self.run_id: str | None = None
         self._client: MlflowClient | None = None
         self._points: dict[int, tuple[float, float]] = {}  # stage -> (labels/count, test/accuracy), whole run
+        self._picked: set[int] = set()  # stages whose query (picks, game health) is in the run
         self._pending: dict[int, dict[str, Any]] = {}  # stage -> record, held back by a tracking outage
         self._tried: set[int] = set()  # stages whose sending failed once (they may have reached the server)
         self._warned = False
@@ -106,6 +109,7 @@ class MLflowTracker:
                 log_params(client, self.run_id, config)
                 log_config(client, self.run_id, config)
             self._points = curve_points(client, self.run_id)
+            self._picked = set(metric_steps(client, self.run_id, PICKED))
         self._ended = False
         return self.run_id
 
@@ -120,7 +124,9 @@ class MLflowTracker:
         stage = int(rec["stage"])
         if self.run_id is None:
             raise RuntimeError("MLflowTracker.log_stage called before start")
-        if stage not in self._points:
+        # a stage in the run is skipped, unless it now brings a query it did not have (the last stage of a shorter
+        # plan, queried when the run is extended): then its query's part goes out
+        if stage not in self._points or (rec.get("selected") and stage not in self._picked):
             self._pending[stage] = rec
         self.flush()
 
@@ -156,14 +162,18 @@ class MLflowTracker:
             check_health(self.tracking_uri)  # seconds, not mlflow's minutes of retries against a dead server
         with tracking_errors(self.tracking_uri, f"logging stage {stage}"):
             # a batch sent just before a failure may have been stored anyway: look before sending it again
-            if stage in self._tried and stage in metric_steps(client, run_id, MARKER):
+            update = stage in self._points  # the stage is in the run; only its query is new
+            marker = PICKED if update else MARKER
+            if stage in self._tried and stage in metric_steps(client, run_id, marker):
                 self._points[stage] = (float(rec["num_labeled"]), float(rec["accuracy"]))
+                self._picked |= {stage} if rec.get("selected") else set()
                 return
             if rec.get("selected"):
                 log_selected(client, run_id, stage, rec["selected"])
-            metrics = stage_metrics(rec)  # one batch, the marker last: if it is in the run, the whole stage is
-            log_metrics(client, run_id, stage, metrics)
+            # one batch, its marker last: if the marker is in the run, the whole batch is
+            log_metrics(client, run_id, stage, query_metrics(rec) if update else stage_metrics(rec))
         self._points[stage] = (float(rec["num_labeled"]), float(rec["accuracy"]))
+        self._picked |= {stage} if rec.get("selected") else set()
 
     def end(self, status: str = "FINISHED") -> None:
         """Log the accuracy-vs-labels plot of the whole run and set its terminal status.
