@@ -43,6 +43,7 @@ import ray
 import torch
 
 from tavaal.backends.ray.backend import local_system_config
+from tavaal.backends.ray.connect import LOOPBACK, loopback_only
 from tavaal.backends.ray.data import score_with_ray_data
 from tavaal.config import DataConfig, load_config
 from tavaal.core.scoring import score_pool
@@ -208,14 +209,16 @@ def main() -> None:
     n, bs = len(data.train), args.batch_size
     tmp = tempfile.mkdtemp(prefix="rb", dir="/tmp")
     cpus = max(2, os.cpu_count() or 2)
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=False,
-        _temp_dir=tmp,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}},
-        _system_config=local_system_config(cpus),
-    )  # as the Ray backend starts a local Ray
+    with loopback_only():  # as the Ray backend starts a local Ray: listening on 127.0.0.1 only
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            _temp_dir=tmp,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}},
+            _system_config=local_system_config(cpus),
+            _node_ip_address=LOOPBACK,
+        )
     ref = ray.put(data)  # once: every actor reads the same copy from the object store
     times: dict[tuple, list] = {}
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tavaal.errors import TavaalError, TrackingError
+from tavaal.redact import redact
 
 
 def collect(tracking_uri: str, experiment: str) -> dict[str, dict[int, dict[str, list[float]]]]:
@@ -29,7 +30,7 @@ def collect(tracking_uri: str, experiment: str) -> dict[str, dict[int, dict[str,
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise TrackingError(
-            f"no MLflow experiment '{experiment}' at {tracking_uri}; pass --experiment with an "
+            f"no MLflow experiment '{experiment}' at {redact(tracking_uri)}; pass --experiment with an "
             "existing name (see `mlflow ui`)"
         )
     out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
@@ -49,7 +50,9 @@ def collect(tracking_uri: str, experiment: str) -> dict[str, dict[int, dict[str,
                 cell["entropy"].append(hist["labels/entropy"].get(step, np.nan))
                 cell["entropy_norm"].append(hist["labels/entropy_norm"].get(step, np.nan))
     if not out:
-        raise TrackingError(f"MLflow experiment '{experiment}' at {tracking_uri} has no AL runs with stage metrics")
+        raise TrackingError(
+            f"MLflow experiment '{experiment}' at {redact(tracking_uri)} has no AL runs with stage metrics"
+        )
     return out
 
 

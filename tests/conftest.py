@@ -188,19 +188,22 @@ def ray_cluster(tmp_path_factory):
     import ray
 
     from tavaal.backends.ray.backend import WORKER_ENV, local_system_config
+    from tavaal.backends.ray.connect import LOOPBACK, loopback_only
     from tavaal.backends.ray.train import FAULT_ENV
 
     assert not ray.is_initialized(), "a test left a Ray running in the pytest process"
     fault = tmp_path_factory.mktemp("fault")
     tmp = tempfile.mkdtemp(prefix="tvs", dir="/tmp")  # short: Ray's unix socket paths must stay < 107 chars
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _temp_dir=tmp,
-        log_to_driver=False,
-        runtime_env={"env_vars": WORKER_ENV | {FAULT_ENV: f"task:1:{fault}"}},
-        _system_config=local_system_config(2),
-    )
+    with loopback_only():  # as the project starts a local Ray: listening on 127.0.0.1 only
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _temp_dir=tmp,
+            log_to_driver=False,
+            runtime_env={"env_vars": WORKER_ENV | {FAULT_ENV: f"task:1:{fault}"}},
+            _system_config=local_system_config(2),
+            _node_ip_address=LOOPBACK,
+        )
     try:
         yield fault
     finally:

@@ -29,6 +29,7 @@ from tavaal.config import DataConfig
 from tavaal.data.base import ALData, Split
 from tavaal.data.encoded import EncodedImages, inside
 from tavaal.errors import ConfigError, DataError
+from tavaal.redact import redact
 from tavaal.registry import DATASETS
 
 MEAN, STD = 0.5, 0.25  # fixed per-channel normalization of [0, 1] pixels: statistics of unseen data are unknown
@@ -51,7 +52,7 @@ def open_parquet(path: str):
         return pads.dataset(path, format="parquet")
     except (OSError, ValueError, pa.ArrowException) as e:
         raise DataError(
-            f"cannot read Parquet data at '{path}' ({str(e).splitlines()[0]}); set data.path to a "
+            f"cannot read Parquet data at '{redact(path)}' ({str(e).splitlines()[0]}); set data.path to a "
             ".parquet file, a directory of them or an s3:// URI"
         ) from None
 
@@ -120,7 +121,7 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
     for key, col in (("data.id_column", cfg.id_column), ("data.image_column", cfg.image_column)):
         if col not in names:
             raise DataError(
-                f"Parquet data at '{path}' has no column '{col}' ({key}); its columns are {', '.join(names)}"
+                f"Parquet data at '{redact(path)}' has no column '{col}' ({key}); its columns are {', '.join(names)}"
             )
     image_type = ds.schema.field(cfg.image_column).type
     if pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type):
@@ -129,22 +130,25 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
         kind = "path"
     else:
         raise DataError(
-            f"column '{cfg.image_column}' of '{path}' is {image_type}; expected encoded image bytes "
+            f"column '{cfg.image_column}' of '{redact(path)}' is {image_type}; expected encoded image bytes "
             "(binary) or image paths (string)"
         )
     has_label = cfg.label_column in names
     # a path column is read up front too (text, not images): every path is checked before any is used
     wanted = [cfg.id_column] + [cfg.label_column] * has_label + [cfg.image_column] * (kind == "path")
     table = ds.to_table(columns=list(dict.fromkeys(wanted)))
-    ids = _checked_ids(table.column(cfg.id_column), f"id column '{cfg.id_column}' of '{path}'")
+    ids = _checked_ids(table.column(cfg.id_column), f"id column '{cfg.id_column}' of '{redact(path)}'")
     labels: list[str | None] = (
-        label_strings(table.column(cfg.label_column), f"label column '{cfg.label_column}' of '{path}'", ids)
+        label_strings(table.column(cfg.label_column), f"label column '{cfg.label_column}' of '{redact(path)}'", ids)
         if has_label
         else [None] * len(ids)
     )
     if kind == "path":
         _check_paths(
-            table.column(cfg.image_column), base_dir(path), f"image column '{cfg.image_column}' of '{path}'", ids
+            table.column(cfg.image_column),
+            base_dir(path),
+            f"image column '{cfg.image_column}' of '{redact(path)}'",
+            ids,
         )
     images = EncodedImages(
         functools.partial(load_column, path, cfg.image_column),
@@ -153,9 +157,9 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
         cfg.image_size,
         cfg.channels,
         base_dir(path),
-        f"column '{cfg.image_column}' of '{path}'",
+        f"column '{cfg.image_column}' of '{redact(path)}'",
     )
-    return OwnRows(ids, labels, images, f"'{path}'")
+    return OwnRows(ids, labels, images, f"'{redact(path)}'")
 
 
 def _checked_ids(col: pa.ChunkedArray, where: str) -> np.ndarray:

@@ -54,7 +54,7 @@ class MLflowSweepCallback(tune.Callback):
                 else f"miou {record['miou']:.4f}"
             )
             print(
-                f"trial {trial.trial_id}  stage {record['stage'] + 1}/{self.base['al']['stages']}  labeled "
+                f"trial {trial.trial_id}  stage {record['stage']} of 0..{self.base['al']['stages'] - 1}  labeled "
                 f"{record['num_labeled']}  {quality}  auc {result.get('auc', 0):.4f}  "
                 f"time {record['time_stage']:.1f}s",
                 flush=True,
