@@ -116,6 +116,9 @@ def _run(cfg, backend, tracker, out_dir, resume, log, verbose, on_stage, labels,
         run_id = tracker.start(cfg.to_dict(), run_id=meta.get("tracking_run_id"))  # fails fast if unreachable
         if run_id is not None:
             meta["tracking_run_id"] = run_id
+        log_inputs = getattr(tracker, "log_inputs", None)  # optional: a tracker that records the data and model shape
+        if log_inputs is not None:
+            log_inputs(data, spec)
         for record in records:  # idempotent: stages checkpointed but not yet tracked (killed in between) get sent
             tracker.log_stage(record.to_dict())
         for stage in range(first, cfg.al.stages):

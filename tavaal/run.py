@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         "http://127.0.0.1:5000); default: no tracking",
     )
     p.add_argument("--experiment", default="tavaal", help="MLflow experiment name (default: %(default)s)")
+    p.add_argument(
+        "--register-model",
+        metavar="NAME",
+        help="with --tracking-uri: register the run's final task model (logged as an MLflow model) as a new "
+        "version of registered model NAME",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the stage records to FILE as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="progress lines for epochs and VAE iterations")
     p.add_argument("--list", action="store_true", help="list datasets, models and strategies, then exit")
@@ -185,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
             from tavaal.errors import ConfigError
 
             raise ConfigError("--labels answers a stopped run: pass --resume DIR with it")
+        if args.register_model is not None and (not args.tracking_uri or not args.register_model.strip()):
+            from tavaal.errors import ConfigError
+
+            raise ConfigError(
+                "--register-model NAME registers the model an MLflow run logs: pass --tracking-uri with it, "
+                "and a non-empty NAME"
+            )
         check_paths(args)
         cfg = resolve_config(args)
         if args.check:
@@ -199,7 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.tracking_uri:
             from tavaal.tracking import MLflowTracker
 
-            tracker = MLflowTracker(args.tracking_uri, args.experiment, run_name=Path(out).name)
+            name = Path(out).name
+            if not name.startswith(f"{cfg.al.strategy}-"):  # a run is named for what it is, then its directory
+                name = f"{cfg.al.strategy}-{cfg.data.name}-seed{cfg.seed}-{name}"
+            tracker = MLflowTracker(
+                args.tracking_uri,
+                args.experiment,
+                run_name=name,
+                checkpoint_dir=out,  # the final model is logged from the last stage's checkpoint
+                register_model=args.register_model,
+            )
         records = run_experiment(
             cfg,
             tracker=tracker,

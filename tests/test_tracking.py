@@ -33,6 +33,7 @@ METRICS = (
         "time/query",
         "info/vae_loss",
         "info/disc_loss",
+        "labels/picked",
     ]
     + [f"labels/class_{c}" for c in range(CLASSES)]
     + [f"test/accuracy_class_{c}" for c in range(CLASSES)]
@@ -109,7 +110,15 @@ def test_run_logs_params_metrics_and_artifacts(store, tmp_path):
     assert history(client, run_id, "test/accuracy_class_2")[0] == (0, pytest.approx(0.5))
     assert history(client, run_id, "time/train") == [(0, 1.5), (1, 2.5), (2, 3.5)]
     assert history(client, run_id, "info/vae_loss") == [(0, 3.0), (1, 2.0)]  # stage 2 had no query
-    assert set(run.data.metrics) == set(METRICS)
+    # the stage metrics, the objective so far at every stage, and MLflow's system metrics (its own monitor)
+    assert {k for k in run.data.metrics if not k.startswith("system/")} == set(METRICS) | {"auc", "final_accuracy"}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+    # trapezoid over (20, 0.5), (30, 0.6), (40, 0.7), divided by the label range
+    assert history(client, run_id, "auc") == [(0, 0.5), (1, pytest.approx(0.55)), (2, pytest.approx(0.6))]
+    assert history(client, run_id, "final_accuracy") == [(0, 0.5), (1, 0.6), (2, pytest.approx(0.7))]
+    tags = run.data.tags
+    assert (tags["tavaal.strategy"], tags["tavaal.seed"], tags["tavaal.dataset"]) == ("tavaal", "0", "cifar10")
+    assert tags["mlflow.source.name"] == "python -m tavaal.run" and "tavaal.sweep" not in tags
 
     names = sorted(a.path for a in client.list_artifacts(run_id, "selected"))
     assert names == ["selected/stage-0000.parquet", "selected/stage-0001.parquet"]  # empty selection: none

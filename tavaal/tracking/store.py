@@ -175,6 +175,15 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
 
 
+def set_tags(client, run_id: str, tags: dict[str, Any]) -> None:
+    """Tags in one batch (values as text, credentials in any URI masked)."""
+    from mlflow.entities import RunTag
+
+    items = [RunTag(k, v) for k, v in safe_tags(tags).items()]
+    if items:
+        client.log_batch(run_id, tags=items)
+
+
 def log_config(client, run_id: str, config: dict[str, Any]) -> None:
     """``config.json`` and ``config.yaml``, with the credentials of any URI in them masked."""
     import yaml
@@ -314,11 +323,16 @@ def log_parent_summary(
     trials: list[dict[str, Any]],
     objective: str,
     status: str | None = "FINISHED",
-) -> None:
-    """``trials.csv`` (the rows as given) and ``comparison.png`` (every child's curve) on the parent run;
-    then the parent's terminal ``status`` (None leaves it running)."""
+) -> dict[str, str]:
+    """``trials.csv`` (the rows as given) and ``comparison.png`` (every child's curve) on the parent run, and the best
+    trial at a glance: its ``auc`` and ``final_accuracy`` as the parent's metrics (the runs table sorts the collapsed
+    parent by them), its trial id, child run, model and parameters as ``tavaal.best_*`` tags (filterable:
+    ``tags.tavaal.best_trial_id = '...'``), and ``trials/finished``, ``trials/errored``; then the parent's terminal
+    ``status`` (None leaves it running). Returns the best trial's ``trial_id``, ``run_id`` and ``model_uri`` (those
+    known)."""
     uri = tracking_uri or DEFAULT_TRACKING_URI
     client = connect(uri)
+    best: dict[str, str] = {}
     with tracking_errors(uri, "writing the sweep summary"), tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trials.csv"
         columns = list(dict.fromkeys(k for row in trials for k in row))
@@ -326,12 +340,34 @@ def log_parent_summary(
         write_csv(path, columns, ([row.get(c) for c in columns] for row in redact_values(trials)))
         client.log_artifact(parent_run_id, str(path))
         by_trial = {str(row.get("trial_id")): row.get(objective) for row in trials}
+        children = child_runs(client, parent_run_id)
         curves = {}
-        for run in child_runs(client, parent_run_id):
+        for run in children:
             name = run.info.run_name or run.info.run_id[:8]
             score = by_trial.get(run.data.tags.get("tavaal.trial_id", ""))
             label = f"{name} ({objective} {score:.4g})" if isinstance(score, numbers.Real) else name
             curves[label] = curve_points(client, run.info.run_id)
-        log_figure(client, parent_run_id, accuracy_figure(curves, f"{len(curves)} trials"), "comparison.png")
+        title = f"sweep: test accuracy vs labels of its {len(curves)} trials ({objective} in the legend)"
+        log_figure(client, parent_run_id, accuracy_figure(curves, title), "comparison.png")
+        scored = [row for row in trials if isinstance(row.get(objective), numbers.Real)]
+        metrics = {"trials/finished": float(sum(row.get("status") == "OK" for row in trials))}
+        metrics["trials/errored"] = float(len(trials)) - metrics["trials/finished"]
+        tags: dict[str, Any] = {}
+        if scored:
+            top = max(scored, key=lambda row: row[objective])
+            metrics |= {k: float(top[k]) for k in ("auc", "final_accuracy") if isinstance(top.get(k), numbers.Real)}
+            best["trial_id"] = str(top.get("trial_id"))
+            tags["tavaal.best_trial_id"] = best["trial_id"]
+            tags |= {f"tavaal.best.{k[len('param.') :]}": v for k, v in top.items() if k.startswith("param.")}
+            child = [r for r in children if r.data.tags.get("tavaal.trial_id") == best["trial_id"]]
+            if child:
+                best["run_id"] = child[0].info.run_id
+                tags["tavaal.best_run_id"] = best["run_id"]
+                if child[0].data.tags.get("tavaal.model_uri"):
+                    best["model_uri"] = child[0].data.tags["tavaal.model_uri"]
+                    tags["tavaal.best_model_uri"] = best["model_uri"]
+        log_metrics(client, parent_run_id, 0, metrics)
+        set_tags(client, parent_run_id, {k: str(v)[:5000] for k, v in tags.items()})
         if status is not None:
             set_terminated(client, uri, parent_run_id, status)
+    return best

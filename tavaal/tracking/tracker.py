@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tavaal.core.metrics import objective_metrics, stage_quality
 from tavaal.errors import TrackingError
 from tavaal.redact import redact
+from tavaal.tracking import runinfo
 from tavaal.tracking.plots import accuracy_figure
 from tavaal.tracking.store import (
     DEFAULT_TRACKING_URI,
@@ -31,6 +34,7 @@ from tavaal.tracking.store import (
     query_metrics,
     reopen_run,
     safe_tags,
+    set_tags,
     set_terminated,
     stage_metrics,
     tracking_errors,
@@ -62,7 +66,13 @@ class NullTracker:
 
 
 class MLflowTracker:
-    """One MLflow run per AL experiment; ``log_stage`` is idempotent per stage, so a resume logs nothing twice."""
+    """One MLflow run per AL experiment; ``log_stage`` is idempotent per stage, so a resume logs nothing twice.
+
+    Besides the stage metrics, a run gets its objective per stage (``auc``, ``final_accuracy``), tags for strategy,
+    seed, data set and sweep (``runinfo.run_tags``), MLflow's system metrics while it runs, the pool and test sets as
+    inputs (``log_inputs``, called by the loop once the data is built) and, when it finishes, the final task model
+    and ranker as MLflow models, read from the last stage's checkpoint in ``checkpoint_dir`` (or given to ``end``);
+    ``register_model`` registers the task model under that name."""
 
     def __init__(
         self,
@@ -73,14 +83,27 @@ class MLflowTracker:
         tags: dict[str, Any] | None = None,
         artifact_location: str | None = None,
         warn: Callable[[str], None] | None = None,
+        checkpoint_dir: str | Path | None = None,
+        register_model: str | None = None,
+        sweep: str | None = None,
+        source: str = "python -m tavaal.run",
+        system_metrics_interval: float | None = runinfo.SYSTEM_METRICS_INTERVAL_S,
     ) -> None:
         self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
         self.experiment, self.run_name, self.parent_run_id = experiment, run_name, parent_run_id
         self.tags = safe_tags(tags)
         self.artifact_location = artifact_location  # only used when the experiment is created here
+        self.checkpoint_dir, self.register_model = checkpoint_dir, register_model
+        self.sweep, self.source = sweep, source
+        self.system_metrics_interval = system_metrics_interval
         self.run_id: str | None = None
+        self.model_uris: dict[str, str] = {}  # name -> models:/ URI of the final models, once logged
         self._client: MlflowClient | None = None
+        self._config: dict[str, Any] = {}
+        self._inputs: dict[str, Any] | None = None  # runinfo.describe_inputs of the run's data
+        self._monitor: Any = None  # MLflow's SystemMetricsMonitor for this run
         self._points: dict[int, tuple[float, float]] = {}  # stage -> (labels/count, test/accuracy), whole run
+        self._quality: dict[int, tuple[float, float]] = {}  # stage -> (labels/count, accuracy or mIoU): the objective
         self._picked: set[int] = set()  # stages whose query (picks, game health) is in the run
         self._pending: dict[int, dict[str, Any]] = {}  # stage -> record, held back by a tracking outage
         self._tried: set[int] = set()  # stages whose sending failed once (they may have reached the server)
@@ -96,22 +119,46 @@ class MLflowTracker:
         """Create the run (params and config artifacts), or reopen ``run_id`` to resume it; returns its id."""
         client = self._client or connect(self.tracking_uri)
         self._client = client
+        self._config = config
         with tracking_errors(self.tracking_uri, "starting the run"):
+            tags = runinfo.run_tags(config, self.sweep, self.source) | self.tags
+            tags |= {PARENT_TAG: self.parent_run_id} if self.parent_run_id else {}
             if run_id is None:
-                tags = self.tags | ({PARENT_TAG: self.parent_run_id} if self.parent_run_id else {})
                 exp_id = ensure_experiment(client, self.tracking_uri, self.experiment, self.artifact_location)
                 run_name = None if self.run_name is None else redact(self.run_name)
                 run = client.create_run(exp_id, run_name=run_name, tags=tags)
             else:
                 run = reopen_run(client, run_id, self.tracking_uri)
+                set_tags(client, run.info.run_id, tags)  # a run from before these tags gets them
             self.run_id = run.info.run_id
             if not run.data.params:  # new, or created by a process killed before its params went out
                 log_params(client, self.run_id, config)
                 log_config(client, self.run_id, config)
             self._points = curve_points(client, self.run_id)
             self._picked = set(metric_steps(client, self.run_id, PICKED))
+            miou = metric_steps(client, self.run_id, "test/miou")  # segmentation: the objective is over mIoU
+            self._quality = {s: (n, miou.get(s, a)) for s, (n, a) in self._points.items()}
         self._ended = False
+        self._monitor = runinfo.start_system_metrics(
+            self.run_id, self.tracking_uri, self.system_metrics_interval, resume=run_id is not None
+        )
         return self.run_id
+
+    def log_inputs(self, data, spec) -> None:
+        """The run's data (pool and test set) as MLflow inputs, and what its final models need (the model's spec, an
+        input example); the loop calls it once the data is built."""
+        self.use_inputs(runinfo.describe_inputs(data, spec, self._config))
+
+    def use_inputs(self, inputs: dict[str, Any]) -> None:
+        """``log_inputs`` from a ``runinfo.describe_inputs`` made elsewhere (a Tune trial reports it)."""
+        self._inputs = inputs
+        if self.run_id is None or self._client is None:
+            return
+        try:
+            with tracking_errors(self.tracking_uri, "logging the run's inputs"):
+                runinfo.log_inputs(self._client, self.run_id, inputs)
+        except TrackingError as e:
+            self.warn(f"warning: {e}")  # the run goes on; only its inputs are missing
 
     def log_stage(self, record: dict[str, Any]) -> None:
         """Metrics at ``step = stage`` and the stage's selected indices; a stage already in the run is skipped.
@@ -171,19 +218,32 @@ class MLflowTracker:
             if rec.get("selected"):
                 log_selected(client, run_id, stage, rec["selected"])
             # one batch, its marker last: if the marker is in the run, the whole batch is
-            log_metrics(client, run_id, stage, query_metrics(rec) if update else stage_metrics(rec))
+            log_metrics(client, run_id, stage, query_metrics(rec) if update else self._with_objective(stage, rec))
         self._points[stage] = (float(rec["num_labeled"]), float(rec["accuracy"]))
         self._picked |= {stage} if rec.get("selected") else set()
 
-    def end(self, status: str = "FINISHED") -> None:
-        """Log the accuracy-vs-labels plot of the whole run and set its terminal status.
+    def _with_objective(self, stage: int, rec: dict[str, Any]) -> dict[str, float]:
+        """The stage's metrics with the sweep's objective so far (``auc``, ``final_accuracy`` over stages 0..stage)
+        before the marker: every run, sweep trial or not, can be sorted by them in the runs table."""
+        self._quality[stage] = (float(rec["num_labeled"]), float(stage_quality(rec)))
+        upto = [{"num_labeled": n, "accuracy": q} for s, (n, q) in sorted(self._quality.items()) if s <= stage]
+        metrics = stage_metrics(rec)
+        marker = metrics.pop(MARKER)
+        return metrics | objective_metrics(upto) | {MARKER: marker}
 
-        With stages still held back by an outage, the run is left open with a warning: ``--resume`` of the
-        run directory sends them and ends it (the AL results themselves are complete in the checkpoints).
+    def end(self, status: str = "FINISHED", states: dict[str, Any] | None = None) -> None:
+        """Log the final models (a finished run), the accuracy-vs-labels plot of the whole run, and set its status.
+
+        ``states`` are the last stage's model states (``model``, ``ranker``); without them they are read from the
+        newest checkpoint in ``checkpoint_dir``. With stages still held back by an outage, the run is left open with
+        a warning: ``--resume`` of the run directory sends them and ends it (the AL results themselves are complete
+        in the checkpoints).
         """
         if self.run_id is None or self._ended:
             return
         if not self.flush():
+            runinfo.stop_system_metrics(self._monitor, last_sample=False)
+            self._monitor = None
             uri = redact(self.tracking_uri)
             self.warn(
                 f"warning: stages {self.pending} are not in MLflow run {self.run_id} yet: when "
@@ -192,6 +252,10 @@ class MLflowTracker:
             return
         client = self._client
         assert client is not None  # start connected before it set run_id
+        runinfo.stop_system_metrics(self._monitor)
+        self._monitor = None
+        if status == "FINISHED":
+            self._log_models(states)
         try:
             with tracking_errors(self.tracking_uri, "ending the run"):
                 if self._points:
@@ -201,3 +265,27 @@ class MLflowTracker:
             self.warn(f"warning: {e}")  # every stage is in the run; only the figure or the status is missing
             return
         self._ended = True
+
+    def _log_models(self, states: dict[str, Any] | None) -> None:
+        """The final task model and ranker as MLflow models (``runinfo.log_models``), their URIs as tags; a failure
+        is one warning line (the run and its checkpoints are complete without them)."""
+        if self._inputs is None or self.run_id is None or self._client is None:
+            return  # the loop never described its data (a run driven by hand): nothing to build the model from
+        if states is None and self.checkpoint_dir is not None:
+            from tavaal import checkpoint
+
+            try:
+                states = checkpoint.load_latest(self.checkpoint_dir).states
+            except Exception as e:  # noqa: BLE001 - a missing or damaged checkpoint: say so, the run still ends
+                self.warn(f"warning: the final model is not logged to MLflow: {' '.join(str(e).split())[:200]}")
+                return
+        if not states or "model" not in states:
+            return
+        try:
+            with tracking_errors(self.tracking_uri, "logging the final model"):
+                self.model_uris = runinfo.log_models(
+                    self.tracking_uri, self.run_id, self._inputs, states, self.register_model
+                )
+                set_tags(self._client, self.run_id, {f"{runinfo.TAG}{k}_uri": v for k, v in self.model_uris.items()})
+        except TrackingError as e:
+            self.warn(f"warning: {e}")
