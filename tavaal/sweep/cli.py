@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="retries of a failed trial from its last stage (default: 1, or the sweep's when resuming)",
     )
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    p.add_argument(
+        "--register-model",
+        metavar="NAME",
+        help="register the best trial's final task model (each trial logs its own as an MLflow model) as a new "
+        "version of registered model NAME",
+    )
     return p
 
 

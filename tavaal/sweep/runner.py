@@ -152,7 +152,10 @@ def run_sweep(args) -> int:
 
     from tavaal.backends.ray.connect import connect_ray
     from tavaal.tracking import MLflowTracker, start_parent_run
+    from tavaal.tracking.runinfo import run_tags
 
+    if args.register_model is not None and not args.register_model.strip():
+        raise ConfigError("--register-model NAME: give the registered model a non-empty name")
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     name, storage, path = _sweep_dir(args)
@@ -184,6 +187,7 @@ def run_sweep(args) -> int:
                 "sweep.search": args.search,
                 "sweep.scheduler": args.scheduler,
             },
+            tags=run_tags(base, sweep=name, source="python -m tavaal.sweep") | {"tavaal.role": "sweep"},
         )
         state = {
             "parent_run_id": parent,
@@ -203,7 +207,7 @@ def run_sweep(args) -> int:
         flush=True,
     )
     results = tuner.fit()
-    return _summarize(results, state)
+    return _summarize(results, state, args.register_model)
 
 
 def _tuner(args, name: str, storage: str, path: str, state: dict, base: dict, space: dict):
@@ -251,7 +255,7 @@ def _tuner(args, name: str, storage: str, path: str, state: dict, base: dict, sp
             grace_period=min(2, base["al"]["stages"]),
             reduction_factor=2,
         )
-    callback = MLflowSweepCallback(state["tracking_uri"], state["experiment"], state["parent_run_id"], base)
+    callback = MLflowSweepCallback(state["tracking_uri"], state["experiment"], state["parent_run_id"], base, name)
     return tune.Tuner(
         trainable,
         param_space=to_tune(space),
@@ -272,7 +276,7 @@ def _tuner(args, name: str, storage: str, path: str, state: dict, base: dict, sp
     )
 
 
-def _summarize(results, state: dict) -> int:
+def _summarize(results, state: dict, register: str | None = None) -> int:
     from tavaal.tracking import log_parent_summary
 
     objective = state["objective"]
@@ -290,7 +294,7 @@ def _summarize(results, state: dict) -> int:
             }
         )
     rows.sort(key=lambda row: -(row[objective] if row[objective] is not None else -1))
-    log_parent_summary(state["tracking_uri"], state["parent_run_id"], rows, objective)
+    best = log_parent_summary(state["tracking_uri"], state["parent_run_id"], rows, objective)
     print(f"\ntrials, best {objective} first:")
     keys = ["trial_id", "status", "stages", "auc", "final_accuracy"] + sorted(
         {k for row in rows for k in row if k.startswith("param.")}
@@ -298,11 +302,31 @@ def _summarize(results, state: dict) -> int:
     print("  ".join(k.replace("param.", "") for k in keys))
     for row in rows:
         print("  ".join(_fmt(row.get(k)) for k in keys))
+    if register and best.get("model_uri"):
+        from tavaal.tracking.runinfo import register_model
+
+        version = register_model(state["tracking_uri"], best["model_uri"], register)
+        print(f"\nregistered the best trial's model ({best['trial_id']}) as '{register}' version {version}")
+    elif register:
+        print(f"\nwarning: no finished trial logged a model: nothing registered as '{register}'", file=sys.stderr)
     uri = redact(state["tracking_uri"])  # a password in it stays off the screen and out of logs
-    ui = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+    page = f"#/experiments/{experiment_id(state)}/runs?workflowType=machine_learning"
+    if uri.startswith("http"):
+        ui = f"open {uri}/{page}"
+    else:
+        ui = f"mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
     print(f"\nbrowse the runs: {ui}   (experiment '{state['experiment']}')")
     errors = sum(1 for row in rows if row["status"] != "OK")
     return 1 if errors == len(rows) else 0
+
+
+def experiment_id(state: dict) -> str:
+    """The experiment's id, for the link to its runs table (MLflow 3 opens an experiment on its GenAI view unless
+    the link asks for the machine-learning one)."""
+    from tavaal.tracking import connect
+
+    exp = connect(state["tracking_uri"]).get_experiment_by_name(state["experiment"])
+    return exp.experiment_id if exp is not None else "0"
 
 
 def _fmt(v: Any) -> str:

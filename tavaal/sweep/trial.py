@@ -31,6 +31,30 @@ def _maybe_fail(stage: int) -> None:
         raise RuntimeError(f"injected trial fault after stage {stage} ({TRIAL_FAULT_ENV})")
 
 
+class InputsOnly:
+    """The Tracker a trial runs its experiment with: it tracks nothing (MLflow is written on the driver) and keeps
+    what the loop's ``log_inputs`` describes (the data's digests, the model's spec, an input example), which the
+    trial's first report carries to the driver's tracker."""
+
+    def __init__(self) -> None:
+        self.config: dict = {}
+        self.inputs: dict | None = None
+
+    def start(self, config: dict, run_id: str | None = None) -> None:
+        self.config = config
+
+    def log_inputs(self, data, spec) -> None:
+        from tavaal.tracking.runinfo import describe_inputs
+
+        self.inputs = describe_inputs(data, spec, self.config)
+
+    def log_stage(self, record: dict) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+
 def al_trial(params: dict, base: dict, threads: int) -> None:
     """Tune function trainable: one AL experiment, one ``tune.report`` per stage with its checkpoint."""
     import logging
@@ -48,6 +72,7 @@ def al_trial(params: dict, base: dict, threads: int) -> None:
     out = Path(tempfile.mkdtemp(prefix="tavaal-trial-"))
     restored = tune.get_checkpoint()
     records: list[dict] = []
+    collector = InputsOnly()
     if restored is not None:
         with restored.as_directory() as d:
             stage = json.loads((Path(d) / "manifest.json").read_text())["stage"]
@@ -62,11 +87,21 @@ def al_trial(params: dict, base: dict, threads: int) -> None:
             "num_labeled": record.num_labeled,
             "record": record.to_dict(),
         }
+        if collector.inputs is not None:  # once per trial process: the driver's tracker keeps it
+            # as JSON text: Tune's TensorBoard logger warns about every nested list it cannot plot, and skips text
+            metrics["inputs"], collector.inputs = json.dumps(collector.inputs), None
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(stage_path))
         ckpt.prune(out, 1)  # Tune keeps its own copy; keep the newest locally
         _maybe_fail(record.stage)
 
     try:
-        run_experiment(cfg, out_dir=out, resume=restored is not None, log=lambda m: None, on_stage=on_stage)
+        run_experiment(
+            cfg,
+            tracker=collector,
+            out_dir=out,
+            resume=restored is not None,
+            log=lambda m: None,
+            on_stage=on_stage,
+        )
     finally:
         shutil.rmtree(out, ignore_errors=True)
