@@ -28,16 +28,12 @@ experiments on the 2-core AMD EPYC machine this was written on (2026-11-25, othe
   1,000 candidates per stage: 10x the budget, as the paper's 10,000 for 1,000; scoring them takes < 1 s
   VAE/discriminator: 100 iterations, base_channels 16, batch 64 (the preset's VAE, a third of its iterations):
       the VAE is > 85% of a vaal/tavaal experiment, so its iterations set the benchmark's length
-Measured (seconds, 1 torch thread, two experiments at a time, load average ~2.5 incl. these two):
-  random, all 6 stages: 23 s; tavaal: 38 s per query (100 VAE iterations) -> ~215 s for 6 stages;
-  vaal (2 VAE steps per iteration, as VAAL's code): 65 s per query -> ~350 s; coreset 35 s, lloss 39 s
-  (lloss_rank trains the same ranker: ~39 s; entropy, not timed: between random and coreset, ~30 s).
-  -> 12.2 min per seed and setting, x 6 = 73 experiment-minutes, / 2 jobs = ~37 min on an otherwise idle
-  2-core machine; ~60 min when other processes take half of it (VAE iterations were 1.8x slower at load 8.7).
-  2 jobs x 1 thread vs 1 job x 2 threads: random 23.4 s per experiment with two running (11.7 s each) vs 13.8 s
-  alone on 2 threads; tavaal's VAE 38 s per 100 iterations with two running (19 s each) vs 26 s alone on 2
-  threads: 2 x 1 gets 15-30% more done, hence the default of one job per core, 1 thread each.
-  More VAE iterations (--set vae.iterations=300, the preset's) cost ~2.5x the time.
+How long it takes: the VAE/discriminator iterations set a vaal/tavaal experiment's length; random, lloss and
+  entropy take well under a minute. ``--set vae.iterations=null`` runs the official formula,
+  int((|L| + M) * 100 / 64): 1,718 iterations at 100 labels, 2,343 at 500, about 100x this protocol's fixed 100,
+  and vaal's two VAE steps per iteration cost about twice tavaal's one. Measured times, per strategy and budget,
+  with the machine and its load: benchmarks/README.md ("How long the curves take"). The default of one job per
+  core with 1 thread each gets more done than one job on every core (measured there too).
   A run's numbers depend on its thread count (float reduction order): compare runs made with the same --jobs.
 
 shapes protocol (the preset, unchanged; values and reasons from its comments): 2,000 synthetic 32x32 images of
