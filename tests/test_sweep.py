@@ -205,22 +205,71 @@ def child_runs(uri, experiment="tavaal-sweep"):
     return client, parents, children
 
 
-def check_sweep_store(uri, trials=2, stages=2, experiment="tavaal-sweep"):
+def check_sweep_store(uri, trials=2, stages=2, experiment="tavaal-sweep", sweep_dir=None):
+    """A finished sweep's MLflow runs: the parent with the best trial at a glance, every child with its stage and
+    objective metrics, tags, system metrics, dataset inputs and final models (issue 25); with ``sweep_dir`` (the
+    sweep's Tune directory), the best trial's logged model predicts what its last checkpoint's weights predict."""
     client, parents, children = child_runs(uri, experiment)
     assert len(parents) == 1 and len(children) == trials
     parent = parents[0]
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"trials.csv", "comparison.png"}
+    sweep = parent.info.run_name
+    assert parent.data.tags["tavaal.sweep"] == sweep and parent.data.tags["tavaal.role"] == "sweep"
+    best = max(children, key=lambda r: r.data.metrics["auc"])  # the objective is auc (the default)
+    assert parent.data.tags["tavaal.best_trial_id"] == best.data.tags["tavaal.trial_id"]
+    assert parent.data.tags["tavaal.best_run_id"] == best.info.run_id
+    assert parent.data.tags["tavaal.best_model_uri"] == best.data.tags["tavaal.model_uri"]
+    assert parent.data.metrics["auc"] == best.data.metrics["auc"]
+    assert parent.data.metrics["final_accuracy"] == best.data.metrics["final_accuracy"]
+    assert parent.data.metrics["trials/finished"] == trials
+    assert {k for k in parent.data.tags if k.startswith("tavaal.best.")}, parent.data.tags  # its parameters
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         for key in ("test/accuracy", "labels/count", "labels/entropy", "labels/entropy_norm", "time/stage"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(stages)), key
+        for key in ("auc", "final_accuracy"):  # the objective, per stage and final
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(stages)), key
+        tags = run.data.tags
+        assert (tags["tavaal.strategy"], tags["tavaal.seed"], tags["tavaal.dataset"]) == ("tavaal", "0", "synthetic")
+        assert tags["tavaal.sweep"] == sweep and run.data.params["al.strategy"] == "tavaal"  # params kept too
+        assert run.info.run_name == f"tavaal-seed0-trial-{tags['tavaal.trial_id']}"
+        assert "system/cpu_utilization_percentage" in run.data.metrics  # MLflow's own monitor
+        inputs = {(d.dataset.name, tuple(t.value for t in d.tags)) for d in run.inputs.dataset_inputs}
+        assert inputs == {("synthetic pool", ("train",)), ("synthetic test", ("test",))}
+        assert all(len(d.dataset.digest) == 10 for d in run.inputs.dataset_inputs)
+        assert tags["tavaal.model_uri"].startswith("models:/") and tags["tavaal.ranker_uri"].startswith("models:/")
         assert run.data.params["al.stages"] == str(stages)
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "accuracy.png", "selected"} <= arts
         assert [a.path for a in client.list_artifacts(run.info.run_id, "selected")] == [
             f"selected/stage-{k:04d}.parquet" for k in range(stages - 1)
         ]  # the last stage queries nothing
+    if sweep_dir is not None:
+        trial_dir = next(Path(sweep_dir).glob(f"*_{best.data.tags['tavaal.trial_id']}_*"))
+        last = sorted(trial_dir.glob("checkpoint_*"))[-1]
+        model_predicts_like_checkpoint(uri, best.data.tags["tavaal.model_uri"], last)
     return client, parents, children
+
+
+def model_predicts_like_checkpoint(uri, model_uri, checkpoint_dir):
+    """``mlflow.pytorch.load_model`` of a logged final model gives the logits of the checkpoint's own weights."""
+    import mlflow
+    import torch
+
+    from tavaal.core.training import ModelSpec
+    from tavaal.tracking.runinfo import using_tracking_uri
+
+    with using_tracking_uri(uri):
+        loaded = mlflow.pytorch.load_model(model_uri)
+        example = mlflow.models.Model.load(model_uri).load_input_example()
+    state = torch.load(Path(checkpoint_dir) / "state.pt", weights_only=True)
+    num_classes = state["states"]["model"]["linear.weight"].shape[0]
+    net, _ = ModelSpec("small_cnn", tuple(example.shape[1:]), num_classes).build(with_ranker=False)
+    net.load_state_dict(state["states"]["model"])
+    x = torch.from_numpy(example).float()
+    x = torch.cat([x, torch.randn(3, *x.shape[1:])])  # the example and three inputs it has never seen
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net.eval()(x).logits, atol=1e-5)
 
 
 def test_sweep_dirs_on_uris_and_resources_kept_for_a_resume(tmp_path):
@@ -329,7 +378,8 @@ def test_killed_sweep_resumes_without_duplicate_steps_and_same_picks(tmp_path, r
     assert len(parents) == 1 and len(children) == 2
     for run in children:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test/accuracy")] == [0, 1, 2]
-    check_sweep_store(uri, stages=3)  # a sweep in a local (SQLite) store: parent, children, metrics, artifacts
+    # a sweep in a local (SQLite) store: parent, children, metrics, artifacts, the best trial's model
+    check_sweep_store(uri, stages=3, sweep_dir=runs / "k")
     assert final_pools(runs / "k") == final_pools(tmp_path / "ref" / "r")
 
 
@@ -479,7 +529,7 @@ def test_ray_job_submit_to_a_local_head_with_token_authentication(tmp_path, mlfl
             "\x1b[",
         ):
             assert noise not in log, noise
-        check_sweep_store(uri, experiment="job")
+        check_sweep_store(uri, experiment="job", sweep_dir=tmp_path / "runs" / "s")  # through the server
         state = json.loads((tmp_path / "runs" / "s" / STATE_FILE).read_text())
         assert state["resources"] == {"cpus_per_trial": 2.0, "gpus_per_trial": 0.0, "max_failures": 1}
         assert len(list((tmp_path / "runs" / "s").glob("*/params.json"))) == 2
