@@ -15,11 +15,20 @@ TA-VAAL the AUROC of r̂ (candidates above labeled) and Spearman's correlation o
 share of the picks from the minority classes (imbalanced pools) or the picks' class entropy; and the schedule
 each run resolved (VAE steps, KL reduction, iterations, BN mode), so a ``--set`` shows where it landed.
 ``--out FILE`` also writes the tables as markdown.
+
+Does r̂ steer the picks? At every query stage the trained VAE and discriminator score the candidates a second
+time with r̂ permuted among them (a permutation seeded by the stage's seed; the VAE, the discriminator, the
+candidates and μ unchanged), and the column "picks changed, r̂ permuted" gives the share of the stage's picks that
+are not picked again. 0 means the discriminator ignores r̂ (VAAL: it has none, a control); if r̂ alone ranked the
+candidates, the share would be 1 - K/M on average (K picks of M candidates: the permuted picks are then a random
+K-subset), which the header states. The experiment itself picks with the true r̂: the second scoring only
+looks (``PermutingBackend``, a wrapper of the run's backend, registered nowhere).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import sys
 from pathlib import Path
@@ -27,11 +36,19 @@ from pathlib import Path
 import numpy as np
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
+
+# isort: split
+import torch
+
+from tavaal.backends import build_backend
 from tavaal.config import load_config
 from tavaal.core.health import CHANCE_DISC_LOSS
 from tavaal.core.metrics import label_entropy, stage_quality
+from tavaal.core.seeding import derive_seed, numpy_rng
+from tavaal.core.selection import select_top_k
 from tavaal.data.imbalance import parse_minority
 from tavaal.errors import TavaalError
+from tavaal.strategies.scorers import DiscriminatorScorer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,8 +57,69 @@ from curves import CPU_PROTOCOL  # noqa: E402  (the protocol the curves are meas
 PROTOCOLS = {"cpu": [*CPU_PROTOCOL, "data.imbalance_ratio=10"], "none": []}
 HEAD = (
     "| stage | labels | quality | train acc | disc loss (last 10%) | disc AUROC | r̂ AUROC | spearman(score, r̂) "
-    "| picks: minority share / class entropy |"
+    "| picks changed, r̂ permuted | picks: minority share / class entropy |"
 )
+
+
+def permuted_rhat(rhat: np.ndarray | None, candidates: np.ndarray, seed: int) -> np.ndarray | None:
+    """r̂ with the candidates' values permuted among them (seeded); the labeled samples keep theirs."""
+    if rhat is None:
+        return None
+    out = rhat.copy()
+    out[candidates] = rhat[candidates][numpy_rng(seed, "rhat-permutation").permutation(candidates.size)]
+    return out
+
+
+def permutation_change(
+    scorer: DiscriminatorScorer, candidates: np.ndarray, logit: np.ndarray, budget: int, backend, batch_size: int
+) -> dict:
+    """Score ``candidates`` again with the scorer's VAE and discriminator but r̂ permuted among them; ``logit``: the
+    true scoring's. Returns the share of the top-``budget`` picks (lowest P(labeled) first, as ``adversarial_query``
+    picks) that change, and both pick sets."""
+    job = scorer.job
+    twin = DiscriminatorScorer(
+        dataclasses.replace(job, rhat=permuted_rhat(job.rhat, candidates, job.seed)), scorer.result
+    )
+    with torch.random.fork_rng():  # building the twin's models must not move the run's random streams
+        perm = backend.score(twin, candidates, batch_size)["logit"]
+    picks = select_top_k(-np.asarray(logit, dtype=np.float64), candidates, budget)
+    again = select_top_k(-np.asarray(perm, dtype=np.float64), candidates, budget)
+    changed = 1.0 - np.intersect1d(picks, again).size / max(1, picks.size)
+    return {"changed": float(changed), "picks": picks, "permuted_picks": again, "chance": 1 - budget / candidates.size}
+
+
+class PermutingBackend:
+    """The run's backend, unchanged, except that each discriminator scoring of a stage's candidates is repeated with
+    r̂ permuted (``permutation_change``); the results, keyed by the stage's seed, go to ``self.changes``."""
+
+    def __init__(self, inner, budget: int) -> None:
+        self.inner, self.budget = inner, budget
+        self.name = inner.name
+        self.changes: dict[int, dict] = {}
+
+    def prepare(self, data, device) -> None:
+        self.inner.prepare(data, device)
+
+    def relabel(self, data) -> None:
+        self.inner.relabel(data)
+
+    def train_task(self, job, on_epoch_end=None):
+        return self.inner.train_task(job, on_epoch_end)
+
+    def train_vae(self, job, on_progress=None):
+        return self.inner.train_vae(job, on_progress)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def score(self, scorer, indices: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+        out = self.inner.score(scorer, indices, batch_size)
+        if isinstance(scorer, DiscriminatorScorer) and np.array_equal(indices, scorer.job.unlabeled):
+            budget = min(self.budget, indices.size)
+            self.changes[scorer.job.seed] = permutation_change(
+                scorer, indices, out["logit"], budget, self.inner, batch_size
+            )
+        return out
 
 
 def diagnose(config: str, overrides: list[str], log=print) -> tuple[list[str], list[dict]]:
@@ -49,7 +127,13 @@ def diagnose(config: str, overrides: list[str], log=print) -> tuple[list[str], l
     from tavaal.experiment import run_experiment
 
     cfg = load_config(ROOT / config, overrides)
-    records = [r.to_dict() for r in run_experiment(cfg, out_dir=None, log=lambda msg: None)]
+    backend = PermutingBackend(build_backend(cfg.backend, cfg.data), cfg.al.budget)
+    records = [r.to_dict() for r in run_experiment(cfg, backend=backend, out_dir=None, log=lambda msg: None)]
+    for r in records:  # the permutation's outcome joins its stage's record
+        perm = backend.changes.get(derive_seed(cfg.seed, "stage", r["stage"]))
+        if perm is not None:
+            r["rhat_permutation"] = {"changed": perm["changed"], "chance": perm["chance"]}
+    chance = next((r["rhat_permutation"]["chance"] for r in records if "rhat_permutation" in r), None)
     minority = cfg.data.minority_classes if cfg.data.imbalance_ratio > 1 else None
     info = next((r["info"] for r in records if r.get("health")), {})
     lines = [
@@ -59,8 +143,17 @@ def diagnose(config: str, overrides: list[str], log=print) -> tuple[list[str], l
         f"{info.get('vae_iterations')} iterations, score_bn {info.get('score_bn')}; task epochs "
         f"{cfg.train.epochs}.",
         "",
+        "Picks changed, r̂ permuted: "
+        + (
+            "no query stage."
+            if chance is None
+            else f"if r̂ alone ranked the candidates, {chance:.2f} on average."
+            if cfg.al.strategy == "tavaal"
+            else "its discriminator takes no r̂, so 0 by construction (a control)."
+        ),
+        "",
         HEAD,
-        "| --- |" + " --- |" * 8,
+        "| --- |" + " --- |" * 9,
     ]
     for r in records:
         h = r.get("health") or {}
@@ -78,6 +171,7 @@ def diagnose(config: str, overrides: list[str], log=print) -> tuple[list[str], l
             _num(h.get("disc_auroc")),
             _num(h.get("rhat_auroc")),
             _num(h.get("score_rhat_spearman")),
+            _num((r.get("rhat_permutation") or {}).get("changed"), 2),
             share,
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -85,8 +179,8 @@ def diagnose(config: str, overrides: list[str], log=print) -> tuple[list[str], l
     return lines, records
 
 
-def _num(v) -> str:
-    return "—" if v is None else f"{v:.3f}"
+def _num(v, digits: int = 3) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
 
 
 def _pct(v) -> str:
