@@ -81,7 +81,6 @@ from tavaal.core.metrics import objective_metrics, stage_quality
 from tavaal.data.imbalance import parse_minority
 from tavaal.errors import TavaalError
 from tavaal.files import atomic_write
-from tavaal.report import summarize
 from tavaal.tracking.plots import plot_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -545,9 +544,33 @@ def setting_section(setting: str, runs: dict, name: str, config: dict | None = N
     return lines
 
 
+def summarize(data: dict) -> dict[str, list[dict]]:
+    """strategy -> rows per label count (labels, n seeds, mean/std of the quality metric, mean entropies), from
+    ``_cells`` per strategy: the rows the tables and ``tavaal.tracking.plots.plot_table`` read."""
+    random_mean = {n: float(np.mean(c["accuracy"])) for n, c in data.get("random", {}).items()}
+    table = {}
+    for strategy, by_n in data.items():
+        rows = []
+        for n in sorted(by_n):
+            acc = np.asarray(by_n[n]["accuracy"])
+            rows.append(
+                {
+                    "labels": n,
+                    "seeds": int(acc.size),
+                    "mean": float(acc.mean()),
+                    "std": float(acc.std()),
+                    "vs_random": float(acc.mean() - random_mean[n]) if n in random_mean else None,
+                    "entropy": float(np.nanmean(by_n[n]["entropy"])),
+                    "entropy_norm": float(np.nanmean(by_n[n]["entropy_norm"])),
+                }
+            )
+        table[strategy] = rows
+    return table
+
+
 def _cells(by_seed: dict) -> dict:
-    """labels -> {"accuracy" (the quality metric), "entropy", "entropy_norm": [per seed]}, the shape
-    ``tavaal.report.summarize`` takes."""
+    """labels -> {"accuracy" (the quality metric), "entropy", "entropy_norm": [per seed]}, the shape ``summarize``
+    takes."""
     cells: dict = {}
     for k in sorted(by_seed):
         for r in by_seed[k]["records"]:
@@ -568,7 +591,10 @@ def write_figure(setting: str, runs: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    table = summarize({s: _cells(runs[s]) for s in ordered(runs)})
+    table = {  # plot_table's entries: a strategy's rows over its seeds
+        s: {"rows": rows, "kind": "seeds", "n": len(runs[s])}
+        for s, rows in summarize({s: _cells(runs[s]) for s in ordered(runs)}).items()
+    }
     metric = metric_name(runs)
     fig = Figure(figsize=(15, 4.2), dpi=100)
     FigureCanvasAgg(fig)
