@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)
         if args.check:
             return check_only(cfg)
+        from tavaal.core.precision import resolve_device
+
+        resolve_device(cfg.device)  # a GPU the machine does not have: refused before the run's first line
         out = out or (f"runs/{cfg.al.strategy}-{cfg.data.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
         print(
             f"tavaal: {cfg.al.strategy} on {cfg.data.name}, {cfg.al.stages} stages, seed {cfg.seed}; "
