@@ -100,8 +100,8 @@ class ALConfig:
     stages: int = 10  # stages trained and evaluated (paper: 10, i.e. 1k..10k labels)
     subset_size: int = 10_000  # M: random unlabeled candidates scored per stage (paper: 10,000)
     score_batch_size: int | None = None  # batch size for scoring and evaluation (no effect on results); null: per
-    # device, 128 on CPUs (a published-protocol stage takes 0.73x the time of batch 512 on 2-core EPYC CPUs:
-    # benchmarks/paper_stage.py) and 512 on GPUs
+    # device, 128 on CPUs (smaller batches stay in the CPU's caches: benchmarks/README.md has the timing) and 512 on
+    # GPUs
     keep_checkpoints: int = 0  # newest stage checkpoints kept on disk (0: all); resume falls back among them
     oracle: str = "auto"  # simulated (labels from the data), manual (people label to_label/ files); auto: simulated
     # when every pool label is known, else manual
@@ -118,7 +118,7 @@ class BackendConfig:
     max_failures: int = 2  # worker failures one training job survives, resuming from its last epoch checkpoint
     # (with keep_workers: the whole experiment's worker group)
     keep_workers: bool = False  # one Ray Train worker group for all of an experiment's training jobs (saves Ray
-    # Train's start-up, ~13 s a job on 2 cores); its workers hold their CPUs/GPUs throughout, so scoring needs its own
+    # Train's start-up of every job); its workers hold their CPUs/GPUs throughout, so scoring needs its own
     storage_path: str | None = None  # Ray Train checkpoint storage (local dir or s3://, gs://); None: a temp dir
     score_concurrency: int = 1  # Ray Data workers scoring the pool at once (each sets the stage's models up once)
     score_cpus_per_actor: float = 1.0  # CPUs per scoring worker
