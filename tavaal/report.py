@@ -141,7 +141,7 @@ def group_runs(runs: list[RunCurve], sweeps: list[str] | None = None, combine: b
                 seen.setdefault(getattr(r, attr), r.sweep)
             if len(seen) > 1:
                 (a, sa), (b, sb) = list(seen.items())[:2]
-                diff = sorted(k for k, v in set(a) ^ set(b))
+                diff = sorted({k for k, v in set(a) ^ set(b)})
                 raise ConfigError(
                     f"--combine: the runs are on different {what} ({sa}: {_describe(a, diff)}; {sb}: "
                     f"{_describe(b, diff)}), and a mean across them would mean nothing; report them apart "
@@ -281,7 +281,7 @@ def write_report(groups: dict[str, list[RunCurve]], out: Path, experiment: str) 
 def _what(strategy: str, entry: dict) -> str:
     """One phrase per strategy: seeds averaged, or trials with the best point."""
     if entry["kind"] == "seeds":
-        return f"{strategy}: {entry['n']} seed{'s' * (entry['n'] != 1)} averaged"
+        return f"{strategy}: {entry['n']} seeds averaged" if entry["n"] > 1 else f"{strategy}: 1 run (one seed)"
     best = ", ".join(f"{k}={v}" for k, v in entry["best"].items()) or "the base config"
     seeds = f" ({entry['seeds_of_best']} seeds)" if entry["seeds_of_best"] > 1 else ""
     return (

@@ -85,7 +85,7 @@ def test_report_cli_writes_figures_and_table(store, tmp_path, capsys):
         assert (folder / name).stat().st_size > 0
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| tavaal | 200 | 1 seeds | 80.00 | +15.00 pt |" in md
-    assert "random: 2 seeds averaged" in md
+    assert "random: 2 seeds averaged" in md and "tavaal: 1 run (one seed)" in md
     bad = call_main(main, ["--experiment", "nope", "--tracking-uri", uri], capsys)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nope" in bad.stderr
     assert "tavaal-sweep" in bad.stderr  # the name the README's sweep writes

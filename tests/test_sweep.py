@@ -223,6 +223,8 @@ def check_sweep_store(uri, trials=2, stages=2, experiment="tavaal-sweep", sweep_
     assert parent.data.metrics["final_accuracy"] == best.data.metrics["final_accuracy"]
     assert parent.data.metrics["trials/finished"] == trials
     assert {k for k in parent.data.tags if k.startswith("tavaal.best.")}, parent.data.tags  # its parameters
+    # the data the trials ran on shows on the (collapsed) parent's row too
+    assert {d.dataset.name for d in parent.inputs.dataset_inputs} == {"synthetic pool", "synthetic test"}
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         for key in ("test/accuracy", "labels/count", "labels/entropy", "labels/entropy_norm", "time/stage"):

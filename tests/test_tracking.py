@@ -194,6 +194,10 @@ def test_sweep_parent_children_and_summary(store, tmp_path):
     run = client.get_run(parent)
     assert run.info.artifact_uri.startswith(uri[len("sqlite:///") :].replace("mlflow.db", "mlruns/sweep/"))
     assert run.info.status == "FINISHED" and run.data.params == {"sweep.objective": "auc"}
+    # the best trial at a glance (issue 25): its objective as the parent's metrics, its id, run and point as tags
+    assert run.data.metrics == {"auc": 0.8, "trials/finished": 2.0, "trials/errored": 0.0}
+    assert run.data.tags["tavaal.best_trial_id"] == "t2" and run.data.tags["tavaal.best_run_id"] == children["t2"]
+    assert run.data.tags["tavaal.best.eta"] == "1.0"
     with open(client.download_artifacts(parent, "trials.csv", str(tmp_path))) as f:
         assert list(csv.DictReader(f)) == [{k: str(v) for k, v in row.items()} for row in trials]
     with open(client.download_artifacts(parent, "comparison.png", str(tmp_path)), "rb") as f:

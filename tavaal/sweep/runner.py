@@ -310,7 +310,11 @@ def _summarize(results, state: dict, register: str | None = None) -> int:
     elif register:
         print(f"\nwarning: no finished trial logged a model: nothing registered as '{register}'", file=sys.stderr)
     uri = redact(state["tracking_uri"])  # a password in it stays off the screen and out of logs
-    page = f"#/experiments/{experiment_id(state)}/runs?workflowType=machine_learning"
+    # the runs table (not MLflow 3's GenAI view), best trials first
+    page = (
+        f"#/experiments/{experiment_id(state)}/runs?workflowType=machine_learning"
+        f"&orderByKey=metrics.%60{objective}%60&orderByAsc=false"
+    )
     if uri.startswith("http"):
         ui = f"open {uri}/{page}"
     else:

@@ -368,6 +368,21 @@ def log_parent_summary(
                     tags["tavaal.best_model_uri"] = best["model_uri"]
         log_metrics(client, parent_run_id, 0, metrics)
         set_tags(client, parent_run_id, {k: str(v)[:5000] for k, v in tags.items()})
+        log_children_inputs(client, parent_run_id, children)
         if status is not None:
             set_terminated(client, uri, parent_run_id, status)
     return best
+
+
+def log_children_inputs(client, parent_run_id: str, children: list) -> None:
+    """The data sets the trials ran on, as the parent's inputs too: the collapsed parent row of the runs table then
+    shows which data the sweep was on (two sweeps on different data differ at a glance)."""
+    have = {(d.dataset.name, d.dataset.digest) for d in client.get_run(parent_run_id).inputs.dataset_inputs}
+    new: dict[tuple[str, str], Any] = {}
+    for run in children:
+        for d in run.inputs.dataset_inputs:
+            key = (d.dataset.name, d.dataset.digest)
+            if key not in have:
+                new.setdefault(key, d)
+    if new:
+        client.log_inputs(parent_run_id, datasets=list(new.values()))
