@@ -164,14 +164,14 @@ def stop_system_metrics(monitor, last_sample: bool = True) -> None:
     if monitor is None:
         return
     monitor._shutdown_event.set()
+    if not last_sample:
+        return  # a run left open by an outage: the thread ends at its next look at the run, or with the process
     thread = monitor._process
     if thread is not None:
         thread.join(timeout=5)
         if thread.is_alive():
             return  # still retrying against a store that does not answer: leave it
     monitor._process = None
-    if not last_sample:
-        return
     with contextlib.suppress(Exception):  # the run is complete without them; an outage is reported elsewhere
         monitor.collect_metrics()
         monitor.publish_metrics(monitor.aggregate_metrics())
