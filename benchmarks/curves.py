@@ -76,7 +76,7 @@ from pathlib import Path
 import numpy as np
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
-from tavaal.config import Config, load_config
+from tavaal.config import Config, from_dict, load_config
 from tavaal.core.metrics import objective_metrics, stage_quality
 from tavaal.data.imbalance import parse_minority
 from tavaal.errors import TavaalError
@@ -138,7 +138,7 @@ PROTOCOLS = {  # name -> (preset, overrides); --data sets data.name on top
     "paper": ("configs/cifar10_tavaal.yaml", []),
     "smoke": ("configs/smoke.yaml", []),
 }
-PAPER_DATA = {"fashionmnist": ["vae.latent_dim=28"]}  # official code's Fashion-MNIST VAE
+PAPER_DATA = {"fashionmnist": ["vae.latent_dim=28", "vae.normalize=false"]}  # official code's Fashion-MNIST VAE
 
 
 # ---------------------------------------------------------------- experiments (run in worker processes)
@@ -198,6 +198,31 @@ def plan(args, configs: dict[str, tuple[str, list[str]]], threads: int) -> list[
         for setting, (base, sets) in configs.items()
         for strategy in args.strategies or SETTINGS[setting].strategies
     ]
+
+
+def changed_config(run_dir: Path, finished: list) -> str | None:
+    """Where a finished experiment's resolved config differs from what the same plan resolves to now (a preset or
+    a default changed since: run.json's overrides cannot show it), else None. Fields a config recorded before they
+    existed take their defaults, so a new field whose default differs from the preset's value is caught too."""
+    for setting, strategy, seed, base, overrides in finished:
+        saved = json.loads(raw_path(run_dir, setting, strategy, seed).read_text())["config"]
+        then = dict(_flat(from_dict(saved).to_dict()))
+        now = dict(_flat(load_config(ROOT / base, overrides).to_dict()))
+        for key in sorted(set(then) | set(now)):
+            if key != "num_threads" and then.get(key) != now.get(key):
+                return (
+                    f"{raw_path(run_dir, setting, strategy, seed).name} ran with {key}={then.get(key)!r} but the same "
+                    f"plan now gives {now.get(key)!r} (a preset or default changed since)"
+                )
+    return None
+
+
+def _flat(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 def raw_path(run_dir: Path, setting: str, strategy: str, seed: int) -> Path:
@@ -782,6 +807,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     skipped = [t for t in todo if raw_path(run_dir, *t[:3]).exists()]
+    differs = changed_config(run_dir, skipped)
+    if differs:
+        print(f"error: {differs}; finish it with the code and presets it ran with, or a new --name", file=sys.stderr)
+        return 2
     todo = [t for t in todo if t not in skipped]
     (run_dir / "raw").mkdir(parents=True, exist_ok=True)
     print(

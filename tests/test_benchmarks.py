@@ -354,3 +354,24 @@ def test_paired_interval_and_minority_share_on_known_answers():
     records = [{"label_counts": [5, 5, 5]}, {"label_counts": [8, 6, 11]}, {"label_counts": [8, 6, 11]}]
     assert curves.minority_share(records, 0, [0, 2]) == pytest.approx(9 / 10)
     assert curves.minority_share(records, 1, [0, 2]) is None and curves.minority_share(records, 2, [0]) is None
+
+
+def test_curves_resume_refuses_finished_experiments_whose_config_changed_since(tmp_path):
+    """A preset or default that changed since an experiment finished: its resolved config no longer matches the
+    plan, which run.json's overrides cannot show. A field recorded before it existed takes its default."""
+    from tavaal.config import load_config
+
+    run_dir = tmp_path / "run"
+    (run_dir / "raw").mkdir(parents=True)
+    overrides = ["al.strategy=random", "seed=0"]
+    config = load_config(ROOT / "configs/smoke.yaml", overrides).to_dict()
+    del config["vae"]["normalize"]  # written by a version without the field (its default then: true)
+    curves.raw_path(run_dir, "balanced", "random", 0).write_text(json.dumps({"config": config}))
+    finished = [("balanced", "random", 0, "configs/smoke.yaml", overrides)]
+    assert curves.changed_config(run_dir, finished) is None
+    finished = [("balanced", "random", 0, "configs/smoke.yaml", [*overrides, "vae.normalize=false"])]
+    said = curves.changed_config(run_dir, finished)
+    assert said == (
+        "balanced-random-seed0.json ran with vae.normalize=True but the same plan now gives False (a preset or "
+        "default changed since)"
+    )
