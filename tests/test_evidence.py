@@ -167,10 +167,16 @@ def tiny_curves(tmp_path_factory) -> Path:
     for s in ("train.epochs=1", "al.stages=3"):
         args += ["--set", s]
     parsed = curves.parse_args(args)
-    for setting, strategy, seed, base, overrides in curves.plan(parsed, curves.setting_configs(parsed), threads=1):
-        path = curves.raw_path(run_dir, setting, strategy, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        curves.run_one(base, overrides, str(path))
+    # the runs set this process to 1 torch thread; later tests compare in-process runs with subprocess runs at
+    # torch's default, and conftest's _torch_threads restores threads per test, not per module fixture
+    threads = torch.get_num_threads()
+    try:
+        for setting, strategy, seed, base, overrides in curves.plan(parsed, curves.setting_configs(parsed), 1):
+            path = curves.raw_path(run_dir, setting, strategy, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            curves.run_one(base, overrides, str(path))
+    finally:
+        torch.set_num_threads(threads)
     return run_dir
 
 
