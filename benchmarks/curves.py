@@ -206,8 +206,7 @@ def changed_config(run_dir: Path, finished: list) -> str | None:
     existed take their defaults, so a new field whose default differs from the preset's value is caught too."""
     for setting, strategy, seed, base, overrides in finished:
         saved = json.loads(raw_path(run_dir, setting, strategy, seed).read_text())["config"]
-        then = dict(_flat(from_dict(saved).to_dict()))
-        now = dict(_flat(load_config(ROOT / base, overrides).to_dict()))
+        then, now = from_dict(saved).flat(), load_config(ROOT / base, overrides).flat()
         for key in sorted(set(then) | set(now)):
             if key != "num_threads" and then.get(key) != now.get(key):
                 return (
@@ -215,14 +214,6 @@ def changed_config(run_dir: Path, finished: list) -> str | None:
                     f"plan now gives {now.get(key)!r} (a preset or default changed since)"
                 )
     return None
-
-
-def _flat(d: dict, prefix: str = ""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flat(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def raw_path(run_dir: Path, setting: str, strategy: str, seed: int) -> Path:

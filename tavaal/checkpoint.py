@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from tavaal.config import flatten
 from tavaal.core.pool import PoolState
 from tavaal.errors import CheckpointError, ConfigError
 from tavaal.files import fsync
@@ -141,19 +142,11 @@ def resumable(key: str) -> bool:
 def config_mismatch(saved: dict[str, Any], run: dict[str, Any]) -> str | None:
     """The first field (dotted) where two resolved configs differ outside ``RESUMABLE_FIELDS``, comparing the
     fields both hold (a config from an older version may lack newer fields), else None."""
-    a, b = dict(_flatten(saved)), dict(_flatten(run))
+    a, b = dict(flatten(saved)), dict(flatten(run))
     for key in sorted(set(a) & set(b)):
         if not resumable(key) and a[key] != b[key]:
             return f"{key}: {a[key]!r} here, {b[key]!r} in the run"
     return None
-
-
-def _flatten(d: dict, prefix: str = ""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def write_identity(out_dir: str | Path, config: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:

@@ -144,13 +144,14 @@ class Config:
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys -> values (``{"train.lr": 0.1, ...}``), e.g. for tracking params."""
-        return dict(_flatten(self.to_dict()))
+        return dict(flatten(self.to_dict()))
 
 
-def _flatten(d: dict, prefix: str = ""):
+def flatten(d: dict, prefix: str = ""):
+    """``(dotted key, value)`` of every leaf of a nested dict: ``{"train": {"lr": 0.1}}`` -> ``("train.lr", 0.1)``."""
     for k, v in d.items():
         if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
+            yield from flatten(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}", v
 

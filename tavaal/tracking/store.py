@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tavaal.config import flatten
 from tavaal.csvsafe import write_csv
 from tavaal.errors import TrackingError
 from tavaal.redact import has_credentials, redact, redact_values
@@ -155,14 +156,6 @@ def set_terminated(client, uri: str, run_id: str, status: str) -> None:
 
 
 # ---------------------------------------------------------------- what gets logged
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from flatten(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
