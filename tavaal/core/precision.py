@@ -57,8 +57,8 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False
 
 
 def score_batch_size(value: int | None, device: torch.device | str) -> int:
-    """``al.score_batch_size``: None -> 128 on CPUs (batch 512 is slower per image on the 2-core EPYC CPUs we
-    measured: benchmarks/paper_stage.py), 512 on GPUs."""
+    """``al.score_batch_size``: None -> 128 on CPUs (smaller batches stay in the CPU's caches, so they are faster
+    per image there: benchmarks/paper_stage.py), 512 on GPUs."""
     if value is not None:
         return value
     return 512 if torch.device(device).type == "cuda" else 128

@@ -21,9 +21,9 @@ from tavaal.errors import ConfigError
 from tavaal.redact import redact
 
 # OMP passive waiting: see tavaal/__init__.py. Ray Train's controller polls its workers every 2 s by default, so
-# every job ended ~5 s after its last report (measured, trivial TorchTrainer on 2 cores: 5.0 s -> 1.0 s at 0.1 s),
-# and it takes reports off each worker's queue of one only when it polls: at 0.5 s a trivial job of 20 reports took
-# 24.1 s, at 0.1 s 14.9 s (2026-12-01, 2 cores)
+# every job ended seconds after its last report, and it takes reports off each worker's queue of one only when it
+# polls, so a job of many epoch reports waited on every poll; polling every 0.1 s removes most of both waits
+# (benchmarks/results/stage-time-2026-12-01-sync-reports.md)
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 
 TOKEN_WHERE = "RAY_AUTH_TOKEN, or in a file named by RAY_AUTH_TOKEN_PATH (ray get-auth-token on the head prints it)"
@@ -34,7 +34,7 @@ def local_system_config(num_cpus: int | None = None) -> dict:
 
     Ray kills idle workers beyond ``num_workers_soft_limit`` (default: the CPU count) after a second, and it
     counts the processes of actors too. A stage's Ray Train workers then cost the scoring tasks their warm
-    processes (torch imported, data set resolved: 4-9 s to rebuild on 2 cores). A cluster started with
+    processes (torch imported, data set resolved: seconds to rebuild on a small machine). A cluster started with
     ``ray start`` gets the same with ``RAY_num_workers_soft_limit=<n>`` in the environment of ``ray start``.
     """
     cpus = num_cpus or os.cpu_count() or 1

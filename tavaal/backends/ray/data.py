@@ -31,8 +31,8 @@ from tavaal.data.base import ALData
 _POSITION, _INDEX = "position", "index"  # pipeline columns next to the scorer's outputs
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 # Input blocks (one Ray Data task each): tasks get as few as there are workers, because a task worker that
-# finishes waits for Ray Data to see it and send the next one (on 2 busy cores 0.2-0.4 s each time: at 4 blocks
-# per worker, 2 tasks lost ~30% of their time; benchmarks/results/scoring-2026-12-01.md). Actors get several,
+# finishes waits for Ray Data to see it and send the next one, and with several blocks per worker those waits add
+# up to a large share of a task's time on busy cores (benchmarks/results/scoring-2026-12-01.md). Actors get several,
 # queued at each actor (no wait), so one that starts late takes fewer. Each block is at most this many batches,
 # to bound what a retried task redoes.
 _TASK_BLOCKS_PER_WORKER, _ACTOR_BLOCKS_PER_WORKER, _MAX_BATCHES_PER_BLOCK = 1, 4, 64
@@ -108,8 +108,8 @@ def keep_freed_memory_per_actor(trim_threshold: int = 256 * 2**20) -> None:
     """glibc malloc: recycle each batch's activations instead of handing them back to the OS.
 
     Ray Data calls the UDF from a thread other than the actor's main one; that thread's malloc arena
-    returns freed memory to the OS after every batch, so the next batch page-faults it all back (measured:
-    ~3,800 minor faults per 512-image batch, scoring 1.3-1.45x slower than the same loop in a main thread).
+    returns freed memory to the OS after every batch, so the next batch page-faults it all back, and scoring runs
+    markedly slower than the same loop in a main thread (benchmarks/README.md, pool scoring).
     A fixed mmap threshold (the maximum, 32 MiB) and a trim threshold of ``trim_threshold`` bytes make the
     actor as fast as the local loop, for at most that much extra resident memory. No-op without glibc.
     """
@@ -146,7 +146,7 @@ def score_with_ray_data(
     split's length, to reject out-of-range indices here with an IndexError before any worker starts (a
     worker that meets one fails the run with Ray's error wrapping the same message).
     compute: ``"actors"`` a fixed pool of ``concurrency`` actors made for this call, each building the
-    models once (start-up: a process and a torch import per actor, ~3-5 s on 2 cores; right for GPUs,
+    models once (start-up: a process and a torch import per actor, seconds each; right for GPUs,
     where models move to the device once); ``"tasks"`` Ray's reusable worker processes, which keep the
     models per process and stage (start-up only on the first call of a process); ``"auto"``: actors when
     ``gpus_per_actor > 0`` (Ray does not reuse GPU task processes), else tasks.

@@ -69,8 +69,8 @@ def _report(metrics: dict, rank: int, payload: Callable[[], dict] | None) -> Non
 
     The upload runs in Ray Train's background thread (``CheckpointUploadMode.ASYNC``, which also deletes the
     local copy afterwards): a synchronous report waits for the controller to take the previous one off its
-    queue of one, i.e. up to a health-check interval per epoch (measured: 0.41 s a report at the 0.5 s interval,
-    0.011 s async). A worker killed meanwhile loses at most that one not yet uploaded checkpoint too.
+    queue of one, i.e. up to a health-check interval per epoch, where the asynchronous upload costs the worker
+    almost nothing. A worker killed meanwhile loses at most that one not yet uploaded checkpoint too.
     """
     import ray.train
 
@@ -312,9 +312,9 @@ class TrainSession:
     """One Ray Train worker group kept for many jobs (``backend.keep_workers``).
 
     A ``TorchTrainer`` job pays Ray Train's start-up (controller and worker processes, torch imports, the
-    process group: ~13 s on 2 cores) each time; a stage has one or two. Here ``fit()`` runs once, in a thread of
-    the driver, and its workers take the jobs from a ``JobBoard`` actor. The workers keep their CPUs/GPUs until
-    ``close()``, and ``backend.max_failures`` counts worker failures over the whole session.
+    process group: many seconds on a small machine) each time; a stage has one or two. Here ``fit()`` runs once,
+    in a thread of the driver, and its workers take the jobs from a ``JobBoard`` actor. The workers keep their
+    CPUs/GPUs until ``close()``, and ``backend.max_failures`` counts worker failures over the whole session.
     """
 
     def __init__(self, data_ref: Any, bcfg: BackendConfig, storage_path: str | None) -> None:
