@@ -352,17 +352,23 @@ def paired(runs: dict, a: str, b: str, metric) -> tuple[float, int, int]:
 def paired_interval(runs: dict, a: str, b: str, metric) -> tuple[float, float, float, int]:
     """(mean, low, high, n): the mean of metric(a) - metric(b) over the seeds both have and its 95% interval
     (Student's t over the paired differences; nan bounds below 2 seeds)."""
+    seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
+    diffs = [metric(runs[a][k]["records"]) - metric(runs[b][k]["records"]) for k in seeds]
+    if not diffs:
+        return float("nan"), float("nan"), float("nan"), 0
+    return (*t_interval(diffs), len(diffs))
+
+
+def t_interval(diffs) -> tuple[float, float, float]:
+    """(mean, low, high) of paired differences with a 95% Student's t interval (nan bounds below 2 of them)."""
     from scipy import stats
 
-    seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
-    diffs = np.array([metric(runs[a][k]["records"]) - metric(runs[b][k]["records"]) for k in seeds], dtype=float)
-    if diffs.size == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    mean = float(diffs.mean())
-    if diffs.size < 2:
-        return mean, float("nan"), float("nan"), 1
-    half = float(stats.t.ppf(0.975, diffs.size - 1) * diffs.std(ddof=1) / np.sqrt(diffs.size))
-    return mean, mean - half, mean + half, int(diffs.size)
+    d = np.asarray(diffs, dtype=float)
+    mean = float(d.mean())
+    if d.size < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+    return mean, mean - half, mean + half
 
 
 def _interval_cell(runs: dict, a: str, b: str, metric) -> str:

@@ -44,7 +44,7 @@ from tavaal.core.metrics import stage_quality
 from tavaal.files import atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curves import auc, mean_std, ordered, paired_interval  # noqa: E402
+from curves import _interval_cell, auc, mean_std, ordered  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBDIR = "fixed-learner"
@@ -149,15 +149,6 @@ def _cell(runs: dict, s: str, metric) -> str:
     return mean_std([metric(e["records"]) * 100 for e in runs[s].values()])
 
 
-def _interval(runs: dict, a: str, metric) -> str:
-    mean, low, high, n = paired_interval(runs, a, "random", metric)
-    if n == 0:
-        return "—"
-    if n < 2:
-        return f"{mean * 100:+.2f}"
-    return f"{mean * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}]"
-
-
 def setting_section(setting: str, own: dict, fixed: dict) -> list[str]:
     """Tables of one setting (``own``, ``fixed``: strategy -> seed -> JSON)."""
     names = ordered(fixed)
@@ -203,7 +194,11 @@ def setting_section(setting: str, own: dict, fixed: dict) -> list[str]:
         ]
         for s in others:
             for learner, runs in (("fixed", fixed), ("own", own)):
-                lines.append(f"| {s} | {learner} | " + " | ".join(_interval(runs, s, m) for m in [*stages, auc]) + " |")
+                lines.append(
+                    f"| {s} | {learner} | "
+                    + " | ".join(_interval_cell(runs, s, "random", m) for m in [*stages, auc])
+                    + " |"
+                )
     lines.append("")
     return lines
 

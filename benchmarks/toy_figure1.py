@@ -63,6 +63,7 @@ from tavaal.errors import ConfigError, TavaalError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from curves import invocation_line, raw_path, run_recorded  # noqa: E402
+from curves import t_interval as interval  # noqa: E402  (the curves reports' paired 95% intervals)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "configs/smoke.yaml"
@@ -217,18 +218,6 @@ def measure(result: dict, stage: int, boundaries: dict[str, np.ndarray], x: np.n
 
 
 # ---------------------------------------------------------------- report
-
-
-def interval(diffs) -> tuple[float, float, float]:
-    """(mean, low, high) of the paired differences with a 95% Student's t interval (nan bounds below 2)."""
-    from scipy import stats
-
-    d = np.asarray(diffs, dtype=float)
-    mean = float(d.mean())
-    if d.size < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
-    return mean, mean - half, mean + half
 
 
 def _fmt(v: float, scale: float) -> str:
