@@ -1,9 +1,9 @@
 """Does our TA-VAAL query pick what the official code picks, on identical inputs?
 
     git clone https://github.com/cubeyoung/TA-VAAL /path/to/TA-VAAL         # the official code: get it yourself
-    python benchmarks/official_equivalence.py --official /path/to/TA-VAAL    # 5 seeds each, both vae.normalize
-    python benchmarks/official_equivalence.py --official DIR --seeds 3 --ours-normalize false
-    python benchmarks/official_equivalence.py --config configs/smoke.yaml --protocol none --iterations 4  # ours only
+    python -m benchmarks.official_equivalence --official /path/to/TA-VAAL    # 5 seeds each, both vae.normalize
+    python -m benchmarks.official_equivalence --official DIR --seeds 3 --ours-normalize false
+    python -m benchmarks.official_equivalence --config configs/smoke.yaml --protocol none --iterations 4  # ours only
 
 The official TA-VAAL code (github.com/cubeyoung/TA-VAAL) is not part of this repository: clone it and pass its
 folder as ``--official``. It is imported from there (``sys.path``) and never edited on disk; what it needs to run
@@ -65,17 +65,19 @@ import warnings
 from itertools import combinations, product
 from pathlib import Path
 
+if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.official_equivalence", *sys.argv[1:]])
+
 import numpy as np
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
+from benchmarks.curves import CPU_PROTOCOL  # the protocol the curves are measured on
 from tavaal.config import load_config
 from tavaal.core.health import CHANCE_DISC_LOSS
 from tavaal.data.imbalance import parse_minority
 from tavaal.errors import TavaalError
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curves import CPU_PROTOCOL  # noqa: E402  (the protocol the curves are measured on)
 
 CLONE = "git clone https://github.com/cubeyoung/TA-VAAL"
 PROTOCOLS = {"cpu": [*CPU_PROTOCOL, "data.imbalance_ratio=10", "vae.iterations=null"], "none": []}
@@ -406,7 +408,7 @@ def train_stage(cfg) -> dict:
     from tavaal.strategies import build_strategy
 
     data = build_dataset(cfg.data, cfg.seed)
-    data, pool = build_oracle(cfg, data, log=lambda m: None).start(data)
+    data, pool = build_oracle(cfg, data).start(data)
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)
     backend, device = LocalBackend(), torch.device("cpu")
     backend.prepare(data, device)
@@ -624,9 +626,12 @@ def verdict_words(summary: dict) -> list[str]:
 def header_lines(args, argv, cfg, stage: dict, iterations: int, extra: dict) -> list[str]:
     import torch
 
-    from scoring import git_rev, machine  # as the other benchmarks; here, not at the top: workers need no ray
+    from benchmarks.scoring import (  # as the other benchmarks; here, not at the top: workers need no ray
+        git_rev,
+        machine,
+    )
 
-    command = "python benchmarks/official_equivalence.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.official_equivalence " + " ".join(sys.argv[1:] if argv is None else argv)
     minority = parse_minority(cfg.data.minority_classes, stage["num_classes"])
     v = cfg.vae
     adapted = [

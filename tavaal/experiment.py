@@ -8,7 +8,8 @@ randomness in a stage derives from (seed, stage), so a resumed run makes exactly
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from tavaal.core.training import ModelSpec, TaskJob, TaskResult, evaluate
 from tavaal.data import build_dataset
 from tavaal.data.base import ALData
 from tavaal.errors import CheckpointError, ConfigError
-from tavaal.oracle import Oracle, build_oracle, has_initial_request, run_config
+from tavaal.labelfiles import has_initial_request, run_config
+from tavaal.oracle import LabelsPending, Oracle, build_oracle
 from tavaal.strategies import QueryContext, Strategy, build_strategy
 from tavaal.tracking import NullTracker, Tracker
 
@@ -59,36 +61,151 @@ class StageRecord:
         return asdict(self)
 
 
+@dataclass
+class _Run:
+    """What every stage of one run shares, settled before its first stage."""
+
+    cfg: Config
+    data: ALData  # the pool's labels grow as the oracle answers
+    spec: ModelSpec
+    strategy: Strategy
+    oracle: Oracle
+    backend: Backend
+    tracker: Tracker
+    device: torch.device
+    out_dir: str | Path | None
+    meta: dict  # the run's identity (and tracking run id), saved with every checkpoint
+    log: Callable[[str], None]  # one line per stage
+    detail: Callable[[str], None]  # epochs and the strategy's progress (verbose)
+
+
 def run_experiment(
     cfg: Config,
-    backend: Backend | None = None,
-    tracker: Tracker | None = None,
+    *,
     out_dir: str | Path | None = None,
     resume: bool = False,
+    labels: str | Path | None = None,
+    oracle: Oracle | None = None,
+    backend: Backend | None = None,
+    tracker: Tracker | None = None,
     log: Callable[[str], None] = print,
     verbose: bool = False,
     on_stage: Callable[[StageRecord, Path | None], None] | None = None,
-    labels: str | Path | None = None,
-    oracle: Oracle | None = None,
 ) -> list[StageRecord]:
     """Run (or resume from ``out_dir``) the whole experiment; returns one record per stage.
 
-    ``on_stage(record, stage_dir)`` is called after each stage's checkpoint is written (a Tune trial
-    reports it from there). The run's labels come from ``oracle`` (default: ``build_oracle``, simulated when the
-    data knows every pool label, else manual); a manual run stops where labels are missing, after writing the
-    batch to annotate (``tavaal/oracle.py``), and ``labels`` (a CSV) answers it on resume.
+    The run's labels come from ``oracle`` (default: ``build_oracle``: simulated when the data knows every pool
+    label, else manual). A manual run stops where labels are missing by raising ``LabelsPending`` after writing
+    the batch to annotate; ``labels`` (the filled-in CSV) answers it on resume. ``on_stage(record, stage_dir)``
+    is called after each stage's checkpoint is written (a Tune trial reports it from there).
     """
     with checkpoint.run_dir_lock(out_dir):  # one process at a time per run directory
-        return _run(cfg, backend, tracker, out_dir, resume, log, verbose, on_stage, labels, oracle)
+        run, pool, records, unqueried = _open(cfg, out_dir, resume, labels, oracle, backend, tracker, log, verbose)
+        return _loop(run, pool, records, unqueried, on_stage)
 
 
-def _run(cfg, backend, tracker, out_dir, resume, log, verbose, on_stage, labels, oracle) -> list[StageRecord]:
+def _loop(
+    run: _Run,
+    pool: PoolState,
+    records: list[StageRecord],
+    unqueried: TaskResult | None,
+    on_stage: Callable[[StageRecord, Path | None], None] | None,
+) -> list[StageRecord]:
+    """Per stage: train, evaluate, query, checkpoint, track, label the next; the backend and tracker run around it."""
+    stages = run.cfg.al.stages
+    first = len(records) - (unqueried is not None)  # a stage that was the last of a shorter plan gets its query
+    with _started(run, records):
+        for stage in range(first, stages):
+            if unqueried is None:
+                record, task = train_stage(
+                    run.cfg, stage, pool, run.data, run.spec, run.strategy, run.backend, run.device, run.detail
+                )
+            else:  # trained and evaluated before, as the last stage of a shorter plan: it queries now
+                record, task = records.pop(), unqueried
+            states = task.states()
+            if stage + 1 < stages:
+                record, pool, picked = query_stage(
+                    run.cfg, record, pool, run.data, run.spec, run.strategy, run.backend, task, run.detail
+                )
+                states |= picked
+            records.append(record)
+            stage_dir = _save(run, stage, pool, records, states, replace=unqueried is not None)
+            unqueried = None
+            run.tracker.log_stage(record.to_dict())
+            run.log(format_record(record, stages))
+            if on_stage is not None:
+                on_stage(record, stage_dir)
+            if stage + 1 < stages:  # the next stage's labels (the first stage's came before the start)
+                answered = run.oracle.label(stage + 1, run.data, pool)  # LabelsPending: people answer first
+                if answered is not run.data:  # an oracle that answered at once: later jobs read its labels
+                    run.data = answered
+                    run.backend.relabel(answered)
+    return records
+
+
+@contextmanager
+def _started(run: _Run, records: list[StageRecord]) -> Iterator[None]:
+    """The backend prepared and the tracking run started around the stages; the run's end status recorded and a
+    Ray this run started stopped on every path. A stop for labels ends the tracking run as finished."""
+    status = "FAILED"
+    try:
+        run.backend.prepare(run.data, run.device)  # may start a Ray; first, so a Ray that refuses leaves no run
+        run_id = run.tracker.start(run.cfg.to_dict(), run_id=run.meta.get("tracking_run_id"))  # fails fast
+        if run_id is not None:
+            run.meta["tracking_run_id"] = run_id
+        log_inputs = getattr(run.tracker, "log_inputs", None)  # optional: a tracker that records data and model
+        if log_inputs is not None:
+            log_inputs(run.data, run.spec)
+        for record in records:  # idempotent: stages checkpointed but not yet tracked (killed in between) get sent
+            run.tracker.log_stage(record.to_dict())
+        yield
+        status = "FINISHED"
+    except LabelsPending as stop:
+        status, stop.records = "FINISHED", list(records)
+        raise
+    except BaseException as e:
+        status = "FAILED" if isinstance(e, Exception) else "KILLED"  # KeyboardInterrupt, SystemExit
+        raise
+    finally:
+        try:
+            run.backend.close()
+        finally:
+            run.tracker.end(status)  # a no-op for a run that never started
+
+
+def _save(
+    run: _Run, stage: int, pool: PoolState, records: list[StageRecord], states: dict, replace: bool
+) -> Path | None:
+    """The stage's checkpoint (``replace``: it supersedes the same stage saved unqueried), old ones pruned."""
+    if run.out_dir is None:
+        return None
+    path = checkpoint.save_stage(
+        run.out_dir, stage, pool, [r.to_dict() for r in records], states, run.cfg.to_dict(), run.meta, replace
+    )
+    checkpoint.prune(run.out_dir, run.cfg.al.keep_checkpoints)
+    return path
+
+
+def _open(
+    cfg: Config,
+    out_dir: str | Path | None,
+    resume: bool,
+    labels: str | Path | None,
+    oracle: Oracle | None,
+    backend: Backend | None,
+    tracker: Tracker | None,
+    log: Callable[[str], None],
+    verbose: bool,
+) -> tuple[_Run, PoolState, list[StageRecord], TaskResult | None]:
+    """Everything before the first stage, in the order that leaves nothing behind when a check fails: the data
+    and the oracle's labels, every config check, the checkpoint to resume from, the labels of the first stage
+    to run (a labels file is validated in full before it is stored); nothing is started yet."""
     device = resolve_device(cfg.device)
     cfg = for_device(cfg, device)  # precision auto, score batch per device: resolved once, recorded as run
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     data = build_dataset(cfg.data, cfg.seed)
-    oracle = oracle or build_oracle(cfg, data, out_dir, labels, log)
+    oracle = oracle or build_oracle(cfg, data, out_dir)
     data, initial = oracle.start(data)  # checks the labeling plan against the pool
     if len(data.test) == 0:
         log(
@@ -96,76 +213,35 @@ def _run(cfg, backend, tracker, out_dir, resume, log, verbose, on_stage, labels,
             "set data.test_path to a labeled test set"
         )
     strategy = build_strategy(cfg.al.strategy)
-    # every check before anything is written or started: a model that cannot take the data leaves nothing behind
     check_compatible(
         cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden), device
     )
     pool, records, meta, unqueried = _start(cfg, data, out_dir, resume, log, initial)
-    first = len(records) - (unqueried is not None)  # a stage that was the last of a shorter plan gets its query
-    answered = oracle.labels_for(first, data, pool)  # a labels file is validated in full before any write
-    if answered is None:  # labels missing: the batch to annotate is written
-        return records
-    data = answered
-    # built after answer: its labels may bring new classes (data.new_classes)
-    spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)
-    tracker = tracker or NullTracker()
-    backend = backend or build_backend(cfg.backend, cfg.data)  # builds only: nothing is started yet
-    status = "FAILED"
-    try:
-        backend.prepare(data, device)  # may start a Ray; before the tracker, so a Ray that refuses leaves no run
-        run_id = tracker.start(cfg.to_dict(), run_id=meta.get("tracking_run_id"))  # fails fast if unreachable
-        if run_id is not None:
-            meta["tracking_run_id"] = run_id
-        log_inputs = getattr(tracker, "log_inputs", None)  # optional: a tracker that records the data and model shape
-        if log_inputs is not None:
-            log_inputs(data, spec)
-        for record in records:  # idempotent: stages checkpointed but not yet tracked (killed in between) get sent
-            tracker.log_stage(record.to_dict())
-        for stage in range(first, cfg.al.stages):
-            if stage == len(records) - 1 and unqueried is not None:  # trained and evaluated before: query only
-                record, pool, states = query_stage(
-                    cfg, records.pop(), pool, data, spec, strategy, backend, unqueried, log if verbose else _quiet
-                )
-            else:
-                record, pool, states = run_stage(
-                    cfg, stage, pool, data, spec, strategy, backend, device, log if verbose else _quiet
-                )
-            records.append(record)
-            stage_path = None
-            if out_dir is not None:
-                stage_path = checkpoint.save_stage(
-                    out_dir,
-                    stage,
-                    pool,
-                    [r.to_dict() for r in records],
-                    states,
-                    cfg.to_dict(),
-                    meta,
-                    replace=unqueried is not None and stage == first,
-                )
-                checkpoint.prune(out_dir, cfg.al.keep_checkpoints)
-            tracker.log_stage(record.to_dict())
-            log(format_record(record, cfg.al.stages))
-            if on_stage is not None:
-                on_stage(record, stage_path)
-            if stage + 1 == cfg.al.stages:  # the last stage queries nothing
-                break
-            answered = oracle.labels_for(stage + 1, data, pool)
-            if answered is None:  # manual oracle: stop until labels come
-                break
-            if answered is not data:  # an oracle that answers at once: the next stage trains on its labels
-                data = answered
-                backend.relabel(data)
-        status = "FINISHED"
-    except BaseException as e:
-        status = "FAILED" if isinstance(e, Exception) else "KILLED"  # KeyboardInterrupt, SystemExit
+    first = len(records) - (unqueried is not None)
+    if labels is not None:
+        data = oracle.answer(first, data, pool, labels)
+    try:  # the first stage's labels now, so that a stop for them starts nothing
+        data = oracle.label(first, data, pool)
+    except LabelsPending as stop:
+        stop.records = list(records)
         raise
-    finally:
-        try:
-            backend.close()  # a Ray this run started is stopped on every path
-        finally:
-            tracker.end(status)  # a no-op for a run that never started
-    return records
+    # built after the answers: their labels may bring new classes (data.new_classes)
+    spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)
+    run = _Run(
+        cfg,
+        data,
+        spec,
+        strategy,
+        oracle,
+        backend or build_backend(cfg.backend, cfg.data),  # builds only: nothing is started yet
+        tracker or NullTracker(),
+        device,
+        out_dir,
+        meta,
+        log,
+        log if verbose else _quiet,
+    )
+    return run, pool, records, unqueried
 
 
 def check_compatible(cfg: Config, data: ALData, spec: ModelSpec, device: torch.device | None = None) -> None:
@@ -197,22 +273,15 @@ def check_compatible(cfg: Config, data: ALData, spec: ModelSpec, device: torch.d
 
 
 def _build_stage_models(cfg: Config, data: ALData, spec: ModelSpec) -> None:
-    from tavaal.core.vae_training import vae_input_shape
-    from tavaal.models import VAE
     from tavaal.models.base import model_task
 
-    model, _ = spec.build(with_ranker=build_strategy(cfg.al.strategy).ranker_loss is not None)
+    strategy = build_strategy(cfg.al.strategy)
+    model, _ = spec.build(with_ranker=strategy.ranker_loss is not None)
     if model_task(model) != data.task:
         raise ValueError(
             f"model '{cfg.model.name}' solves {model_task(model)} but data '{cfg.data.name}' is a {data.task} data set"
         )
-    if cfg.al.strategy in ("vaal", "tavaal"):
-        VAE(
-            vae_input_shape(data.input_shape, cfg.vae.input_size),
-            cfg.vae.latent_dim,
-            cfg.vae.base_channels,
-            cond_dim=int(cfg.al.strategy == "tavaal"),
-        )
+    strategy.build_models(cfg, data)
 
 
 def _quiet(msg: str) -> None:
@@ -295,13 +364,33 @@ def run_stage(
     device: torch.device,
     log: Callable[[str], None],
 ) -> tuple[StageRecord, PoolState, dict]:
-    """Train on the labeled set, evaluate, and query unless this is the last stage."""
+    """One whole stage outside the loop (the benchmarks' entry): train, evaluate, and query unless it is the last
+    stage; returns the record, the pool after the query and every model's state."""
+    record, task = train_stage(cfg, stage, pool, data, spec, strategy, backend, device, log)
+    if stage + 1 == cfg.al.stages:
+        return record, pool, task.states()
+    record, pool, picked = query_stage(cfg, record, pool, data, spec, strategy, backend, task, log)
+    return record, pool, task.states() | picked
+
+
+def train_stage(
+    cfg: Config,
+    stage: int,
+    pool: PoolState,
+    data: ALData,
+    spec: ModelSpec,
+    strategy: Strategy,
+    backend: Backend,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> tuple[StageRecord, TaskResult]:
+    """Train the task model (and the strategy's ranker) on the labeled set and evaluate it on the test split and
+    on its own labeled set; returns the stage's record (no picks yet) and the trained weights."""
     t0 = time.perf_counter()
     labeled = pool.labeled_indices()
-    seed = derive_seed(cfg.seed, "stage", stage)
     every = max(1, cfg.train.epochs // 5)
     task = backend.train_task(
-        TaskJob(spec, cfg.train, labeled, strategy.ranker_loss, seed),
+        TaskJob(spec, cfg.train, labeled, strategy.ranker_loss, derive_seed(cfg.seed, "stage", stage)),
         on_epoch_end=lambda s: (
             log(f"  epoch {s['epoch'] + 1}/{cfg.train.epochs} ce {s.get('ce', 0):.4f}")
             if (s["epoch"] + 1) % every == 0
@@ -314,10 +403,8 @@ def run_stage(
     t, batch = cfg.train, score_batch_size(cfg.al.score_batch_size, device)  # null: per device
     metrics = evaluate(model.to(device), data, device, batch, t.precision, channels_last=t.channels_last)
     fit = evaluate(model, data, device, batch, t.precision, "train", labeled, t.channels_last)
-    states = {"model": task.model_state} | ({"ranker": task.ranker_state} if task.ranker_state else {})
     counts = label_counts(data.train_targets, labeled, data.num_classes)
     h, h_norm = label_entropy(counts)
-    now = time.perf_counter()
     record = StageRecord(
         stage=stage,
         num_labeled=int(labeled.size),
@@ -328,14 +415,12 @@ def run_stage(
         label_entropy=h,
         label_entropy_norm=h_norm,
         time_train=t_train,
-        time_stage=now - t0,
+        time_stage=time.perf_counter() - t0,
         miou=metrics.get("miou"),
         per_class_iou=metrics.get("per_class_iou", []),
         train_accuracy=fit["accuracy"],
     )
-    if stage < cfg.al.stages - 1:
-        return query_stage(cfg, record, pool, data, spec, strategy, backend, task, log)
-    return record, pool, states
+    return record, task
 
 
 def query_stage(
@@ -350,7 +435,8 @@ def query_stage(
     log: Callable[[str], None],
 ) -> tuple[StageRecord, PoolState, dict]:
     """Score a fresh random candidate subset with the stage's trained models (``task``) and label the top-K
-    (``labeled_at = stage + 1``); returns the record with the picks, the new pool and every model's state."""
+    (``labeled_at = stage + 1``); returns the record with the picks, the new pool and the states of the models
+    the strategy trained (VAE, discriminator)."""
     t1 = time.perf_counter()
     stage, labeled = record.stage, pool.labeled_indices()
     candidates = draw_candidates(pool, cfg.al.subset_size, numpy_rng(cfg.seed, "candidates", stage))
@@ -359,7 +445,6 @@ def query_stage(
     result = strategy.query(QueryContext(cfg, data, backend, spec, task, labeled, candidates, budget, stage, seed, log))
     selected = np.asarray(result.selected, dtype=np.int64)
     check_selection(selected, candidates, budget, strategy.name)
-    states = {"model": task.model_state} | ({"ranker": task.ranker_state} if task.ranker_state else {})
     t_query = time.perf_counter() - t1
     record = replace(
         record,
@@ -369,7 +454,7 @@ def query_stage(
         time_query=t_query,
         time_stage=record.time_stage + t_query,
     )
-    return record, pool.label(selected, stage + 1), states | result.states
+    return record, pool.label(selected, stage + 1), result.states
 
 
 def check_selection(selected: np.ndarray, candidates: np.ndarray, budget: int, name: str) -> None:

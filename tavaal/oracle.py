@@ -1,16 +1,12 @@
-"""Where labels come from: the data set (``simulated`` oracle, benchmarks) or people (``manual`` oracle).
+"""Where labels come from: the data set (``SimulatedOracle``, benchmarks) or people (``ManualOracle``).
 
-The AL state is the same for both: a query labels its picks in the ``PoolState`` at once. With the manual
-oracle the picks' labels are unknown (-1) until people answer, so before a stage trains the loop asks
-``pending(pool, data)``; if labels are missing it writes the batch to annotate and stops, and
-``python -m tavaal.run --resume OUT --labels FILE.csv`` checks the answers, stores them and goes on. Files under
-the run's output directory ``OUT`` (each written to a temporary name, fsynced and renamed into place):
-
-  to_label/stage_K.csv, .parquet   the batch to annotate before stage K: id, path, label (empty); in the CSV
-                                   a cell a spreadsheet would run as a formula is quoted (``csvsafe``)
-  to_label/stage_K/                the images of that batch, when the pool stores encoded bytes
-  to_label/config.json             the run's resolved config (a resume before the first checkpoint reads it)
-  labels/stage_K.json              the labels of that batch, validated, written once and never changed
+The loop asks the run's oracle once per stage, before the stage trains: ``label(stage, data, pool)`` returns the
+data with every label that stage trains on, or raises ``LabelsPending`` when people must label a batch first.
+A query labels its picks in the ``PoolState`` at once, whichever the oracle; with people as the oracle those
+picks' labels stay unknown (-1) until they answer. The manual oracle then writes the batch to annotate and stops
+the run; ``python -m tavaal.run --resume OUT --labels FILE.csv`` hands the answers to ``ManualOracle.answer``,
+which checks them all and stores them before the stage trains. The files it reads and writes are
+``tavaal/labelfiles.py``'s.
 
 Initial labeled set: ``simulated``: ``al.initial`` random rows (the benchmark protocol). ``manual``: the rows
 whose labels the data already has; if there are none, ``al.initial`` random rows drawn exactly as the simulated
@@ -20,33 +16,110 @@ what the simulated run selects).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
-import os
-import re
-import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import ClassVar
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import UnidentifiedImageError
 
-from tavaal import checkpoint
 from tavaal.config import Config, check_pool_size
 from tavaal.core.pool import PoolState, initial_pool
 from tavaal.core.seeding import numpy_rng
-from tavaal.csvsafe import uncell, write_csv
-from tavaal.data.base import ALData, Split
-from tavaal.data.encoded import EncodedImages, decode_image, image_suffix
-from tavaal.errors import CheckpointError, ConfigError, DataError
-from tavaal.files import atomic_write
+from tavaal.data.base import ALData
+from tavaal.errors import ConfigError
+from tavaal.labelfiles import apply_stored_labels, ingest_labels, pending, request_message, row_ids, write_request
 
-REQUEST_DIR, LABELS_DIR = "to_label", "labels"
+
+class LabelsPending(Exception):  # noqa: N818 (not an error: the run stops as planned, exit code 0)
+    """The run stops until people label a batch: the message names the file to fill in and the command that goes
+    on. ``records`` holds the stages completed before the stop (the loop sets it)."""
+
+    def __init__(self, stage: int, request: Path, count: int, message: str) -> None:
+        super().__init__(message)
+        self.stage, self.request, self.count = stage, request, count
+        self.records: list = []
+
+
+class Oracle:
+    """Where one run's labels come from. The loop calls ``start`` once, then ``label`` before every stage."""
+
+    mode: ClassVar[str]  # al.oracle
+
+    def __init__(self, cfg: Config, out_dir: str | Path | None = None) -> None:
+        self.cfg, self.out_dir = cfg, out_dir
+
+    def start(self, data: ALData) -> tuple[ALData, PoolState]:
+        """The data with the labels people gave this run so far, and the stage-0 labeled set; both checked
+        against the pool."""
+        initial = self.initial_state(data)  # from the data as loaded: a resume draws the same stage-0 set
+        return apply_stored_labels(data, self.out_dir, self.cfg.data.new_classes), initial
+
+    def initial_state(self, data: ALData) -> PoolState:
+        """``al.initial`` random rows (the benchmark protocol), after checking the labeling plan fits the pool."""
+        check_pool_size(self.cfg, len(data.train))
+        return initial_pool(len(data.train), self.cfg.al.initial, numpy_rng(self.cfg.seed, "initial"))
+
+    def label(self, stage: int, data: ALData, pool: PoolState) -> ALData:
+        """The data with the label of every row stage ``stage`` trains on (``data`` itself when it has them all);
+        raises ``LabelsPending`` when people must answer first."""
+        raise NotImplementedError
+
+    def answer(self, stage: int, data: ALData, pool: PoolState, file: str | Path) -> ALData:
+        """The labels file given with ``--labels`` on resume, for the batch stage ``stage`` waits for."""
+        raise ConfigError(
+            f"no labels are pending in '{self.out_dir}' (the data knows every pool label: the oracle is "
+            "simulated); resume without --labels"
+        )
+
+
+class SimulatedOracle(Oracle):
+    """The data set knows every label (benchmarks): a pick is labeled the moment it is picked."""
+
+    mode = "simulated"
+
+    def label(self, stage: int, data: ALData, pool: PoolState) -> ALData:
+        return data
+
+
+class ManualOracle(Oracle):
+    """People label the picks: a batch with missing labels is written to ``to_label/`` and the run stops
+    (``LabelsPending``); ``answer`` takes their labels file when the run resumes."""
+
+    mode = "manual"
+
+    def initial_state(self, data: ALData) -> PoolState:
+        """The rows labeled in the data, else ``al.initial`` random rows drawn as the simulated oracle draws them
+        (asked for as the batch of stage 0)."""
+        known = np.flatnonzero(data.known_rows)
+        if not known.size:
+            return super().initial_state(data)
+        # the labeling plan is checked with the rows at hand, not al.initial
+        cfg = self.cfg
+        check_pool_size(dataclasses.replace(cfg, al=dataclasses.replace(cfg.al, initial=known.size)), len(data.train))
+        return PoolState.empty(len(data.train)).label(known, 0)
+
+    def label(self, stage: int, data: ALData, pool: PoolState) -> ALData:
+        missing = pending(pool, data)
+        if not missing.size:
+            return data
+        if self.out_dir is None:
+            raise ConfigError("the manual oracle writes the batch to annotate into the run's directory: pass --out DIR")
+        request = write_request(self.out_dir, stage, data, missing, self.cfg.to_dict())
+        raise LabelsPending(
+            stage, request, int(missing.size), request_message(request, self.out_dir, stage, missing.size, data)
+        )
+
+    def answer(self, stage: int, data: ALData, pool: PoolState, file: str | Path) -> ALData:
+        """The pending labels from ``file``, validated in full before ``labels/stage_K.json`` is written."""
+        if self.out_dir is None:
+            raise ConfigError("--labels needs the run's directory: pass --resume DIR")
+        missing = pending(pool, data)
+        if not missing.size:
+            raise ConfigError(
+                f"no labels are pending in '{self.out_dir}' (stage {stage} has every label it needs); "
+                "resume without --labels"
+            )
+        return ingest_labels(file, self.out_dir, stage, data, missing, self.cfg.data.new_classes)
 
 
 def resolve_oracle(cfg: Config, data: ALData) -> str:
@@ -68,372 +141,7 @@ def resolve_oracle(cfg: Config, data: ALData) -> str:
     return mode
 
 
-def pending(pool: PoolState, data: ALData) -> np.ndarray:
-    """Positions that are labeled in the AL state but whose label nobody has given yet (ascending)."""
-    return np.flatnonzero((pool.labeled_at >= 0) & ~data.known_rows)
-
-
-def row_ids(data: ALData, positions: np.ndarray) -> list[str]:
-    """The stable ids of pool positions, as strings (the position itself for data sets without ids)."""
-    ids = data.train.ids
-    return [str(i) for i in (positions if ids is None else ids[positions])]
-
-
-# ---------------------------------------------------------------- files: config
-
-
-def run_config(out_dir: str | Path) -> dict:
-    """The resolved config of the run in ``out_dir``: its newest checkpoint's, or the one saved with the
-    stage-0 request when no stage has run yet."""
-    saved = Path(out_dir) / REQUEST_DIR / "config.json"
-    if not checkpoint.list_stages(out_dir) and saved.is_file():
-        return json.loads(saved.read_text())
-    return checkpoint.latest_config(out_dir)
-
-
-def has_initial_request(out_dir: str | Path) -> bool:
-    return (Path(out_dir) / REQUEST_DIR / "stage_0.csv").is_file()
-
-
-# ---------------------------------------------------------------- the request: the batch to annotate
-
-
-def write_request(out_dir: str | Path, stage: int, data: ALData, positions: np.ndarray, config: dict) -> Path:
-    """Write ``to_label/stage_K.{csv,parquet}`` (and the images when the pool holds bytes); returns the CSV.
-
-    An existing request is left as it is: people may be filling in its label column right now.
-    """
-    req = Path(out_dir) / REQUEST_DIR
-    csv_path = req / f"stage_{stage}.csv"
-    if not csv_path.is_file():
-        check_images(data, positions)  # before anything is written: nothing unreadable is offered to annotators
-    atomic_write(req / "config.json", lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True)))
-    if csv_path.is_file():
-        return csv_path
-    ids = row_ids(data, positions)
-    paths = _image_paths(req / f"stage_{stage}", data, positions)
-    table = pa.table({"id": ids, "path": paths, "label": pa.nulls(len(ids), pa.string())})
-    atomic_write(req / f"stage_{stage}.parquet", lambda p: pq.write_table(table, p))
-    # people open this file in a spreadsheet: csvsafe quotes every cell it would run as a formula
-    rows = [[i, path, ""] for i, path in zip(ids, paths)]
-    atomic_write(csv_path, lambda p: write_csv(p, ["id", "path", "label"], rows))
-    return csv_path
-
-
-def check_images(data: ALData, positions: np.ndarray) -> None:
-    """Decode the images of ``positions`` (a DataError naming the row and id if one is not an image)."""
-    if not hasattr(data.train.x, "encoded"):
-        return
-    x = cast(EncodedImages, data.train.x)
-    for pos, rid in zip(positions, row_ids(data, positions)):
-        try:
-            decode_image(x.encoded([pos])[0], x.size, x.channels)
-        except (UnidentifiedImageError, OSError, ValueError, TypeError) as e:
-            row = int(x.source_rows([pos])[0])
-            raise DataError(
-                f"row {row} (id '{rid}') of {x.where} is not a readable image ({type(e).__name__}); "
-                "replace the image or drop that row, then run the same command again"
-            ) from None
-
-
-def _image_paths(folder: Path, data: ALData, positions: np.ndarray) -> list[str]:
-    """The images' own paths, or copies of the encoded bytes written under ``folder`` ("" if neither)."""
-    if not hasattr(data.train.x, "encoded"):
-        return [""] * positions.size
-    x = cast(EncodedImages, data.train.x)  # an image column (or anything with its paths and encoded)
-    paths = x.paths(positions)
-    if paths is not None:
-        return paths
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    names = []
-    for k, (i, b) in enumerate(zip(row_ids(data, positions), x.encoded(positions))):
-        names.append(f"{k:05d}_{re.sub(r'[^A-Za-z0-9._-]', '_', i)[:80]}{image_suffix(b)}")
-        (tmp / names[-1]).write_bytes(b)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.rename(tmp, folder)
-    return [str((folder / n).resolve()) for n in names]
-
-
-def request_message(csv_path: Path, out_dir: str | Path, stage: int, n: int, data: ALData) -> str:
-    classes = ", ".join(data.class_names) if data.class_names else "(none yet)"
-    return (
-        f"stage {stage} needs labels for {n} images (manual oracle). Fill in the 'label' column of {csv_path} "
-        f"with one of: {classes}; then continue with:\n"
-        f"  python -m tavaal.run --resume {out_dir} --labels {csv_path}"
-    )
-
-
-# ---------------------------------------------------------------- the answers: validate all, then store
-
-
-def read_labels(
-    file: str | Path, requested: list[str], pool_ids: set[str], classes: tuple[str, ...], allow_new: bool, request: Path
-) -> dict[str, str]:
-    """``{id: class name}`` from a CSV with columns ``id`` and ``label`` (others are ignored).
-
-    Every requested id must get exactly one label, and nothing else may be labeled; a label must be a known
-    class (or anything, with ``allow_new``). The first problem is a one-line DataError naming the file and line.
-    """
-    f = Path(file)
-    fix = f"fix the file and run the same command again (the request is {request})"
-    rows = _csv_rows(f, request, fix)
-    header = rows[0][1] if rows else None
-    if header is None or not any(h.strip() for h in header):
-        raise DataError(
-            f"labels file '{f}' is empty; expected a header line with 'id' and 'label' and one "
-            f"line per requested id; {fix}"
-        )
-    cols = [h.strip() for h in header]
-    if "id" not in cols or "label" not in cols:
-        raise DataError(
-            f"labels file '{f}' line 1: columns are {', '.join(cols)}; expected columns 'id' and 'label'; {fix}"
-        )
-    i_id, i_label = cols.index("id"), cols.index("label")
-    wanted, known = set(requested), set(classes)
-    out: dict[str, str] = {}
-    first_line: dict[str, int] = {}
-    for line, row in rows[1:]:
-        if not any(v.strip() for v in row):
-            continue  # blank line
-        where = f"labels file '{f}' line {line}"
-        if len(row) <= max(i_id, i_label):
-            raise DataError(f"{where}: has {len(row)} fields, expected at least {max(i_id, i_label) + 1}; {fix}")
-        # the request quoted ids a spreadsheet would run (csvsafe); spaces a spreadsheet added are dropped
-        # unless they are part of the id itself
-        rid = uncell(row[i_id]) if uncell(row[i_id]) in pool_ids else uncell(row[i_id].strip())
-        label = row[i_label].strip()
-        if rid not in pool_ids:
-            raise DataError(f"{where}: id '{rid}' is not in the pool; {fix}")
-        if rid not in wanted:
-            raise DataError(
-                f"{where}: id '{rid}' was not requested (only the ids of the request may be labeled); {fix}"
-            )
-        if rid in out:
-            raise DataError(f"{where}: id '{rid}' is labeled twice (first on line {first_line[rid]}); {fix}")
-        if not label:
-            raise DataError(f"{where}: id '{rid}' has no label; every requested id needs one; {fix}")
-        if label not in known and not allow_new:
-            raise DataError(
-                f"{where}: label '{label}' is not a known class ({', '.join(classes)}); correct "
-                "it, or allow new classes with --set data.new_classes=true"
-            )
-        out[rid], first_line[rid] = label, line
-    missing = [i for i in requested if i not in out]
-    if missing:
-        raise DataError(
-            f"labels file '{f}' has no line for {len(missing)} of the {len(requested)} requested ids "
-            f"(e.g. '{missing[0]}'); every requested id needs a label; {fix}"
-        )
-    return out
-
-
-def _csv_rows(f: Path, request: Path, fix: str) -> list[tuple[int, list[str]]]:
-    """Every row of the CSV file ``f`` with its line number; a file that cannot be read as UTF-8 CSV is a
-    one-line DataError naming the file and the problem."""
-    if f.is_dir():
-        raise DataError(f"labels file '{f}' is a directory; pass the filled-in request CSV, e.g. --labels {request}")
-    if not f.is_file():
-        raise DataError(f"labels file '{f}' not found; pass the filled-in request, e.g. --labels {request}")
-    try:
-        raw = f.read_bytes()
-    except OSError as e:
-        raise DataError(
-            f"labels file '{f}' cannot be read ({e.strerror or type(e).__name__}); make it readable, or pass a "
-            f"copy, e.g. --labels {request}"
-        ) from None
-    try:
-        text = raw.decode("utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a byte order mark
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(
-            f"labels file '{f}' line {line}: byte 0x{raw[e.start]:02x} is not UTF-8 text; save the file as "
-            f"CSV UTF-8 (in a spreadsheet: 'CSV UTF-8' or encoding 'Unicode (UTF-8)'); {fix}"
-        ) from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows: list[tuple[int, list[str]]] = []
-    try:
-        for row in reader:
-            rows.append((reader.line_num, row))
-    except csv.Error as e:
-        line = rows[-1][0] + 1 if rows else 1  # where the record that failed starts
-        if "field larger than field limit" in str(e):
-            raise DataError(
-                f"labels file '{f}' line {line}: a field is longer than csv's limit of {csv.field_size_limit()} "
-                f"characters (an unclosed quote joins the lines after it into one field); {fix}"
-            ) from None
-        raise DataError(f"labels file '{f}' line {line}: not valid CSV ({e}); {fix}") from None
-    return rows
-
-
-def ingest_labels(
-    file: str | Path, out_dir: str | Path, stage: int, data: ALData, positions: np.ndarray, allow_new: bool
-) -> ALData:
-    """Validate the whole labels file for the pending ``positions``, store it as ``labels/stage_K.json``,
-    and return the data set with those labels. A bad file raises before anything is written."""
-    target = Path(out_dir) / LABELS_DIR / f"stage_{stage}.json"
-    if target.exists():
-        raise CheckpointError(
-            f"{target} exists but the rows it labels are still pending; it does not belong to "
-            "this run's data: move it away and resume again"
-        )
-    request = Path(out_dir) / REQUEST_DIR / f"stage_{stage}.csv"
-    labels = read_labels(
-        file,
-        row_ids(data, positions),
-        set(row_ids(data, np.arange(len(data.train)))),
-        data.class_names,
-        allow_new,
-        request,
-    )
-    record = {"stage": stage, "source": str(Path(file).resolve()), "labels": labels}
-    atomic_write(target, lambda p: p.write_text(json.dumps(record, indent=1)))
-    return with_labels(data, labels, allow_new, str(target))
-
-
-def stored_labels(out_dir: str | Path | None) -> list[tuple[str, dict[str, str]]]:
-    """Every ``labels/stage_K.json`` of the run, in stage order: ``[(file, {id: class name})]``."""
-    folder = Path(out_dir) / LABELS_DIR if out_dir is not None else None
-    if folder is None or not folder.is_dir():
-        return []
-    files = sorted(folder.glob("stage_*.json"), key=lambda p: int(p.stem.split("_")[1]))
-    out = []
-    for p in files:
-        try:
-            out.append((str(p), dict(json.loads(p.read_text())["labels"])))
-        except (OSError, ValueError, KeyError, TypeError):
-            raise CheckpointError(
-                f"labels file {p} cannot be read; restore it (or delete it to be asked for those labels again)"
-            ) from None
-    return out
-
-
-def with_labels(data: ALData, labels: dict[str, str], allow_new: bool, source: str) -> ALData:
-    """``data`` with the given ``{id: class name}`` set in the pool's targets; new classes are appended."""
-    classes = list(data.class_names)
-    index = {c: i for i, c in enumerate(classes)}
-    position = {k: i for i, k in enumerate(row_ids(data, np.arange(len(data.train))))}
-    y = data.train.y.clone()
-    for rid, name in labels.items():
-        if rid not in position:
-            raise CheckpointError(
-                f"{source} labels id '{rid}', which is not in the pool; resume with the data the run started with"
-            )
-        if name not in index:
-            if not allow_new:
-                raise ConfigError(
-                    f"{source} uses class '{name}', which is not in the class list; resume with "
-                    "--set data.new_classes=true"
-                )
-            index[name] = len(classes)
-            classes.append(name)
-        y[position[rid]] = index[name]
-    train = Split(data.train.x, y, data.train.ids)
-    return dataclasses.replace(data, train=train, num_classes=len(classes), class_names=tuple(classes))
-
-
-def apply_stored_labels(data: ALData, out_dir: str | Path | None, allow_new: bool) -> ALData:
-    """``data`` with every label people gave this run so far (``labels/*.json``, in stage order)."""
-    stored = stored_labels(out_dir)
-    if not stored:
-        return data
-    assert out_dir is not None  # stored_labels finds files only in a folder
-    merged = {rid: name for _, labels in stored for rid, name in labels.items()}
-    return with_labels(data, merged, allow_new, f"{Path(out_dir) / LABELS_DIR}/")
-
-
-# ---------------------------------------------------------------- the seam: one object per run
-
-
-class Oracle:
-    """Where one run's labels come from (``SimulatedOracle``, ``ManualOracle``); the loop calls ``start`` once and
-    ``labels_for`` before every stage.
-
-    ``start(data)`` -> (data with the labels people gave so far, the stage-0 labeled set), both checked against
-    the pool. ``labels_for(stage, data, pool)`` -> the data with every label stage ``stage`` trains on, or None
-    when labels are missing and the run must stop until people give them.
-    """
-
-    mode = "simulated"  # al.oracle
-
-    def __init__(
-        self,
-        cfg: Config,
-        out_dir: str | Path | None = None,
-        labels: str | Path | None = None,
-        log: Callable[[str], None] = print,
-    ) -> None:
-        self.cfg, self.out_dir, self.labels, self.log = cfg, out_dir, labels, log
-
-    def start(self, data: ALData) -> tuple[ALData, PoolState]:
-        initial = self.initial_state(data)  # from the data as loaded: a resume draws the same stage-0 set
-        return apply_stored_labels(data, self.out_dir, self.cfg.data.new_classes), initial
-
-    def initial_state(self, data: ALData) -> PoolState:
-        """``al.initial`` random rows (the benchmark protocol), after checking the labeling plan fits the pool."""
-        check_pool_size(self.cfg, len(data.train))
-        return initial_pool(len(data.train), self.cfg.al.initial, numpy_rng(self.cfg.seed, "initial"))
-
-    def labels_for(self, stage: int, data: ALData, pool: PoolState) -> ALData | None:
-        labels, self.labels = self.labels, None  # a labels file answers one batch: the first one asked
-        if labels is not None:
-            data = self._answer(stage, data, pool, labels)
-        return None if self._ask(stage, data, pool) else data
-
-    def _answer(self, stage: int, data: ALData, pool: PoolState, labels: str | Path) -> ALData:
-        """The pending labels from ``labels`` (validated in full first; nothing is written otherwise)."""
-        if self.out_dir is None:
-            raise ConfigError("--labels needs the run's directory: pass --resume DIR")
-        missing = pending(pool, data)
-        if not missing.size:
-            raise ConfigError(
-                f"no labels are pending in '{self.out_dir}' (stage {stage} has every label it needs); "
-                "resume without --labels"
-            )
-        return ingest_labels(labels, self.out_dir, stage, data, missing, self.cfg.data.new_classes)
-
-    def _ask(self, stage: int, data: ALData, pool: PoolState) -> bool:
-        """If labels are missing (never with every pool label known): write the request, say what to do, True."""
-        missing = pending(pool, data)
-        if not missing.size:
-            return False
-        if self.out_dir is None:
-            raise ConfigError("the manual oracle writes the batch to annotate into the run's directory: pass --out DIR")
-        csv_path = write_request(self.out_dir, stage, data, missing, self.cfg.to_dict())
-        self.log(request_message(csv_path, self.out_dir, stage, missing.size, data))
-        return True
-
-
-class SimulatedOracle(Oracle):
-    """The data set knows every label (benchmarks): a pick is labeled the moment it is picked."""
-
-
-class ManualOracle(Oracle):
-    """People label the picks: a missing label stops the run after writing the batch to annotate; ``labels`` (the
-    CSV given with ``--labels``) answers the pending batch when the run resumes."""
-
-    mode = "manual"
-
-    def initial_state(self, data: ALData) -> PoolState:
-        """The rows labeled in the data, else ``al.initial`` random rows drawn as the simulated oracle draws them
-        (asked for as the batch of stage 0)."""
-        known = np.flatnonzero(data.known_rows)
-        if not known.size:
-            return super().initial_state(data)
-        # the labeling plan is checked with the rows at hand, not al.initial
-        cfg = self.cfg
-        check_pool_size(dataclasses.replace(cfg, al=dataclasses.replace(cfg.al, initial=known.size)), len(data.train))
-        return PoolState.empty(len(data.train)).label(known, 0)
-
-
-def build_oracle(
-    cfg: Config,
-    data: ALData,
-    out_dir: str | Path | None = None,
-    labels: str | Path | None = None,
-    log: Callable[[str], None] = print,
-) -> Oracle:
+def build_oracle(cfg: Config, data: ALData, out_dir: str | Path | None = None) -> Oracle:
     """The run's oracle: ``al.oracle`` made concrete (``resolve_oracle``) and checked against the data."""
     cls = ManualOracle if resolve_oracle(cfg, data) == "manual" else SimulatedOracle
-    return cls(cfg, out_dir, labels, log)
+    return cls(cfg, out_dir)

@@ -116,7 +116,7 @@ def resolve_config(args: argparse.Namespace):
             overrides[key] = getattr(args, flag)
     if args.resume and not args.config:
         # the run's own resolved config, with only the overrides given now
-        from tavaal.oracle import run_config
+        from tavaal.labelfiles import run_config
 
         cfg = from_dict(apply_overrides(run_config(args.resume), overrides))
         validate(cfg)
@@ -225,15 +225,21 @@ def main(argv: list[str] | None = None) -> int:
                 checkpoint_dir=out,  # the final model is logged from the last stage's checkpoint
                 register_model=args.register_model,
             )
-        records = run_experiment(
-            cfg,
-            tracker=tracker,
-            out_dir=out,
-            resume=bool(args.resume),
-            log=lambda m: print(m, flush=True),
-            verbose=args.verbose,
-            labels=args.labels,
-        )
+        from tavaal.oracle import LabelsPending
+
+        try:
+            records = run_experiment(
+                cfg,
+                tracker=tracker,
+                out_dir=out,
+                resume=bool(args.resume),
+                log=lambda m: print(m, flush=True),
+                verbose=args.verbose,
+                labels=args.labels,
+            )
+        except LabelsPending as stop:  # the planned stop of a manual run: what to label and how to go on
+            print(stop, flush=True)
+            records = stop.records
     except TavaalError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -23,7 +23,8 @@ from tavaal.config import BackendConfig, DataConfig, load_config
 from tavaal.data import build_dataset
 from tavaal.data.synthetic import synthetic_images
 from tavaal.experiment import run_experiment
-from tavaal.oracle import ManualOracle, pending, row_ids, with_labels
+from tavaal.labelfiles import pending, row_ids, with_labels
+from tavaal.oracle import ManualOracle
 from tavaal.run import main
 
 from conftest import run_cli, trained_stage
@@ -229,7 +230,7 @@ class Annotator(ManualOracle):
         super().__init__(cfg)
         self.truth, self.asked = truth, []
 
-    def labels_for(self, stage, data, pool):
+    def label(self, stage, data, pool):
         ids = row_ids(data, pending(pool, data))
         self.asked.append((stage, len(ids)))
         return with_labels(data, {i: self.truth[i] for i in ids}, False, "annotator")

@@ -59,6 +59,10 @@ class TaskResult:
     ranker_state: dict | None
     history: list[dict] = field(default_factory=list)
 
+    def states(self) -> dict[str, dict]:
+        """The weights a checkpoint keeps: the task model's, and the ranker's when there is one."""
+        return {"model": self.model_state} | ({"ranker": self.ranker_state} if self.ranker_state else {})
+
 
 class StageOptim:
     """SGD + MultiStepLR for the task model and (same hyperparameters, as the official code) the ranker."""

@@ -61,3 +61,7 @@ class Strategy:
 
     def query(self, ctx: QueryContext) -> QueryResult:
         raise NotImplementedError
+
+    def build_models(self, cfg: Config, data: ALData) -> None:
+        """Build the models this strategy trains besides the task model and ranker (none by default). A run
+        calls it on the meta device before any work, so that shapes that cannot work are refused at once."""

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from tavaal.config import Config
+from tavaal.data.base import ALData
 from tavaal.registry import STRATEGIES
 from tavaal.strategies.base import QueryContext, QueryResult, Strategy
 from tavaal.strategies.scorers import task_scorer
-from tavaal.strategies.vaal import adversarial_query
+from tavaal.strategies.vaal import adversarial_query, build_vae
 
 
 @STRATEGIES.register("tavaal")
@@ -26,3 +28,6 @@ class TAVAALStrategy(Strategy):
         rhat = np.full(len(ctx.data.train), np.nan, dtype=np.float32)
         rhat[both] = out["rhat"]
         return adversarial_query(ctx, conditional=True, vae_steps=1, kl="mean", rhat=rhat)
+
+    def build_models(self, cfg: Config, data: ALData) -> None:
+        build_vae(cfg, data, conditional=True)

@@ -8,10 +8,13 @@ import dataclasses
 
 import numpy as np
 
+from tavaal.config import Config
 from tavaal.core.health import format_health, game_health
 from tavaal.core.metrics import label_counts
 from tavaal.core.selection import select_top_k
 from tavaal.core.vae_training import VAEJob, vae_input_shape, vae_iterations
+from tavaal.data.base import ALData
+from tavaal.models import VAE
 from tavaal.registry import STRATEGIES
 from tavaal.strategies.base import QueryContext, QueryResult, Strategy
 from tavaal.strategies.scorers import DiscriminatorScorer
@@ -72,6 +75,12 @@ def adversarial_query(
     return QueryResult(selected, scores, {"vae": result.vae_state, "discriminator": result.disc_state}, info, health)
 
 
+def build_vae(cfg: Config, data: ALData, conditional: bool) -> VAE:
+    """The VAE that ``adversarial_query`` trains, on the data's input shape (conditional: r̂ as one more input)."""
+    shape = vae_input_shape(data.input_shape, cfg.vae.input_size)
+    return VAE(shape, cfg.vae.latent_dim, cfg.vae.base_channels, cond_dim=int(conditional))
+
+
 @STRATEGIES.register("vaal")
 class VAALStrategy(Strategy):
     name = "vaal"
@@ -79,3 +88,6 @@ class VAALStrategy(Strategy):
 
     def query(self, ctx: QueryContext) -> QueryResult:
         return adversarial_query(ctx, conditional=False, vae_steps=2, kl="sum", rhat=None)
+
+    def build_models(self, cfg: Config, data: ALData) -> None:
+        build_vae(cfg, data, conditional=False)
