@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tavaal.config import load_config
-from tavaal.core.health import CHANCE_DISC_LOSS, auroc, average_ranks, game_health, spearman
+from tavaal.core.health import CHANCE_DISC_LOSS, auroc, game_health, spearman
 from tavaal.core.vae_training import VAEJob, VAEResult, VAETraining, train_vae
 from tavaal.models import VAE
 from tavaal.strategies import QueryContext, build_strategy
@@ -28,8 +28,9 @@ CFG = load_config("configs/smoke.yaml", ["train.epochs=1", "vae.iterations=10"])
 # ---------------------------------------------------------------- known answers
 
 
-def test_average_ranks_share_ties():
-    assert average_ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+def test_auroc_with_ties_counts_each_tied_pair_half():
+    # ranks with ties are scipy's now (the hand-written average_ranks is gone): a tied pair counts 1/2
+    assert auroc(np.array([3.0, 1.0]), np.array([3.0, 2.0])) == pytest.approx((0.5 + 1 + 0 + 0) / 4)
 
 
 @pytest.mark.parametrize(

@@ -14,28 +14,16 @@ import numpy as np
 CHANCE_DISC_LOSS = 2 * math.log(2)  # BCE on labeled (target 1) + BCE on unlabeled (target 0) at p = 1/2
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``x [n]``, ties sharing their mean rank (as ``scipy.stats.rankdata``)."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="stable")
-    sorted_x = x[order]
-    # runs of equal values: each gets the mean of the ranks it spans
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], x.size]
-    mean_rank = (starts + ends + 1) / 2.0  # ranks start..end-1, 1-based: (start+1 + end) / 2
-    ranks = np.empty(x.size, dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
-
-
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     """P(a positive scores above a negative), ties counting 1/2 (Mann-Whitney U / (n_pos · n_neg)); nan if
     either side is empty."""
     pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
     if pos.size == 0 or neg.size == 0:
         return float("nan")
-    ranks = average_ranks(np.concatenate([pos, neg]))
-    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0
+    from scipy import stats  # here, not at the top: every run imports this module, and scipy.stats is slow to load
+
+    # U of the first sample; "asymptotic" because only the statistic is used, not the (costly exact) p-value
+    u = stats.mannwhitneyu(pos, neg, alternative="two-sided", method="asymptotic").statistic
     return float(u / (pos.size * neg.size))
 
 
@@ -44,11 +32,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.size != b.size:
         raise ValueError(f"spearman needs arrays of one length, got {a.size} and {b.size}")
-    if a.size < 2:
-        return float("nan")
-    ra, rb = average_ranks(a) - (a.size + 1) / 2.0, average_ranks(b) - (b.size + 1) / 2.0
-    denom = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+    if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")  # undefined, and scipy would warn about it on every stage
+    from scipy import stats
+
+    return float(stats.spearmanr(a, b).statistic)
 
 
 def game_health(
