@@ -1,9 +1,9 @@
 """Why does TA-VAAL trail its own parts? Its variants beside random, VAAL and learning loss (ranking), paired by seed.
 
-    python benchmarks/ablations.py                                # 5 seeds, imbalanced Fashion-MNIST, CPU protocol
-    python benchmarks/ablations.py --balanced fit_batch_bn        # + the balanced pool for one variant
-    python benchmarks/ablations.py --resume                       # after a kill: finished experiments are skipped
-    python benchmarks/ablations.py --report-only
+    python -m benchmarks.ablations                                # 5 seeds, imbalanced Fashion-MNIST, CPU protocol
+    python -m benchmarks.ablations --balanced fit_batch_bn        # + the balanced pool for one variant
+    python -m benchmarks.ablations --resume                       # after a kill: finished experiments are skipped
+    python -m benchmarks.ablations --report-only
 
 Every experiment runs through curves.py's machinery (its CPU protocol, worker pool, one raw JSON per experiment
 under ``<out>/<name>/raw/``); each variant is a curves "setting": the imbalanced x10 pool of curves.py plus the
@@ -39,12 +39,13 @@ import os
 import sys
 from pathlib import Path
 
+if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.ablations", *sys.argv[1:]])
+
 import numpy as np
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curves import PROTOCOLS, auc, invocation_line, load_raw, mean_std, paired, raw_path, run_recorded  # noqa: E402
+from benchmarks.curves import PROTOCOLS, auc, invocation_line, load_raw, mean_std, paired, raw_path, run_recorded
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ("train.epochs=10", "train.milestones=[8]", "train.ranker_stop_grad_epoch=6")
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped, {args.jobs} jobs x {threads} threads",
         flush=True,
     )
-    command = "python benchmarks/ablations.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.ablations " + " ".join(sys.argv[1:] if argv is None else argv)
     failed = run_recorded(todo, run_dir, meta, command, args.jobs, threads, len(skipped), 0)
     print(f"wrote {report(out, args.name, variants)}")
     return 1 if failed else 0

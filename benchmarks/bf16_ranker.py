@@ -1,9 +1,9 @@
 """Does bf16 autocast hold the task model's accuracy? One stage's task training, fp32 vs bf16, with and without the
 ranker, evaluated in fp32 and in bf16.
 
-    python benchmarks/bf16_ranker.py                       # ResNet-18, 1,000 labels, 12 epochs, seed 0
-    python benchmarks/bf16_ranker.py --seeds 0 1 --epochs 12
-    python benchmarks/bf16_ranker.py --smoke               # seconds: the smoke preset
+    python -m benchmarks.bf16_ranker                       # ResNet-18, 1,000 labels, 12 epochs, seed 0
+    python -m benchmarks.bf16_ranker --seeds 0 1 --epochs 12
+    python -m benchmarks.bf16_ranker --smoke               # seconds: the smoke preset
 
 The published protocol's stage-1 task training (``configs/cifar10_tavaal.yaml`` on real Fashion-MNIST: CIFAR
 ResNet-18 with a 1-channel stem, LossNet 128 trained with the ranking loss at η = 1, SGD 0.1, batch 128, 1,000 random
@@ -29,11 +29,15 @@ import sys
 import time
 from pathlib import Path
 
+if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.bf16_ranker", *sys.argv[1:]])
+
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 
 # isort: split
 import torch
 
+from benchmarks.scoring import write_results
 from tavaal.backends import LocalBackend
 from tavaal.config import load_config
 from tavaal.core.pool import initial_pool
@@ -42,9 +46,6 @@ from tavaal.core.seeding import derive_seed, numpy_rng
 from tavaal.core.training import ModelSpec, TaskJob, evaluate
 from tavaal.data import build_dataset
 from tavaal.models import lossnet
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring import write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

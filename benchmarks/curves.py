@@ -1,11 +1,11 @@
 """Active-learning curves of every strategy on Fashion-MNIST, balanced and imbalanced x10, and on synthetic shapes
 segmentation, mean ± std over seeds.
 
-    python benchmarks/curves.py                                  # CPU protocol: 7 strategies x 3 seeds x 2 settings
-    python benchmarks/curves.py --settings shapes                # segmentation: 5 strategies x 3 seeds, mIoU
-    python benchmarks/curves.py --resume                         # after a kill: finished experiments are skipped
-    python benchmarks/curves.py --report-only                    # rebuild the markdown and PNGs from raw/*.json
-    python benchmarks/curves.py --paper --seeds 5 --jobs 4       # the paper's protocol: GPUs only (see below)
+    python -m benchmarks.curves                                  # CPU protocol: 7 strategies x 3 seeds x 2 settings
+    python -m benchmarks.curves --settings shapes                # segmentation: 5 strategies x 3 seeds, mIoU
+    python -m benchmarks.curves --resume                         # after a kill: finished experiments are skipped
+    python -m benchmarks.curves --report-only                    # rebuild the markdown and PNGs from raw/*.json
+    python -m benchmarks.curves --paper --seeds 5 --jobs 4       # the paper's protocol: GPUs only (see below)
 
 Strategies: random, entropy, coreset, lloss, lloss_rank, vaal, tavaal. Settings: ``balanced`` (the 60,000
 training images as the pool) and ``imbalanced`` (``data.imbalance_ratio=10``, the even classes keep 600 of
@@ -72,6 +72,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.curves", *sys.argv[1:]])
 
 import numpy as np
 
@@ -289,7 +292,7 @@ def run_recorded(
 ) -> int:
     """``run_all`` with the invocation (command, date, git, machine, counts, minutes, load before and after)
     appended to ``meta`` and ``<run_dir>/run.json`` written before and after; returns the number that failed."""
-    from scoring import git_rev, machine  # same header fields as the other benchmarks; here, not at the top:
+    from benchmarks.scoring import git_rev, machine  # same header fields as the other benchmarks; here, not at the top:
     # worker processes re-import this module and need none of scoring.py's imports (ray)
 
     meta_path = run_dir / "run.json"
@@ -762,7 +765,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         print(f"wrote {write_report(out, args.name)}")
         return 0
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_recorded imports scoring.py beside this file
     protocol = protocol_of(args)[0]
     configs = setting_configs(args)
     meta_path = run_dir / "run.json"
@@ -815,12 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{min(jobs, max(1, len(todo)))} jobs x {threads} threads",
         flush=True,
     )
-    command = "python " + " ".join(
-        [
-            os.path.relpath(sys.argv[0], ROOT) if argv is None else "benchmarks/curves.py",
-            *(sys.argv[1:] if argv is None else argv),
-        ]
-    )
+    command = " ".join(["python -m benchmarks.curves", *(sys.argv[1:] if argv is None else argv)])
     failed = run_recorded(todo, run_dir, meta, command, jobs, threads, len(skipped), gpus)
     print(f"wrote {write_report(out, args.name)}")
     if failed:

@@ -1,9 +1,9 @@
 """Selection apart from training: every strategy's labeled sets, from a curves.py run, retrained with one fixed learner.
 
-    python benchmarks/fixed_learner.py benchmarks/results/curves-2026-11-25            # every experiment of the run
-    python benchmarks/fixed_learner.py RUN_DIR --resume                                # after a kill
-    python benchmarks/fixed_learner.py RUN_DIR --report-only                           # rebuild the markdown
-    python benchmarks/fixed_learner.py RUN_DIR --settings imbalanced --strategies random tavaal
+    python -m benchmarks.fixed_learner benchmarks/results/curves-2026-11-25            # every experiment of the run
+    python -m benchmarks.fixed_learner RUN_DIR --resume                                # after a kill
+    python -m benchmarks.fixed_learner RUN_DIR --report-only                           # rebuild the markdown
+    python -m benchmarks.fixed_learner RUN_DIR --settings imbalanced --strategies random tavaal
 
 A strategy's curve in curves.py mixes two things: which samples it picks, and how its own task model trains (the
 learning-loss strategies and TA-VAAL train a ranker beside it, with its gradient in the encoder). This script holds
@@ -37,14 +37,15 @@ import sys
 import time
 from pathlib import Path
 
+if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.fixed_learner", *sys.argv[1:]])
+
 import numpy as np
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
+from benchmarks.curves import _interval_cell, auc, mean_std, ordered
 from tavaal.core.metrics import stage_quality
 from tavaal.files import atomic_write
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curves import _interval_cell, auc, mean_std, ordered  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBDIR = "fixed-learner"
@@ -205,7 +206,7 @@ def setting_section(setting: str, own: dict, fixed: dict) -> list[str]:
 
 def write_report(run_dir: Path) -> Path:
     """``RUN_DIR.fixed-learner.md`` from the run's raw JSON and the retrained JSON alone."""
-    from scoring import git_rev, machine
+    from benchmarks.scoring import git_rev, machine
 
     own, fixed = load(run_dir), load(run_dir, SUBDIR)
     if not fixed:
@@ -317,12 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs or max(1, (os.cpu_count() or 1) // (threads or os.cpu_count() or 1))
     out.mkdir(parents=True, exist_ok=True)
     print(f"{run_dir}: {len(todo)} experiments to retrain, {len(done)} skipped, {min(jobs, max(1, len(todo)))} jobs")
-    from scoring import git_rev, machine
+    from benchmarks.scoring import git_rev, machine
 
     meta_path = out / "invocations.json"
     invocations = json.loads(meta_path.read_text()) if meta_path.exists() else []
     inv = {
-        "command": "python benchmarks/fixed_learner.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks.fixed_learner " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}",
         "git": git_rev(),
         "machine": machine(),

@@ -1,8 +1,8 @@
 """One published-protocol TA-VAAL stage, part by part, for each speed setting side by side.
 
-    python benchmarks/paper_stage.py                                  # 2 task epochs, 4 VAE iterations a setting
-    python benchmarks/paper_stage.py --epochs 4 --vae-iterations 42 --settings fp32 all
-    python benchmarks/paper_stage.py --smoke                          # seconds: the smoke preset, tiny counts
+    python -m benchmarks.paper_stage                                  # 2 task epochs, 4 VAE iterations a setting
+    python -m benchmarks.paper_stage --epochs 4 --vae-iterations 42 --settings fp32 all
+    python -m benchmarks.paper_stage --smoke                          # seconds: the smoke preset, tiny counts
 
 The published protocol's stage 1 (``configs/cifar10_tavaal.yaml`` on real Fashion-MNIST: data.name=fashionmnist,
 vae.latent_dim=28; 1,000 random labels, 10,000 random candidates, batch 128, CIFAR ResNet-18 with a 1-channel stem,
@@ -43,11 +43,16 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.paper_stage", *sys.argv[1:]])
+
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 
 # isort: split
 import torch
 
+from benchmarks.scoring import write_results
+from benchmarks.stage_time import TimedBackend
 from tavaal.backends import build_backend
 from tavaal.config import load_config
 from tavaal.core.pool import initial_pool
@@ -60,10 +65,6 @@ from tavaal.experiment import run_stage
 from tavaal.models import vae as vae_module
 from tavaal.strategies import build_strategy
 from tavaal.strategies.scorers import TaskScorer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring import write_results  # noqa: E402
-from stage_time import TimedBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

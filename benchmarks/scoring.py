@@ -1,7 +1,7 @@
 """Pool-scoring throughput: the local loop vs Ray Data with 1 and 2 workers (tasks and actors), on real Fashion-MNIST.
 
-    python benchmarks/scoring.py                       # all 59,000 unlabeled images, batch 512, 3 rounds
-    python benchmarks/scoring.py --candidates 20000 --batch-size 2048
+    python -m benchmarks.scoring                       # all 59,000 unlabeled images, batch 512, 3 rounds
+    python -m benchmarks.scoring --candidates 20000 --batch-size 2048
 
 One run scores the same candidate set (a seeded random subset of the 60,000 training images, disjoint from
 1,000 labeled ones) with two scorers of one stage, trained here for 1 epoch on the labeled images:
@@ -34,6 +34,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.scoring", *sys.argv[1:]])
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 
@@ -165,7 +168,7 @@ def write_results(
 ) -> Path:
     """Print ``table`` and write it to ``out/<stem>-<date>.md`` under a header that says how to rerun it:
     command, date, machine, git revision, load average before / after, then one line per ``details`` item."""
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    command = " ".join([f"python -m benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
     now = datetime.datetime.now()
     header = (
         f"# {title}\n\n"

@@ -1,8 +1,8 @@
 """Where a TA-VAAL stage's time goes, with the local backend and the Ray backend (1 worker), in one run.
 
-    python benchmarks/stage_time.py                               # Fashion-MNIST CPU preset, 3 stages each
-    python benchmarks/stage_time.py --set train.epochs=30 --stages 2
-    python benchmarks/stage_time.py --ray-modes kept              # only the kept worker group
+    python -m benchmarks.stage_time                               # Fashion-MNIST CPU preset, 3 stages each
+    python -m benchmarks.stage_time --set train.epochs=30 --stages 2
+    python -m benchmarks.stage_time --ray-modes kept              # only the kept worker group
 
 Runs the same experiment (``--config``, default ``configs/fashionmnist_tavaal_cpu.yaml`` with ``--stages``
 stages) with ``--backend local`` and with ``--backend ray`` in each of ``--ray-modes``: ``jobs`` (a
@@ -32,17 +32,18 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.stage_time", *sys.argv[1:]])
+
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 
 # isort: split
 import torch
 
+from benchmarks.scoring import write_results  # same header fields as the scoring benchmark
 from tavaal import experiment
 from tavaal.backends import build_backend
 from tavaal.config import load_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scoring import write_results  # noqa: E402  (same header fields as the scoring benchmark)
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY_MODES = {"jobs": [], "kept": ["backend.keep_workers=true"]}

@@ -1,9 +1,9 @@
 """Why does TA-VAAL pick what it picks? The adversarial game's health at every query stage, VAAL beside it.
 
-    python benchmarks/tavaal_diagnosis.py                                # curves.py's CPU protocol, imbalanced x10
-    python benchmarks/tavaal_diagnosis.py --seed 3 --bn batch            # one seed, batch-statistics scoring only
-    python benchmarks/tavaal_diagnosis.py --set vae.vae_steps=2 --set vae.kl_reduction=sum --strategies tavaal
-    python benchmarks/tavaal_diagnosis.py --config configs/smoke.yaml --protocol none   # seconds (tests)
+    python -m benchmarks.tavaal_diagnosis                                # curves.py's CPU protocol, imbalanced x10
+    python -m benchmarks.tavaal_diagnosis --seed 3 --bn batch            # one seed, batch-statistics scoring only
+    python -m benchmarks.tavaal_diagnosis --set vae.vae_steps=2 --set vae.kl_reduction=sum --strategies tavaal
+    python -m benchmarks.tavaal_diagnosis --config configs/smoke.yaml --protocol none   # seconds (tests)
 
 Runs whole experiments (``tavaal.experiment.run_experiment``, the local backend, the experiment's own stage
 seeds) for each strategy and each ``--bn`` mode (``vae.score_bn``: ``running`` eval-mode statistics, ``batch``
@@ -30,8 +30,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import sys
 from pathlib import Path
+
+if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.tavaal_diagnosis", *sys.argv[1:]])
 
 import numpy as np
 
@@ -40,6 +44,7 @@ import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 # isort: split
 import torch
 
+from benchmarks.curves import CPU_PROTOCOL  # the protocol the curves are measured on
 from tavaal.backends import build_backend
 from tavaal.config import load_config
 from tavaal.core.health import CHANCE_DISC_LOSS
@@ -51,8 +56,6 @@ from tavaal.errors import TavaalError
 from tavaal.strategies.scorers import DiscriminatorScorer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curves import CPU_PROTOCOL  # noqa: E402  (the protocol the curves are measured on)
 
 PROTOCOLS = {"cpu": [*CPU_PROTOCOL, "data.imbalance_ratio=10"], "none": []}
 HEAD = (
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except TavaalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    command = "python benchmarks/tavaal_diagnosis.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.tavaal_diagnosis " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         "# TA-VAAL diagnosis: the adversarial game per query stage",
         "",

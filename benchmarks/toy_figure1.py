@@ -1,10 +1,10 @@
 """The paper's Figure 1, reproduced: where random, learning loss (ranking), VAAL and TA-VAAL pick on the imbalanced
 two-moons toy set, measured over seeds instead of shown for one.
 
-    python benchmarks/toy_figure1.py                     # 20 seeds x 4 strategies, the 5th stage's picks
-    python benchmarks/toy_figure1.py --resume            # after a kill: finished experiments are skipped
-    python benchmarks/toy_figure1.py --report-only       # rebuild the markdown and the PNG from raw/*.json
-    python benchmarks/toy_figure1.py --smoke --seeds 1   # seconds (tests)
+    python -m benchmarks.toy_figure1                     # 20 seeds x 4 strategies, the 5th stage's picks
+    python -m benchmarks.toy_figure1 --resume            # after a kill: finished experiments are skipped
+    python -m benchmarks.toy_figure1 --report-only       # rebuild the markdown and the PNG from raw/*.json
+    python -m benchmarks.toy_figure1 --smoke --seeds 1   # seconds (tests)
 
 The paper (Kim et al., CVPR 2021, Fig. 1) shows learning loss, VAAL and TA-VAAL on an imbalanced 2-D toy example
 "at the 5th stage": ten picks per stage, the oracle decision boundary as a dashed line; its claim is that learning
@@ -55,15 +55,16 @@ import os
 import sys
 from pathlib import Path
 
+if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
+    os.execv(sys.executable, [sys.executable, "-m", "benchmarks.toy_figure1", *sys.argv[1:]])
+
 import numpy as np
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
+from benchmarks.curves import invocation_line, raw_path, run_recorded
+from benchmarks.curves import t_interval as interval  # the curves reports' paired 95% intervals
 from tavaal.config import Config, from_dict, load_config
 from tavaal.errors import ConfigError, TavaalError
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curves import invocation_line, raw_path, run_recorded  # noqa: E402
-from curves import t_interval as interval  # noqa: E402  (the curves reports' paired 95% intervals)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "configs/smoke.yaml"
@@ -440,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [t for t in todo if t not in skipped]
     (run_dir / "raw").mkdir(parents=True, exist_ok=True)
     print(f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped, {min(jobs, max(1, len(todo)))} jobs")
-    command = "python benchmarks/toy_figure1.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.toy_figure1 " + " ".join(sys.argv[1:] if argv is None else argv)
     failed = run_recorded(todo, run_dir, meta, command.strip(), jobs, threads, len(skipped), 0)
     print(f"wrote {write_report(out, args.name, stage, args.figure_seed)}")
     if failed:

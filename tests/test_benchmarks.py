@@ -1,6 +1,6 @@
-"""The benchmark scripts (benchmarks/ is not a package): curves.py on a tiny synthetic protocol and on tiny shapes
-(segmentation: mIoU), its settings' presets, its report maths on hand-made records, and stage_time.py's local vs Ray
-table on the smoke preset."""
+"""The benchmark scripts (the package benchmarks, run as ``python -m benchmarks.<script>``): curves.py on a tiny
+synthetic protocol and on tiny shapes (segmentation: mIoU), its settings' presets, its report maths on hand-made
+records, and stage_time.py's local vs Ray table on the smoke preset."""
 
 import json
 import math
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import curves
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import curves  # noqa: E402
 
 # 2 strategies x 2 seeds x 2 settings, 2 stages of 1 epoch, 4 VAE iterations: ~1 s per experiment
 TINY = [
@@ -55,7 +55,7 @@ SHAPES = [
 
 def run_script(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, f"benchmarks/{script}", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        [sys.executable, "-m", f"benchmarks.{script}", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
@@ -80,7 +80,7 @@ def section(md: str, setting: str) -> str:
 @pytest.mark.slow
 def test_curves_runs_resumes_and_rebuilds_its_report(tmp_path, capsys):
     out = ["--out", str(tmp_path)]
-    first = run_script("curves.py", *TINY, "--jobs", "2", *out)  # the process pool path
+    first = run_script("curves", *TINY, "--jobs", "2", *out)  # the process pool path
     assert first.stdout.count("] ") == 8 and "ETA" in first.stdout
     run_dir = tmp_path / "curves-test"
     raw = sorted(p.name for p in (run_dir / "raw").glob("*.json"))
@@ -105,7 +105,7 @@ def test_curves_runs_resumes_and_rebuilds_its_report(tmp_path, capsys):
     lost = run_dir / "raw" / "imbalanced-tavaal-seed1.json"
     before = picks(lost)
     lost.unlink()
-    second = run_script("curves.py", *TINY, "--jobs", "2", "--resume", *out)
+    second = run_script("curves", *TINY, "--jobs", "2", "--resume", *out)
     assert "1 experiments to run, 7 skipped" in second.stdout and second.stdout.count("] ") == 1
     assert picks(lost) == before
     resumed = (tmp_path / "curves-test.md").read_text()
@@ -121,7 +121,7 @@ def test_curves_runs_resumes_and_rebuilds_its_report(tmp_path, capsys):
 @pytest.mark.slow
 def test_curves_shapes_setting_reports_miou(tmp_path, capsys):
     out = ["--out", str(tmp_path)]
-    proc = run_script("curves.py", *SHAPES, *out)
+    proc = run_script("curves", *SHAPES, *out)
     assert proc.stdout.count("] ") == 2 and "mIoU" in proc.stdout
     run_dir = tmp_path / "curves-shapes"
     # its own preset, tiny: none of the Fashion-MNIST protocol's overrides, no data.name
@@ -281,7 +281,7 @@ def test_stage_time_table_has_every_part_for_both_backends(tmp_path, ray_cluster
             str(tmp_path),
         ],
     )
-    runpy.run_path(str(ROOT / "benchmarks/stage_time.py"), run_name="__main__")
+    runpy.run_module("benchmarks.stage_time", run_name="__main__")
     out = capsys.readouterr().out
     md = next(tmp_path.glob("stage-time-*.md")).read_text()
     assert "| stage | part | local s | Ray, kept s | Ray, kept / local |" in md
@@ -296,11 +296,10 @@ def test_stage_time_table_has_every_part_for_both_backends(tmp_path, ray_cluster
 @pytest.mark.slow
 def test_ablations_pair_variants_with_their_baselines(tmp_path):
     """ablations.py on the smoke preset: a variant pulls in its baseline's runs, and its table pairs them by seed."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import ablations
+    from benchmarks import ablations
 
     run_script(
-        "ablations.py",
+        "ablations",
         "--protocol",
         "smoke",
         "--variants",

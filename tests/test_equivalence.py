@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import official_equivalence as eq
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import official_equivalence as eq  # noqa: E402
 
 OFFICIAL = os.environ.get("TAVAAL_OFFICIAL_DIR")
 needs_official = pytest.mark.skipif(

@@ -3,13 +3,13 @@ measures of the picks on the two-moons toy set, and fixed_learner.py's retrainin
 with one fixed learner; each on a case with a known answer, and each script on a tiny run."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from benchmarks import curves, fixed_learner, tavaal_diagnosis, toy_figure1
 from tavaal.backends import LocalBackend
 from tavaal.config import DataConfig, VAEConfig, from_dict
 from tavaal.core.vae_training import VAEJob, VAEResult
@@ -18,12 +18,6 @@ from tavaal.data import toy2d as toy2d_module
 from tavaal.strategies.scorers import DiscriminatorScorer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import fixed_learner  # noqa: E402
-import tavaal_diagnosis  # noqa: E402
-import toy_figure1  # noqa: E402
-
-import curves  # noqa: E402
 
 # ---------------------------------------------------------------- r̂ permutation (tavaal_diagnosis.py)
 
