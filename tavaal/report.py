@@ -69,7 +69,8 @@ def _data_label(data: tuple[tuple[str, str], ...]) -> str:
 def collect(tracking_uri: str, experiment: str) -> list[RunCurve]:
     """Every finished AL run of the experiment (a sweep's parent runs are not AL runs) with its curve."""
     from tavaal.checkpoint import resumable
-    from tavaal.tracking import PARENT_TAG, connect
+    from tavaal.tracking.parent import PARENT_TAG
+    from tavaal.tracking.store import connect
 
     client = connect(tracking_uri)
     exp = client.get_experiment_by_name(experiment)

@@ -17,7 +17,7 @@ from tavaal.core.vae_training import VAEJob, VAEResult, VAETraining, train_vae
 from tavaal.models import VAE
 from tavaal.strategies import QueryContext, build_strategy
 from tavaal.strategies.scorers import DiscriminatorScorer, batch_statistics
-from tavaal.tracking import stage_metrics
+from tavaal.tracking.metrics import stage_metrics
 
 from conftest import trained_stage
 

@@ -137,7 +137,8 @@ def test_tracking_outage_mid_run_then_at_the_end_loses_and_duplicates_nothing(tm
     exactly once — when the server is back mid-run, or (still down at the end) through --resume."""
     import mlflow
 
-    from tavaal.tracking import MARKER, MLflowTracker
+    from tavaal.tracking import MLflowTracker
+    from tavaal.tracking.metrics import MARKER
 
     from conftest import MlflowServer
 

@@ -7,7 +7,8 @@ import pytest
 
 from tavaal.errors import ConfigError
 from tavaal.report import collect, group_runs, summarize
-from tavaal.tracking import MLflowTracker, start_parent_run
+from tavaal.tracking import MLflowTracker
+from tavaal.tracking.parent import start_parent_run
 
 from conftest import ROOT, call_main
 

@@ -20,7 +20,7 @@ from tavaal.experiment import run_experiment
 from tavaal.losses import per_sample_task_loss
 from tavaal.registry import STRATEGIES
 from tavaal.strategies import QueryContext, build_strategy
-from tavaal.tracking import stage_metrics
+from tavaal.tracking.metrics import stage_metrics
 
 from conftest import ROOT, run_main
 

@@ -9,14 +9,9 @@ import pytest
 
 from tavaal.config import Config
 from tavaal.errors import TrackingError
-from tavaal.tracking import (
-    MLflowTracker,
-    NullTracker,
-    find_child_run,
-    log_parent_summary,
-    stage_metrics,
-    start_parent_run,
-)
+from tavaal.tracking import MLflowTracker, NullTracker
+from tavaal.tracking.metrics import stage_metrics
+from tavaal.tracking.parent import find_child_run, log_parent_summary, start_parent_run
 
 from conftest import free_port
 

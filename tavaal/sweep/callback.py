@@ -36,7 +36,8 @@ class MLflowSweepCallback(tune.Callback):
         if trial.trial_id in self._trackers:
             return self._trackers[trial.trial_id]
         from tavaal.search_space import resolve_trial_config
-        from tavaal.tracking import MLflowTracker, find_child_run
+        from tavaal.tracking import MLflowTracker
+        from tavaal.tracking.parent import find_child_run
 
         existing = find_child_run(self.tracking_uri, self.parent_run_id, trial.trial_id)
         config = resolve_trial_config(self.base, trial.config).to_dict()

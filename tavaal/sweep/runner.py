@@ -151,7 +151,8 @@ def run_sweep(args) -> int:
     import os
 
     from tavaal.backends.ray.connect import connect_ray
-    from tavaal.tracking import MLflowTracker, start_parent_run
+    from tavaal.tracking import MLflowTracker
+    from tavaal.tracking.parent import start_parent_run
     from tavaal.tracking.runinfo import run_tags
 
     if args.register_model is not None and not args.register_model.strip():
@@ -277,7 +278,7 @@ def _tuner(args, name: str, storage: str, path: str, state: dict, base: dict, sp
 
 
 def _summarize(results, state: dict, register: str | None = None) -> int:
-    from tavaal.tracking import log_parent_summary
+    from tavaal.tracking.parent import log_parent_summary
 
     objective = state["objective"]
     rows: list[dict[str, Any]] = []
@@ -327,7 +328,7 @@ def _summarize(results, state: dict, register: str | None = None) -> int:
 def experiment_id(state: dict) -> str:
     """The experiment's id, for the link to its runs table (MLflow 3 opens an experiment on its GenAI view unless
     the link asks for the machine-learning one)."""
-    from tavaal.tracking import connect
+    from tavaal.tracking.store import connect
 
     exp = connect(state["tracking_uri"]).get_experiment_by_name(state["experiment"])
     return exp.experiment_id if exp is not None else "0"

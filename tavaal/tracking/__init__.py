@@ -1,7 +1,10 @@
 """The Tracker seam: the loop reports each stage through it (MLflow lives behind it, driver side only).
 
   tracker.py  the ``Tracker`` protocol, ``NullTracker``, ``MLflowTracker`` with its outage buffer
-  store.py    the MLflow store: connecting, experiments, runs, what a stage logs, a sweep's parent and children
+  store.py    the MLflow store: connecting, experiments, opening and ending runs
+  metrics.py  what a run logs (params, config, a stage's metrics and picks, figures) and reads back
+  parent.py   a sweep: the parent run, its child per trial, the parent's summary
+  runinfo.py  a run's tags, system metrics, data set inputs and logged model
   plots.py    accuracy-vs-labels figures (a run, a sweep, ``python -m tavaal.report``)
 
 ``MLflowTracker`` writes one MLflow run per experiment through its own ``MlflowClient`` (no global active
@@ -19,64 +22,6 @@ lazily: importing this module (or the loop) must not load it.
 
 from __future__ import annotations
 
-from tavaal.tracking.plots import accuracy_figure
-from tavaal.tracking.store import (
-    DEFAULT_TRACKING_URI,
-    EXPERIMENT_KIND,
-    FALLBACK_HINT,
-    HEALTH_TIMEOUT_S,
-    MARKER,
-    PARENT_TAG,
-    check_health,
-    child_runs,
-    connect,
-    curve_points,
-    default_artifact_location,
-    ensure_experiment,
-    find_child_run,
-    flatten,
-    log_config,
-    log_figure,
-    log_metrics,
-    log_params,
-    log_parent_summary,
-    log_selected,
-    metric_steps,
-    reopen_run,
-    stage_metrics,
-    start_parent_run,
-    tracking_errors,
-)
 from tavaal.tracking.tracker import MLflowTracker, NullTracker, Tracker
 
-__all__ = [
-    "DEFAULT_TRACKING_URI",
-    "EXPERIMENT_KIND",
-    "FALLBACK_HINT",
-    "HEALTH_TIMEOUT_S",
-    "MARKER",
-    "PARENT_TAG",
-    "MLflowTracker",
-    "NullTracker",
-    "Tracker",
-    "accuracy_figure",
-    "check_health",
-    "child_runs",
-    "connect",
-    "curve_points",
-    "default_artifact_location",
-    "ensure_experiment",
-    "find_child_run",
-    "flatten",
-    "log_config",
-    "log_figure",
-    "log_metrics",
-    "log_params",
-    "log_parent_summary",
-    "log_selected",
-    "metric_steps",
-    "reopen_run",
-    "stage_metrics",
-    "start_parent_run",
-    "tracking_errors",
-]
+__all__ = ["MLflowTracker", "NullTracker", "Tracker"]

@@ -1,7 +1,7 @@
 """The Tracker seam and its MLflow tracker (with its outage buffer): the loop reports each stage through it.
 
 ``MLflowTracker`` writes one MLflow run per experiment through its own ``MlflowClient`` (no global active run), so
-one driver can hold a tracker per Tune trial; what a stage logs is ``store.stage_metrics``.
+one driver can hold a tracker per Tune trial; what a stage logs is ``metrics.stage_metrics``.
 """
 
 from __future__ import annotations
@@ -15,16 +15,10 @@ from tavaal.core.metrics import objective_metrics, stage_quality
 from tavaal.errors import TrackingError
 from tavaal.redact import redact
 from tavaal.tracking import runinfo
-from tavaal.tracking.plots import accuracy_figure
-from tavaal.tracking.store import (
-    DEFAULT_TRACKING_URI,
+from tavaal.tracking.metrics import (
     MARKER,
-    PARENT_TAG,
     PICKED,
-    check_health,
-    connect,
     curve_points,
-    ensure_experiment,
     log_config,
     log_figure,
     log_metrics,
@@ -32,11 +26,19 @@ from tavaal.tracking.store import (
     log_selected,
     metric_steps,
     query_metrics,
+    set_tags,
+    stage_metrics,
+)
+from tavaal.tracking.parent import PARENT_TAG
+from tavaal.tracking.plots import accuracy_figure
+from tavaal.tracking.store import (
+    DEFAULT_TRACKING_URI,
+    check_health,
+    connect,
+    ensure_experiment,
     reopen_run,
     safe_tags,
-    set_tags,
     set_terminated,
-    stage_metrics,
     tracking_errors,
 )
 
