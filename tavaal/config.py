@@ -1,7 +1,9 @@
 """Experiment config: frozen dataclasses, YAML presets, dotted ``--set`` overrides, validation.
 
-Every field says which paper symbol or which piece of the official code its default comes from.
-Defaults are the paper's CIFAR-10 protocol (TA-VAAL, Kim et al. 2021; official code cubeyoung/TA-VAAL).
+Every field is a ``setting``: its default, what it is and which paper symbol or piece of the official code the default
+comes from (the text of ``docs/configuration.md``), and the range it must be in. Each section checks its own fields
+(``Section.check``); ``validate`` adds the checks that span sections. Defaults are the paper's CIFAR-10 protocol
+(TA-VAAL, Kim et al. 2021; official code cubeyoung/TA-VAAL).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import math
 import re
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -21,117 +24,427 @@ import yaml
 from tavaal.errors import ConfigError
 from tavaal.registry import DATASETS, MODELS, STRATEGIES
 
+MAX_WIDTH = 65_536  # layer widths, latent sizes and image sides: beyond this a model cannot be held in memory
+MAX_BATCH = 1_048_576  # samples per batch
+MAX_POOL = 100_000_000  # samples in a split (the AL state holds a few integers per pool sample)
+# Caps on loop lengths, so that a typo (1e20) is refused instead of running until killed. Each is far beyond
+# what any published protocol uses: the paper trains 200 epochs per stage, and the official VAE formula gives
+# at most int((50,000 + 10,000) · 100 / 128) = 46,875 iterations on a whole CIFAR pool.
+MAX_EPOCHS = 10_000  # 50x the paper's 200
+MAX_ITERATIONS = 10_000_000  # VAE/discriminator iterations per stage: over 200x the formula's largest value
+MAX_STEPS = 1_000  # VAE steps per iteration (VAAL: 2)
+MAX_THREADS = 4_096  # torch CPU threads: more than any machine's cores, and within torch's int range
 
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = "cifar10"  # registered dataset (see `python -m tavaal.run --list`)
-    data_dir: str | None = None  # where the files are; None: the dataset's default places
-    num_train: int | None = None  # use a seeded random subset of the training split as the pool (None: all)
-    num_test: int | None = None  # evaluate on a seeded random subset of the test split (None: all)
-    imbalance_ratio: float = 1.0  # largest/smallest class count in the pool: 10 or 100 in the paper; 1: as is
-    minority_classes: str = "even"  # classes cut by the ratio: "even" (paper: 0,2,4,6,8), "odd", or "0,3,5"
-    download: bool = True  # let torchvision download missing files (needs internet)
-    # your own images (data.name parquet or imagefolder; docs/own-data.md)
-    path: str | None = None  # parquet: a .parquet file, a directory of them or s3://...; imagefolder: the root
-    test_path: str | None = None  # a labeled test set in the same format; None: hold out test_fraction of labeled rows
-    test_fraction: float = 0.2  # without test_path: share of the labeled rows held out (by a hash of the id)
-    image_size: int = 32  # images are resized to image_size x image_size when decoded
-    channels: int = 3  # 1 (grayscale) or 3 (RGB) after decoding
-    classes: tuple[str, ...] = ()  # class names in model order; (): the labels found in the data, sorted
-    new_classes: bool = False  # manual oracle: accept labels outside the known classes (appended to the list)
-    id_column: str = "id"  # parquet: a stable, unique id per row
-    image_column: str = "image"  # parquet: encoded PNG/JPEG bytes, or a path (relative: to the Parquet's folder)
-    label_column: str = "label"  # parquet: class name or integer; null = unlabeled (the column may be absent)
+OWN_DATA = ("parquet", "imagefolder")  # the datasets that read a user's files from data.path
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = "resnet18"  # task model: resnet18 (paper), small_cnn (CPU scale), mlp (vectors), seg_small or
-    # deeplabv3_resnet50 (segmentation)
-    ranker_hidden: int = 128  # loss-prediction module: width of each per-block FC layer (LL4AL)
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    check: Callable[[Any], bool] | None = None,
+    expected: str | None = None,
+    heading: str | None = None,
+) -> Any:
+    """A config field: its ``default``; ``doc``, what it is and where the default comes from (its row in
+    ``docs/configuration.md``); ``check(value)``, false for a value refused as ``must be <expected>``; ``heading``,
+    a title the reference page shows above this field for it and the fields after it."""
+    if (check is None) != (expected is None):
+        raise TypeError("a setting's check and expected go together")
+    return field(default=default, metadata={"doc": doc, "check": check, "expected": expected, "heading": heading})
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 200  # paper / official code: 200 epochs per stage
-    batch_size: int = 128  # paper: 128
-    lr: float = 0.1  # SGD lr, task model and ranker (official code LR = 0.1)
-    momentum: float = 0.9  # official code MOMENTUM
-    weight_decay: float = 5e-4  # official code WDECAY
-    milestones: tuple[int, ...] = (160,)  # lr x gamma here; the code's second milestone (240) never fires
-    gamma: float = 0.1  # lr factor at each milestone (paper: x 0.1 at epoch 160)
-    eta: float = 1.0  # η: weight of the ranking loss in L_task + η·L_rank (eq. 2; official WEIGHT = 1)
-    margin: float = 1.0  # ξ: margin of LL4AL's loss (baseline lloss only)
-    ranker_stop_grad_epoch: int = 120  # after this epoch the ranker's input features are detached (official EPOCHL)
-    precision: str = "fp32"  # fp32, bf16 (autocast: task model, VAE, evaluation, scoring; halves conv cost on CPUs
-    # with avx512_bf16) or auto (bf16 where the device supports it, else fp32: tavaal/core/precision.py)
-    channels_last: bool = False  # NHWC memory format for the image models and their batches (same maths)
+def _check(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config field '{key}' must be {expected}, got {value!r}")
 
 
 @dataclass(frozen=True)
-class VAEConfig:
-    latent_dim: int = 32  # VAE latent size (official: 32; 28 for Fashion-MNIST)
-    base_channels: int = 128  # encoder widths base·(1,2,4,8): 128..1024 as published; smaller for CPU
-    iterations: int | None = None  # None: int((|L| + M) · iteration_epochs / batch_size), the official formula
-    iteration_epochs: int = 100  # the "100" of the official iteration formula
-    batch_size: int = 128  # labeled and unlabeled batch size of the VAE/discriminator (official: 128)
-    vae_steps: int | None = None  # VAE steps per iteration; None: 1 (tavaal, official) or 2 (vaal, VAAL's code)
-    lr: float = 5e-4  # Adam lr of the VAE (official: 5e-4)
-    disc_lr: float = 5e-4  # Adam lr of the discriminator (official: 5e-4)
-    beta: float = 1.0  # β: KL weight
-    adv_weight: float = 1.0  # λ_adv: weight of the adversarial term in the VAE loss
-    kl_reduction: str | None = None  # None: "mean" (tavaal, official TA-VAAL) or "sum" (vaal, official VAAL)
-    first_iter_noise: bool = False  # official TA-VAAL quirk: U(0,1) instead of r at the very first iteration
-    disc_hidden: int = 512  # discriminator MLP width (official: 512)
-    input_size: int | None = None  # images resized to input_size x input_size for the VAE (None: the data's size)
-    normalize: bool = True  # the VAE's images: normalized by the data's mean/std as the task model sees them (true),
-    # or raw [0, 1] pixels (false), as the official TA-VAAL code feeds its VAE on Fashion-MNIST (transforms.ToTensor
-    # only); only the VAE's input and reconstruction target change, never the task model's
-    score_bn: str = "batch"  # VAE BatchNorm when scoring: "batch" (each batch of vae.batch_size normalized by its
-    # own statistics, as every training batch was: the official TA-VAAL and VAAL code, whose VAE stays in train mode)
-    # or "running" (eval mode: running statistics that mix labeled and unlabeled batches)
+class Section:
+    """A config section: it checks its own fields, each against its ``setting``'s ``check``, then what relates them
+    (``check_within``); a section nested in it checks itself in turn."""
+
+    def check(self, prefix: str = "") -> None:
+        """Raise ConfigError naming the first field out of range (``prefix``: the section's place, ``train.``)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Section):
+                value.check(f"{prefix}{f.name}.")
+            elif f.metadata.get("check") is not None:
+                shown = list(value) if isinstance(value, tuple) else value  # as YAML writes it
+                _check(f.metadata["check"](value), prefix + f.name, f.metadata["expected"], shown)
+        self.check_within(prefix)
+
+    def check_within(self, prefix: str) -> None:
+        """The checks that relate two of this section's fields (none unless a section has some)."""
+
+
+def _minority(value: str) -> bool:
+    return value in ("even", "odd") or all(c.strip().isdigit() for c in value.split(","))
 
 
 @dataclass(frozen=True)
-class ALConfig:
-    strategy: str = "tavaal"  # random, entropy, coreset, lloss, lloss_rank, vaal, tavaal
-    initial: int = 1000  # labels drawn uniformly at random before stage 0 (paper: 1,000)
-    budget: int = 1000  # K: labels added per stage (paper: 1,000)
-    stages: int = 10  # stages trained and evaluated (paper: 10, i.e. 1k..10k labels)
-    subset_size: int = 10_000  # M: random unlabeled candidates scored per stage (paper: 10,000)
-    score_batch_size: int | None = None  # batch size for scoring and evaluation (no effect on results); null: per
-    # device, 128 on CPUs (smaller batches stay in the CPU's caches: benchmarks/README.md has the timing) and 512 on
-    # GPUs
-    keep_checkpoints: int = 0  # newest stage checkpoints kept on disk (0: all); resume falls back among them
-    oracle: str = "auto"  # simulated (labels from the data), manual (people label to_label/ files); auto: simulated
-    # when every pool label is known, else manual
+class DataConfig(Section):
+    name: str = setting("cifar10", "registered dataset (see `python -m tavaal.run --list`)")
+    data_dir: str | None = setting(None, "where the files are; None: the dataset's default places")
+    num_train: int | None = setting(
+        None,
+        "use a seeded random subset of the training split as the pool (None: all)",
+        check=lambda v: v is None or 1 <= v <= MAX_POOL,
+        expected=f"in [1, {MAX_POOL:_}] or null",
+    )
+    num_test: int | None = setting(
+        None,
+        "evaluate on a seeded random subset of the test split (None: all)",
+        check=lambda v: v is None or 1 <= v <= MAX_POOL,
+        expected=f"in [1, {MAX_POOL:_}] or null",
+    )
+    imbalance_ratio: float = setting(
+        1.0,
+        "largest/smallest class count in the pool: 10 or 100 in the paper; 1: as is",
+        check=lambda v: v >= 1 and math.isfinite(v),
+        expected=">= 1 (10 or 100 as in the paper; 1 = as is)",
+    )
+    minority_classes: str = setting(
+        "even",
+        'classes cut by the ratio: "even" (paper: 0,2,4,6,8), "odd", or "0,3,5"',
+        check=_minority,
+        expected="'even', 'odd' or a comma list of class ids",
+    )
+    download: bool = setting(True, "let torchvision download missing files (needs internet)")
+    path: str | None = setting(
+        None,
+        "parquet: a .parquet file, a directory of them or s3://...; imagefolder: the root",
+        heading="your own images (data.name parquet or imagefolder; docs/own-data.md)",
+    )
+    test_path: str | None = setting(
+        None, "a labeled test set in the same format; None: hold out test_fraction of labeled rows"
+    )
+    test_fraction: float = setting(
+        0.2,
+        "without test_path: share of the labeled rows held out (by a hash of the id)",
+        check=lambda v: 0 <= v < 1,
+        expected="in [0, 1)",
+    )
+    image_size: int = setting(
+        32,
+        "images are resized to image_size x image_size when decoded",
+        check=lambda v: 1 <= v <= MAX_WIDTH,
+        expected=f"in [1, {MAX_WIDTH}]",
+    )
+    channels: int = setting(
+        3, "1 (grayscale) or 3 (RGB) after decoding", check=lambda v: v in (1, 3), expected="1 or 3"
+    )
+    classes: tuple[str, ...] = setting(
+        (),
+        "class names in model order; (): the labels found in the data, sorted",
+        check=lambda v: len(set(v)) == len(v),
+        expected="distinct class names",
+    )
+    new_classes: bool = setting(False, "manual oracle: accept labels outside the known classes (appended to the list)")
+    id_column: str = setting("id", "parquet: a stable, unique id per row")
+    image_column: str = setting(
+        "image", "parquet: encoded PNG/JPEG bytes, or a path (relative: to the Parquet's folder)"
+    )
+    label_column: str = setting("label", "parquet: class name or integer; null = unlabeled (the column may be absent)")
+
+    def check_within(self, prefix: str) -> None:
+        _check(
+            self.name not in OWN_DATA or bool(self.path),
+            prefix + "path",
+            f"a Parquet file/directory or an image folder for data.name={self.name}",
+            self.path,
+        )
 
 
 @dataclass(frozen=True)
-class BackendConfig:
-    name: str = "local"  # local (in-process) or ray (Ray Train for training, Ray Data for scoring)
-    address: str | None = None  # Ray cluster to join ("auto", "ray://host:10001"); None: a local Ray
-    num_workers: int = 1  # Ray Train workers per training job (DDP; gloo on CPU, nccl on GPU)
-    cpus_per_worker: float = 1.0  # CPUs reserved by each training worker
-    gpus_per_worker: float = 0.0  # GPUs per training worker (> 0 trains on GPU with nccl)
-    threads_per_worker: int | None = None  # torch threads in each worker/actor; None: max(1, int(cpus))
-    max_failures: int = 2  # worker failures one training job survives, resuming from its last epoch checkpoint
-    # (with keep_workers: the whole experiment's worker group)
-    keep_workers: bool = False  # one Ray Train worker group for all of an experiment's training jobs (saves Ray
-    # Train's start-up of every job); its workers hold their CPUs/GPUs throughout, so scoring needs its own
-    storage_path: str | None = None  # Ray Train checkpoint storage (local dir or s3://, gs://); None: a temp dir
-    score_concurrency: int = 1  # Ray Data workers scoring the pool at once (each sets the stage's models up once)
-    score_cpus_per_actor: float = 1.0  # CPUs per scoring worker
-    score_gpus_per_actor: float = 0.0  # GPUs per scoring worker
-    score_compute: str = "auto"  # tasks (reused processes), actors (a pool per stage), auto: actors iff GPUs
+class ModelConfig(Section):
+    name: str = setting(
+        "resnet18",
+        "task model: resnet18 (paper), small_cnn (CPU scale), mlp (vectors), seg_small or deeplabv3_resnet50 "
+        "(segmentation)",
+    )
+    ranker_hidden: int = setting(
+        128,
+        "loss-prediction module: width of each per-block FC layer (LL4AL)",
+        check=lambda v: 1 <= v <= MAX_WIDTH,
+        expected=f"in [1, {MAX_WIDTH}]",
+    )
 
 
 @dataclass(frozen=True)
-class Config:
-    seed: int = 0  # fixes the initial set, candidates, inits, augmentation and selection
-    task: str = "classification"  # or "segmentation" (per-pixel labels: mIoU, mean pixel CE; docs/segmentation.md)
-    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
-    num_threads: int | None = None  # torch CPU threads (None: torch default)
+class TrainConfig(Section):
+    epochs: int = setting(
+        200,
+        "paper / official code: 200 epochs per stage",
+        check=lambda v: 1 <= v <= MAX_EPOCHS,
+        expected=f"in [1, {MAX_EPOCHS:_}]",
+    )
+    batch_size: int = setting(
+        128,
+        "paper: 128",
+        check=lambda v: 2 <= v <= MAX_BATCH and v % 2 == 0,
+        expected=f"an even integer in [2, {MAX_BATCH}] (the ranking loss pairs the two halves of a batch)",
+    )
+    lr: float = setting(
+        0.1, "SGD lr, task model and ranker (official code LR = 0.1)", check=lambda v: v > 0, expected="> 0"
+    )
+    momentum: float = setting(0.9, "official code MOMENTUM", check=lambda v: 0 <= v < 1, expected="in [0, 1)")
+    weight_decay: float = setting(5e-4, "official code WDECAY", check=lambda v: v >= 0, expected=">= 0")
+    milestones: tuple[int, ...] = setting(
+        (160,),
+        "lr x gamma here; the code's second milestone (240) never fires",
+        check=lambda v: all(1 <= m <= MAX_EPOCHS for m in v) and list(v) == sorted(v),
+        expected=f"increasing epochs in [1, {MAX_EPOCHS:_}]",
+    )
+    gamma: float = setting(
+        0.1,
+        "lr factor at each milestone (paper: x 0.1 at epoch 160)",
+        check=lambda v: 0 < v <= 1,
+        expected="in (0, 1]",
+    )
+    eta: float = setting(
+        1.0,
+        "η: weight of the ranking loss in L_task + η·L_rank (eq. 2; official WEIGHT = 1)",
+        check=lambda v: v >= 0,
+        expected=">= 0",
+    )
+    margin: float = setting(
+        1.0, "ξ: margin of LL4AL's loss (baseline lloss only)", check=lambda v: v >= 0, expected=">= 0"
+    )
+    ranker_stop_grad_epoch: int = setting(
+        120,
+        "after this epoch the ranker's input features are detached (official EPOCHL)",
+        check=lambda v: 0 <= v <= MAX_EPOCHS,
+        expected=f"in [0, {MAX_EPOCHS:_}]",
+    )
+    precision: str = setting(
+        "fp32",
+        "fp32, bf16 (autocast: task model, VAE, evaluation, scoring; cheaper convolutions on CPUs with avx512_bf16) "
+        "or auto (bf16 where the device supports it, else fp32: tavaal/core/precision.py)",
+        check=lambda v: v in ("fp32", "bf16", "auto"),
+        expected="fp32, bf16 or auto",
+    )
+    channels_last: bool = setting(False, "NHWC memory format for the image models and their batches (same maths)")
+
+
+@dataclass(frozen=True)
+class VAEConfig(Section):
+    latent_dim: int = setting(
+        32,
+        "VAE latent size (official: 32; 28 for Fashion-MNIST)",
+        check=lambda v: 1 <= v <= MAX_WIDTH,
+        expected=f"in [1, {MAX_WIDTH}]",
+    )
+    base_channels: int = setting(
+        128,
+        "encoder widths base·(1,2,4,8): 128..1024 as published; smaller for CPU",
+        check=lambda v: 1 <= v <= MAX_WIDTH // 8,
+        expected=f"in [1, {MAX_WIDTH // 8}] (widths go to 8x)",
+    )
+    iterations: int | None = setting(
+        None,
+        "None: int((|L| + M) · iteration_epochs / batch_size), the official formula",
+        check=lambda v: v is None or 1 <= v <= MAX_ITERATIONS,
+        expected=f"in [1, {MAX_ITERATIONS:_}] or null (official formula)",
+    )
+    iteration_epochs: int = setting(
+        100,
+        'the "100" of the official iteration formula',
+        check=lambda v: 1 <= v <= MAX_EPOCHS,
+        expected=f"in [1, {MAX_EPOCHS:_}]",
+    )
+    batch_size: int = setting(
+        128,
+        "labeled and unlabeled batch size of the VAE/discriminator (official: 128)",
+        check=lambda v: 1 <= v <= MAX_BATCH,
+        expected=f"in [1, {MAX_BATCH}]",
+    )
+    vae_steps: int | None = setting(
+        None,
+        "VAE steps per iteration; None: 1 (tavaal, official) or 2 (vaal, VAAL's code)",
+        check=lambda v: v is None or 1 <= v <= MAX_STEPS,
+        expected=f"in [1, {MAX_STEPS}] or null",
+    )
+    lr: float = setting(5e-4, "Adam lr of the VAE (official: 5e-4)", check=lambda v: v > 0, expected="> 0")
+    disc_lr: float = setting(
+        5e-4, "Adam lr of the discriminator (official: 5e-4)", check=lambda v: v > 0, expected="> 0"
+    )
+    beta: float = setting(1.0, "β: KL weight", check=lambda v: v >= 0, expected=">= 0")
+    adv_weight: float = setting(
+        1.0, "λ_adv: weight of the adversarial term in the VAE loss", check=lambda v: v >= 0, expected=">= 0"
+    )
+    kl_reduction: str | None = setting(
+        None,
+        'None: "mean" (tavaal, official TA-VAAL) or "sum" (vaal, official VAAL)',
+        check=lambda v: v in (None, "mean", "sum"),
+        expected="mean, sum or null",
+    )
+    first_iter_noise: bool = setting(False, "official TA-VAAL quirk: U(0,1) instead of r at the very first iteration")
+    disc_hidden: int = setting(
+        512,
+        "discriminator MLP width (official: 512)",
+        check=lambda v: 1 <= v <= MAX_WIDTH,
+        expected=f"in [1, {MAX_WIDTH}]",
+    )
+    input_size: int | None = setting(
+        None,
+        "images resized to input_size x input_size for the VAE (None: the data's size)",
+        check=lambda v: v is None or 16 <= v <= 4096,
+        expected="in [16, 4096] or null (the data's size)",
+    )
+    normalize: bool = setting(
+        True,
+        "the VAE's images: normalized by the data's mean/std as the task model sees them (true), or raw [0, 1] pixels "
+        "(false), as the official TA-VAAL code feeds its VAE on Fashion-MNIST (transforms.ToTensor only); only the "
+        "VAE's input and reconstruction target change, never the task model's",
+    )
+    score_bn: str = setting(
+        "batch",
+        'VAE BatchNorm when scoring: "batch" (each batch of vae.batch_size normalized by its own statistics, as every '
+        'training batch was: the official TA-VAAL and VAAL code, whose VAE stays in train mode) or "running" (eval '
+        "mode: running statistics that mix labeled and unlabeled batches)",
+        check=lambda v: v in ("running", "batch"),
+        expected="running or batch",
+    )
+
+
+@dataclass(frozen=True)
+class ALConfig(Section):
+    strategy: str = setting("tavaal", "random, entropy, coreset, lloss, lloss_rank, vaal, tavaal")
+    initial: int = setting(
+        1000,
+        "labels drawn uniformly at random before stage 0 (paper: 1,000)",
+        check=lambda v: 1 <= v <= MAX_POOL,
+        expected=f"in [1, {MAX_POOL:_}]",
+    )
+    budget: int = setting(
+        1000,
+        "K: labels added per stage (paper: 1,000)",
+        check=lambda v: 1 <= v <= MAX_POOL,
+        expected=f"in [1, {MAX_POOL:_}]",
+    )
+    stages: int = setting(
+        10,
+        "stages trained and evaluated (paper: 10, i.e. 1k..10k labels)",
+        check=lambda v: 1 <= v <= MAX_POOL,
+        expected=f"in [1, {MAX_POOL:_}]",
+    )
+    subset_size: int = setting(10_000, "M: random unlabeled candidates scored per stage (paper: 10,000)")
+    score_batch_size: int | None = setting(
+        None,
+        "batch size for scoring and evaluation (no effect on results); null: per device, 128 on CPUs (smaller batches "
+        "stay in the CPU's caches: benchmarks/README.md has the timing) and 512 on GPUs",
+        check=lambda v: v is None or 1 <= v <= MAX_BATCH,
+        expected=f"in [1, {MAX_BATCH}] or null (per device)",
+    )
+    keep_checkpoints: int = setting(
+        0,
+        "newest stage checkpoints kept on disk (0: all); resume falls back among them",
+        check=lambda v: v >= 0,
+        expected=">= 0 (0 keeps all)",
+    )
+    oracle: str = setting(
+        "auto",
+        "simulated (labels from the data), manual (people label to_label/ files); auto: simulated when every pool "
+        "label is known, else manual",
+        check=lambda v: v in ("auto", "simulated", "manual"),
+        expected="auto, simulated or manual",
+    )
+
+    def check_within(self, prefix: str) -> None:
+        _check(
+            self.budget <= self.subset_size <= MAX_POOL,
+            prefix + "subset_size",
+            f"in [al.budget ({self.budget}), {MAX_POOL:_}]",
+            self.subset_size,
+        )
+
+
+@dataclass(frozen=True)
+class BackendConfig(Section):
+    name: str = setting(
+        "local",
+        "local (in-process) or ray (Ray Train for training, Ray Data for scoring)",
+        check=lambda v: v in ("local", "ray"),
+        expected="local or ray",
+    )
+    address: str | None = setting(None, 'Ray cluster to join ("auto", "ray://host:10001"); None: a local Ray')
+    num_workers: int = setting(
+        1,
+        "Ray Train workers per training job (DDP; gloo on CPU, nccl on GPU)",
+        check=lambda v: v >= 1,
+        expected=">= 1",
+    )
+    cpus_per_worker: float = setting(
+        1.0, "CPUs reserved by each training worker", check=lambda v: v > 0, expected="> 0"
+    )
+    gpus_per_worker: float = setting(
+        0.0, "GPUs per training worker (> 0 trains on GPU with nccl)", check=lambda v: v >= 0, expected=">= 0"
+    )
+    threads_per_worker: int | None = setting(
+        None,
+        "torch threads in each worker/actor; None: max(1, int(cpus))",
+        check=lambda v: v is None or v >= 1,
+        expected=">= 1 or null",
+    )
+    max_failures: int = setting(
+        2,
+        "worker failures one training job survives, resuming from its last epoch checkpoint (with keep_workers: the "
+        "whole experiment's worker group)",
+        check=lambda v: v >= 0,
+        expected=">= 0",
+    )
+    keep_workers: bool = setting(
+        False,
+        "one Ray Train worker group for all of an experiment's training jobs (saves Ray Train's start-up of every "
+        "job); its workers hold their CPUs/GPUs throughout, so scoring needs its own",
+    )
+    storage_path: str | None = setting(
+        None, "Ray Train checkpoint storage (local dir or s3://, gs://); None: a temp dir"
+    )
+    score_concurrency: int = setting(
+        1,
+        "Ray Data workers scoring the pool at once (each sets the stage's models up once)",
+        check=lambda v: v >= 1,
+        expected=">= 1",
+    )
+    score_cpus_per_actor: float = setting(1.0, "CPUs per scoring worker", check=lambda v: v > 0, expected="> 0")
+    score_gpus_per_actor: float = setting(0.0, "GPUs per scoring worker", check=lambda v: v >= 0, expected=">= 0")
+    score_compute: str = setting(
+        "auto",
+        "tasks (reused processes), actors (a pool per stage), auto: actors iff GPUs",
+        check=lambda v: v in ("auto", "tasks", "actors"),
+        expected="auto, tasks or actors",
+    )
+
+
+@dataclass(frozen=True)
+class Config(Section):
+    seed: int = setting(
+        0,
+        "fixes the initial set, candidates, inits, augmentation and selection",
+        check=lambda v: 0 <= v < 2**63,
+        expected="an integer in [0, 2^63)",
+    )
+    task: str = setting(
+        "classification",
+        'or "segmentation" (per-pixel labels: mIoU, mean pixel CE; docs/segmentation.md)',
+        check=lambda v: v in ("classification", "segmentation"),
+        expected="classification or segmentation",
+    )
+    device: str = setting(
+        "auto",
+        "auto (cuda if available), cpu, cuda, cuda:N",
+        check=lambda v: v in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v) is not None,
+        expected="auto, cpu, cuda or cuda:N",
+    )
+    num_threads: int | None = setting(
+        None,
+        "torch CPU threads (None: torch default)",
+        check=lambda v: v is None or 1 <= v <= MAX_THREADS,
+        expected=f"in [1, {MAX_THREADS}] or null (torch's default)",
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -293,33 +606,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
 # ---------------------------------------------------------------- validation
 
 
-MAX_WIDTH = 65_536  # layer widths, latent sizes and image sides: beyond this a model cannot be held in memory
-MAX_BATCH = 1_048_576  # samples per batch
-MAX_POOL = 100_000_000  # samples in a split (the AL state holds a few integers per pool sample)
-# Caps on loop lengths, so that a typo (1e20) is refused instead of running until killed. Each is far beyond
-# what any published protocol uses: the paper trains 200 epochs per stage, and the official VAE formula gives
-# at most int((50,000 + 10,000) · 100 / 128) = 46,875 iterations on a whole CIFAR pool.
-MAX_EPOCHS = 10_000  # 50x the paper's 200
-MAX_ITERATIONS = 10_000_000  # VAE/discriminator iterations per stage: over 200x the formula's largest value
-MAX_STEPS = 1_000  # VAE steps per iteration (VAAL: 2)
-MAX_THREADS = 4_096  # torch CPU threads: more than any machine's cores, and within torch's int range
-
-
-def _check(ok: bool, key: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"config field '{key}' must be {expected}, got {value!r}")
-
-
 def validate(cfg: Config) -> None:
-    """Raise ConfigError naming the first field that is out of range."""
+    """Raise ConfigError naming the first field that is out of range: each section checks its own fields
+    (``Section.check``), then the checks that span sections."""
     DATASETS.get(cfg.data.name)
     MODELS.get(cfg.model.name)
     STRATEGIES.get(cfg.al.strategy)
     for key, value in cfg.flat().items():  # every number: no NaN or infinity, anywhere
         if isinstance(value, float):
             _check(math.isfinite(value), key, "a finite number", value)
-    _check(0 <= cfg.seed < 2**63, "seed", "an integer in [0, 2^63)", cfg.seed)
-    _check(cfg.task in ("classification", "segmentation"), "task", "classification or segmentation", cfg.task)
+    cfg.check()
     if cfg.task == "segmentation":  # both act on one class per row
         _check(
             cfg.data.imbalance_ratio == 1,
@@ -333,159 +629,6 @@ def validate(cfg: Config) -> None:
             "simulated or auto for segmentation (the manual oracle takes one class name per image)",
             cfg.al.oracle,
         )
-    dev = cfg.device
-    _check(
-        dev in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", dev) is not None,
-        "device",
-        "auto, cpu, cuda or cuda:N",
-        dev,
-    )
-    _check(
-        cfg.num_threads is None or 1 <= cfg.num_threads <= MAX_THREADS,
-        "num_threads",
-        f"in [1, {MAX_THREADS}] or null (torch's default)",
-        cfg.num_threads,
-    )
-    d = cfg.data
-    _check(
-        d.num_train is None or 1 <= d.num_train <= MAX_POOL,
-        "data.num_train",
-        f"in [1, {MAX_POOL:_}] or null",
-        d.num_train,
-    )
-    _check(
-        d.num_test is None or 1 <= d.num_test <= MAX_POOL, "data.num_test", f"in [1, {MAX_POOL:_}] or null", d.num_test
-    )
-    _check(
-        d.imbalance_ratio >= 1 and math.isfinite(d.imbalance_ratio),
-        "data.imbalance_ratio",
-        ">= 1 (10 or 100 as in the paper; 1 = as is)",
-        d.imbalance_ratio,
-    )
-    _check(
-        d.minority_classes in ("even", "odd") or all(c.strip().isdigit() for c in d.minority_classes.split(",")),
-        "data.minority_classes",
-        "'even', 'odd' or a comma list of class ids",
-        d.minority_classes,
-    )
-    own = d.name in ("parquet", "imagefolder")
-    _check(
-        not own or bool(d.path),
-        "data.path",
-        f"a Parquet file/directory or an image folder for data.name={d.name}",
-        d.path,
-    )
-    _check(0 <= d.test_fraction < 1, "data.test_fraction", "in [0, 1)", d.test_fraction)
-    _check(1 <= d.image_size <= MAX_WIDTH, "data.image_size", f"in [1, {MAX_WIDTH}]", d.image_size)
-    _check(d.channels in (1, 3), "data.channels", "1 or 3", d.channels)
-    _check(len(set(d.classes)) == len(d.classes), "data.classes", "distinct class names", list(d.classes))
-    _check(
-        1 <= cfg.model.ranker_hidden <= MAX_WIDTH,
-        "model.ranker_hidden",
-        f"in [1, {MAX_WIDTH}]",
-        cfg.model.ranker_hidden,
-    )
-    t = cfg.train
-    _check(1 <= t.epochs <= MAX_EPOCHS, "train.epochs", f"in [1, {MAX_EPOCHS:_}]", t.epochs)
-    _check(
-        2 <= t.batch_size <= MAX_BATCH and t.batch_size % 2 == 0,
-        "train.batch_size",
-        f"an even integer in [2, {MAX_BATCH}] (the ranking loss pairs the two halves of a batch)",
-        t.batch_size,
-    )
-    _check(t.lr > 0, "train.lr", "> 0", t.lr)
-    _check(0 <= t.momentum < 1, "train.momentum", "in [0, 1)", t.momentum)
-    _check(t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
-    _check(
-        all(1 <= m <= MAX_EPOCHS for m in t.milestones) and list(t.milestones) == sorted(t.milestones),
-        "train.milestones",
-        f"increasing epochs in [1, {MAX_EPOCHS:_}]",
-        list(t.milestones),
-    )
-    _check(0 < t.gamma <= 1, "train.gamma", "in (0, 1]", t.gamma)
-    _check(t.eta >= 0, "train.eta", ">= 0", t.eta)
-    _check(t.margin >= 0, "train.margin", ">= 0", t.margin)
-    _check(
-        0 <= t.ranker_stop_grad_epoch <= MAX_EPOCHS,
-        "train.ranker_stop_grad_epoch",
-        f"in [0, {MAX_EPOCHS:_}]",
-        t.ranker_stop_grad_epoch,
-    )
-    _check(t.precision in ("fp32", "bf16", "auto"), "train.precision", "fp32, bf16 or auto", t.precision)
-    v = cfg.vae
-    _check(1 <= v.latent_dim <= MAX_WIDTH, "vae.latent_dim", f"in [1, {MAX_WIDTH}]", v.latent_dim)
-    _check(
-        1 <= v.base_channels <= MAX_WIDTH // 8,
-        "vae.base_channels",
-        f"in [1, {MAX_WIDTH // 8}] (widths go to 8x)",
-        v.base_channels,
-    )
-    _check(
-        v.iterations is None or 1 <= v.iterations <= MAX_ITERATIONS,
-        "vae.iterations",
-        f"in [1, {MAX_ITERATIONS:_}] or null (official formula)",
-        v.iterations,
-    )
-    _check(1 <= v.iteration_epochs <= MAX_EPOCHS, "vae.iteration_epochs", f"in [1, {MAX_EPOCHS:_}]", v.iteration_epochs)
-    _check(1 <= v.batch_size <= MAX_BATCH, "vae.batch_size", f"in [1, {MAX_BATCH}]", v.batch_size)
-    _check(
-        v.vae_steps is None or 1 <= v.vae_steps <= MAX_STEPS,
-        "vae.vae_steps",
-        f"in [1, {MAX_STEPS}] or null",
-        v.vae_steps,
-    )
-    _check(v.lr > 0, "vae.lr", "> 0", v.lr)
-    _check(v.disc_lr > 0, "vae.disc_lr", "> 0", v.disc_lr)
-    _check(v.beta >= 0, "vae.beta", ">= 0", v.beta)
-    _check(v.adv_weight >= 0, "vae.adv_weight", ">= 0", v.adv_weight)
-    _check(v.kl_reduction in (None, "mean", "sum"), "vae.kl_reduction", "mean, sum or null", v.kl_reduction)
-    _check(v.score_bn in ("running", "batch"), "vae.score_bn", "running or batch", v.score_bn)
-    _check(1 <= v.disc_hidden <= MAX_WIDTH, "vae.disc_hidden", f"in [1, {MAX_WIDTH}]", v.disc_hidden)
-    _check(
-        v.input_size is None or 16 <= v.input_size <= 4096,
-        "vae.input_size",
-        "in [16, 4096] or null (the data's size)",
-        v.input_size,
-    )
-    a = cfg.al
-    _check(1 <= a.initial <= MAX_POOL, "al.initial", f"in [1, {MAX_POOL:_}]", a.initial)
-    _check(1 <= a.budget <= MAX_POOL, "al.budget", f"in [1, {MAX_POOL:_}]", a.budget)
-    _check(1 <= a.stages <= MAX_POOL, "al.stages", f"in [1, {MAX_POOL:_}]", a.stages)
-    _check(
-        a.budget <= a.subset_size <= MAX_POOL,
-        "al.subset_size",
-        f"in [al.budget ({a.budget}), {MAX_POOL:_}]",
-        a.subset_size,
-    )
-    _check(
-        a.score_batch_size is None or 1 <= a.score_batch_size <= MAX_BATCH,
-        "al.score_batch_size",
-        f"in [1, {MAX_BATCH}] or null (per device)",
-        a.score_batch_size,
-    )
-    _check(a.keep_checkpoints >= 0, "al.keep_checkpoints", ">= 0 (0 keeps all)", a.keep_checkpoints)
-    _check(a.oracle in ("auto", "simulated", "manual"), "al.oracle", "auto, simulated or manual", a.oracle)
-    b = cfg.backend
-    _check(b.name in ("local", "ray"), "backend.name", "local or ray", b.name)
-    _check(b.num_workers >= 1, "backend.num_workers", ">= 1", b.num_workers)
-    _check(b.cpus_per_worker > 0, "backend.cpus_per_worker", "> 0", b.cpus_per_worker)
-    _check(b.gpus_per_worker >= 0, "backend.gpus_per_worker", ">= 0", b.gpus_per_worker)
-    _check(
-        b.threads_per_worker is None or b.threads_per_worker >= 1,
-        "backend.threads_per_worker",
-        ">= 1 or null",
-        b.threads_per_worker,
-    )
-    _check(b.max_failures >= 0, "backend.max_failures", ">= 0", b.max_failures)
-    _check(b.score_concurrency >= 1, "backend.score_concurrency", ">= 1", b.score_concurrency)
-    _check(b.score_cpus_per_actor > 0, "backend.score_cpus_per_actor", "> 0", b.score_cpus_per_actor)
-    _check(b.score_gpus_per_actor >= 0, "backend.score_gpus_per_actor", ">= 0", b.score_gpus_per_actor)
-    _check(
-        b.score_compute in ("auto", "tasks", "actors"),
-        "backend.score_compute",
-        "auto, tasks or actors",
-        b.score_compute,
-    )
 
 
 def check_pool_size(cfg: Config, pool_size: int) -> None:

@@ -1,7 +1,8 @@
 """The configuration reference ``docs/configuration.md``, generated from ``tavaal/config.py`` itself.
 
-Sections and their order come from how ``Config`` nests its dataclasses; types and comments from the source (``ast``,
-``tokenize``); defaults from the dataclass objects, so the page is always true. ``tests/test_docs.py`` regenerates it.
+Sections and their order come from how ``Config`` nests its dataclasses; each field's type, default, description and
+heading from the field itself (``config.setting`` keeps the description in ``metadata``), so the page is always true.
+``tests/test_docs.py`` regenerates it.
 
     python -m tavaal.config_doc > docs/configuration.md    # regenerate
     python -m tavaal.config_doc --check                    # exit 1 if the committed page is stale
@@ -9,11 +10,8 @@ Sections and their order come from how ``Config`` nests its dataclasses; types a
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import io
 import sys
-import tokenize
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +20,8 @@ import yaml
 
 from tavaal import config
 
-SOURCE = Path(config.__file__)
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 COMMAND = "python -m tavaal.config_doc > docs/configuration.md"
-WRAPPED = 100  # a field line at least this long whose comment goes on below was wrapped (lines end at 120)
 
 HEADER = f"""# Configuration
 
@@ -56,43 +52,6 @@ def sections(cls: type = config.Config, prefix: str = "") -> Iterator[tuple[str,
             yield from sections(f.default_factory, f"{prefix}{f.name}.")
 
 
-def comments(source: str) -> dict[int, tuple[str, bool]]:
-    """Line number -> (comment text, whether the comment is the line's only token)."""
-    out: dict[int, tuple[str, bool]] = {}
-    lines = source.splitlines()
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            row = tok.start[0]
-            out[row] = (tok.string.lstrip("#").strip(), not lines[row - 1][: tok.start[1]].strip())
-    return out
-
-
-def field_notes(
-    cls: type, tree: ast.Module, notes: dict[int, tuple[str, bool]], lines: list[str]
-) -> dict[str, tuple[str, str]]:
-    """Field name -> (heading comment above it, its trailing comment plus the comment lines continuing it)."""
-    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
-    out: dict[str, tuple[str, str]] = {}
-    used: set[int] = set()
-    for stmt in node.body:
-        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-            above: list[str] = []
-            r = stmt.lineno - 1
-            while r not in used and notes.get(r, ("", False))[1]:  # own-line comments not continuing a field
-                above.insert(0, notes[r][0])
-                r -= 1
-            row = stmt.end_lineno or stmt.lineno
-            text, alone = notes.get(row, ("", False))
-            parts = [text] if text and not alone else []
-            # own-line comments below continue it only if this line was full; else they title the fields below
-            while parts and len(lines[row - 1]) >= WRAPPED and notes.get(row + 1, ("", False))[1]:
-                row += 1
-                used.add(row)
-                parts.append(notes[row][0])
-            out[stmt.target.id] = (" ".join(above), " ".join(parts))
-    return out
-
-
 def yaml_value(value: Any) -> str:
     """A default as YAML shows it: ``null``, ``true``, ``0.0005``, ``[160]``, ``batch``."""
     if isinstance(value, tuple):
@@ -107,11 +66,8 @@ def cell(text: str) -> str:
 
 def render() -> str:
     """The whole markdown page."""
-    source = SOURCE.read_text()
-    tree, notes, lines = ast.parse(source), comments(source), source.splitlines()
     out = [HEADER]
     for prefix, cls in sections():
-        described = field_notes(cls, tree, notes, lines)
         title = f"`{prefix.rstrip('.')}`" if prefix else "top level"
         out += [
             f"## {title} ({cls.__name__})",
@@ -127,9 +83,9 @@ def render() -> str:
             else:
                 assert f.default_factory is not dataclasses.MISSING  # every config field has a default
                 default = f.default_factory()
-            heading, text = described.get(f.name, ("", ""))
-            if heading:  # a comment line titling the fields below it
-                out.append(f"| *{cell(heading)}* | | | |")
+            if f.metadata.get("heading"):  # a title for this field and the ones after it
+                out.append(f"| *{cell(f.metadata['heading'])}* | | | |")
+            text = f.metadata.get("doc", "")
             out.append(f"| `{prefix}{f.name}` | `{cell(str(f.type))}` | `{cell(yaml_value(default))}` | {cell(text)} |")
         out.append("")
     return "\n".join(out)

@@ -55,12 +55,12 @@ def test_every_field_once_with_its_real_default():
     assert "| `null` |" in found["data.num_train"][0]
 
 
-def test_rows_carry_the_provenance_comments():
+def test_rows_carry_the_provenance_descriptions():
     found = rows()
     assert "(paper: 10,000)" in found["al.subset_size"][0]
     assert "official code LR = 0.1" in found["train.lr"][0]
     assert "\\|L\\|" in found["vae.iterations"][0]  # pipes escaped
-    # continuation comment lines are joined into the row; a heading comment line is not
+    # a description written over several lines is one row; a heading is a row of its own, not the field's
     assert 'or "running" (eval mode' in found["vae.score_bn"][0]
     assert "when every pool label is known, else manual" in found["al.oracle"][0]
     assert "your own images" not in found["data.download"][0]
