@@ -45,9 +45,20 @@ if not __package__:  # run by path (python benchmarks/<script>.py, as older reco
 import numpy as np
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
-from benchmarks.curves import PROTOCOLS, auc, invocation_line, load_raw, mean_std, paired, raw_path, run_recorded
+from benchmarks.common import (
+    ROOT,
+    Refused,
+    auc,
+    command_line,
+    invocation_line,
+    load_raw,
+    mean_std,
+    paired,
+    recorded_run,
+    unfinished,
+)
+from benchmarks.curves import PROTOCOLS, experiments, run_recorded
 
-ROOT = Path(__file__).resolve().parents[1]
 SHORT = ("train.epochs=10", "train.milestones=[8]", "train.ranker_stop_grad_epoch=6")
 FIT = ("train.epochs=30", "train.milestones=[24]", "train.ranker_stop_grad_epoch=18")  # curves.py's protocol now
 BATCH_BN = ("vae.score_bn=batch",)
@@ -101,27 +112,11 @@ def plan(variants: dict, seeds: int, threads: int, extra: list[str], protocol: s
     preset's synthetic images (tests)."""
     base, sets0 = PROTOCOLS[protocol]
     data = "synthetic" if protocol == "smoke" else "fashionmnist"
-    return [
-        (
-            name,
-            strategy,
-            seed,
-            base,
-            [
-                *sets0,
-                f"data.name={data}",
-                *FP32,
-                *sets,
-                f"num_threads={threads}",
-                f"al.strategy={strategy}",
-                f"seed={seed}",
-                *extra,
-            ],
-        )
-        for seed in range(seeds)
+    settings = {
+        name: (base, [*sets0, f"data.name={data}", *FP32, *sets], strategies)
         for name, (sets, strategies, _) in variants.items()
-        for strategy in strategies
-    ]
+    }
+    return experiments(settings, seeds, threads, extra)
 
 
 def rival_runs(raw: dict, variants: dict, setting: str, rival: str) -> dict:
@@ -137,7 +132,7 @@ def stage_health(runs: dict, key: str) -> str:
         vals = [r["health"][key] for r in e["records"] if (r.get("health") or {}).get(key) is not None]
         if vals:
             values.append(float(np.mean(vals)))
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "—"
+    return mean_std(values, 3) if values else "—"
 
 
 def train_accuracy(runs: dict) -> str:
@@ -201,7 +196,7 @@ def report(out: Path, name: str, variants: dict) -> Path:
             cells.append(f"{paired_cell(runs, ref)} vs {REFERENCE[setting]}" if ref else "—")
             cells += [
                 train_accuracy(runs),
-                mean_std_plain([e["records"][-1]["label_entropy_norm"] for e in runs.values()]),
+                mean_std([e["records"][-1]["label_entropy_norm"] for e in runs.values()], 3),
             ]
             cells += [stage_health(runs, key) for key in HEALTH]
             lines.append("| " + " | ".join(cells) + " |")
@@ -209,10 +204,6 @@ def report(out: Path, name: str, variants: dict) -> Path:
     path = out / f"{name}.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def mean_std_plain(values) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,29 +240,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         print(f"wrote {report(out, args.name, variants)}")
         return 0
-    meta_path = run_dir / "run.json"
-    if meta_path.exists() and not args.resume:
-        print(f"error: {run_dir} holds a run; pass --resume to continue it or --name for a new one", file=sys.stderr)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    try:
+        meta = recorded_run(run_dir, args.resume) or {"protocol": args.protocol, "invocations": []}
+        if meta.get("protocol", "cpu") != args.protocol:
+            raise Refused(
+                f"{run_dir} ran the {meta['protocol']} protocol; resume it with --protocol {meta['protocol']}"
+            )
+        todo, skipped = unfinished(run_dir, plan(variants, args.seeds, threads, args.set, args.protocol))
+    except Refused as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"protocol": args.protocol, "invocations": []}
-    if meta.get("protocol", "cpu") != args.protocol:
-        print(
-            f"error: {run_dir} ran the {meta['protocol']} protocol; resume it with --protocol {meta['protocol']}",
-            file=sys.stderr,
-        )
-        return 2
-    cpus = os.cpu_count() or 1
-    threads = max(1, cpus // args.jobs)
-    todo = plan(variants, args.seeds, threads, args.set, args.protocol)
-    skipped = [t for t in todo if raw_path(run_dir, *t[:3]).exists()]
-    todo = [t for t in todo if t not in skipped]
     (run_dir / "raw").mkdir(parents=True, exist_ok=True)
     print(
         f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped, {args.jobs} jobs x {threads} threads",
         flush=True,
     )
-    command = "python -m benchmarks.ablations " + " ".join(sys.argv[1:] if argv is None else argv)
-    failed = run_recorded(todo, run_dir, meta, command, args.jobs, threads, len(skipped), 0)
+    failed = run_recorded(todo, run_dir, meta, command_line("ablations", argv), args.jobs, threads, len(skipped), 0)
     print(f"wrote {report(out, args.name, variants)}")
     return 1 if failed else 0
 

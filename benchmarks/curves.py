@@ -79,15 +79,32 @@ if not __package__:  # run by path (python benchmarks/<script>.py, as older reco
 import numpy as np
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
-from tavaal.config import Config, from_dict, load_config
-from tavaal.core.metrics import objective_metrics, stage_quality
+from benchmarks.common import (
+    ROOT,
+    STRATEGIES,
+    Refused,
+    at_stage,
+    auc,
+    command_line,
+    invocation,
+    invocation_line,
+    load_raw,
+    mean_std,
+    ordered,
+    paired,
+    paired_cell,
+    paired_interval,
+    raw_path,
+    record_invocation,
+    recorded_run,
+    unfinished,
+    write_json,
+    write_run,
+)
+from tavaal.config import Config, load_config
+from tavaal.core.metrics import stage_quality
 from tavaal.data.imbalance import parse_minority
-from tavaal.errors import TavaalError
-from tavaal.files import atomic_write
 from tavaal.tracking.plots import plot_table
-
-ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ("random", "entropy", "coreset", "lloss", "lloss_rank", "vaal", "tavaal")
 
 
 @dataclass(frozen=True)
@@ -162,7 +179,7 @@ def run_one(base: str, overrides: list[str], path: str) -> dict:
         "minutes": (time.perf_counter() - t) / 60,
         "records": [r.to_dict() for r in records],
     }
-    atomic_write(path, lambda p: p.write_text(json.dumps(result)))
+    write_json(path, result)
     return result
 
 
@@ -194,33 +211,23 @@ def _init_worker(gpus) -> None:
 def plan(args, configs: dict[str, tuple[str, list[str]]], threads: int) -> list[tuple[str, str, int, str, list[str]]]:
     """(setting, strategy, seed, preset, overrides) for every experiment, seed by seed so a partial run is useful;
     ``configs``: setting -> (preset, overrides) from ``setting_configs``."""
+    settings = {s: (base, sets, args.strategies or SETTINGS[s].strategies) for s, (base, sets) in configs.items()}
+    return experiments(settings, args.seeds, threads, args.set)
+
+
+def experiments(
+    settings: dict[str, tuple[str, list[str], tuple[str, ...]]], seeds: int, threads: int, extra: list[str]
+) -> list[tuple[str, str, int, str, list[str]]]:
+    """The experiments ``run_all`` takes, (setting, strategy, seed, preset, overrides), seed by seed: ``settings``:
+    setting -> (preset, its overrides, its strategies); each experiment's overrides end with num_threads (unless
+    ``threads`` is 0), al.strategy, seed and ``extra``."""
     per_run = [f"num_threads={threads}"] if threads else []
     return [
-        (setting, strategy, seed, base, [*sets, *per_run, f"al.strategy={strategy}", f"seed={seed}", *args.set])
-        for seed in range(args.seeds)
-        for setting, (base, sets) in configs.items()
-        for strategy in args.strategies or SETTINGS[setting].strategies
+        (setting, strategy, seed, base, [*sets, *per_run, f"al.strategy={strategy}", f"seed={seed}", *extra])
+        for seed in range(seeds)
+        for setting, (base, sets, strategies) in settings.items()
+        for strategy in strategies
     ]
-
-
-def changed_config(run_dir: Path, finished: list) -> str | None:
-    """Where a finished experiment's resolved config differs from what the same plan resolves to now (a preset or
-    a default changed since: run.json's overrides cannot show it), else None. Fields a config recorded before they
-    existed take their defaults, so a new field whose default differs from the preset's value is caught too."""
-    for setting, strategy, seed, base, overrides in finished:
-        saved = json.loads(raw_path(run_dir, setting, strategy, seed).read_text())["config"]
-        then, now = from_dict(saved).flat(), load_config(ROOT / base, overrides).flat()
-        for key in sorted(set(then) | set(now)):
-            if key != "num_threads" and then.get(key) != now.get(key):
-                return (
-                    f"{raw_path(run_dir, setting, strategy, seed).name} ran with {key}={then.get(key)!r} but the same "
-                    f"plan now gives {now.get(key)!r} (a preset or default changed since)"
-                )
-    return None
-
-
-def raw_path(run_dir: Path, setting: str, strategy: str, seed: int) -> Path:
-    return run_dir / "raw" / f"{setting}-{strategy}-seed{seed}.json"
 
 
 def eta_minutes(done: dict, remaining: list, jobs: int) -> float:
@@ -290,97 +297,19 @@ def run_all(todo: list, run_dir: Path, jobs: int, gpus: int) -> int:
 def run_recorded(
     todo: list, run_dir: Path, meta: dict, command: str, jobs: int, threads: int, skipped: int, gpus: int
 ) -> int:
-    """``run_all`` with the invocation (command, date, git, machine, counts, minutes, load before and after)
-    appended to ``meta`` and ``<run_dir>/run.json`` written before and after; returns the number that failed."""
-    from benchmarks.scoring import git_rev, machine  # same header fields as the other benchmarks; here, not at the top:
-    # worker processes re-import this module and need none of scoring.py's imports (ray)
-
-    meta_path = run_dir / "run.json"
-    inv = {
-        "command": command,
-        "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}",
-        "git": git_rev(),
-        "machine": machine(),
-        "jobs": jobs,
-        "threads": threads,
-        "ran": len(todo),
-        "skipped": skipped,
-        "minutes": 0.0,
-        "load": [os.getloadavg()[0], float("nan")],
-    }
+    """``run_all`` with the invocation (``common.invocation``: command, date, git, machine, counts, minutes, load
+    before and after) appended to ``meta`` and ``<run_dir>/run.json`` written before and after; returns the number
+    that failed."""
+    inv = invocation(command, jobs=jobs, threads=threads, ran=len(todo), skipped=skipped)
     meta["invocations"].append(inv)
-    meta_path.write_text(json.dumps(meta, indent=1))
-    t0 = time.perf_counter()
-    failed = run_all(todo, run_dir, min(jobs, max(1, len(todo))), gpus) if todo else 0
-    inv["minutes"], inv["load"][1] = (time.perf_counter() - t0) / 60, os.getloadavg()[0]
-    meta_path.write_text(json.dumps(meta, indent=1))
-    return failed
-
-
-def invocation_line(inv: dict) -> str:
-    """A report's line for one invocation recorded by ``run_recorded``."""
-    return (
-        f"- run: `{inv['command']}` on {inv['date']}, git {inv['git']}, {inv['machine']}; {inv['jobs']} jobs x "
-        f"{inv['threads'] or 'default'} threads, {inv['ran']} experiments ({inv['skipped']} skipped), "
-        f"{inv['minutes']:.1f} min, load average (1 min) before / after: {inv['load'][0]:.2f} / "
-        f"{inv['load'][1]:.2f}"
+    return record_invocation(
+        inv,
+        lambda: write_run(run_dir, meta),
+        lambda: run_all(todo, run_dir, min(jobs, max(1, len(todo))), gpus) if todo else 0,
     )
 
 
 # ---------------------------------------------------------------- report
-
-
-def load_raw(run_dir: Path) -> dict[str, dict[str, dict[int, dict]]]:
-    """setting -> strategy -> seed -> the experiment's JSON."""
-    out: dict = {}
-    for path in sorted((run_dir / "raw").glob("*.json")):
-        setting, strategy, seed = path.stem.rsplit("-", 2)
-        out.setdefault(setting, {}).setdefault(strategy, {})[int(seed.removeprefix("seed"))] = json.loads(
-            path.read_text()
-        )
-    return out
-
-
-def ordered(names) -> list[str]:
-    return [s for s in STRATEGIES if s in names] + sorted(set(names) - set(STRATEGIES))
-
-
-def paired(runs: dict, a: str, b: str, metric) -> tuple[float, int, int]:
-    """(mean of metric(a) - metric(b) over the seeds both have, seeds where a is ahead, those seeds)."""
-    seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
-    diffs = [metric(runs[a][k]["records"]) - metric(runs[b][k]["records"]) for k in seeds]
-    return (float(np.mean(diffs)) if diffs else float("nan")), sum(d > 0 for d in diffs), len(seeds)
-
-
-def paired_interval(runs: dict, a: str, b: str, metric) -> tuple[float, float, float, int]:
-    """(mean, low, high, n): the mean of metric(a) - metric(b) over the seeds both have and its 95% interval
-    (Student's t over the paired differences; nan bounds below 2 seeds)."""
-    seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
-    diffs = [metric(runs[a][k]["records"]) - metric(runs[b][k]["records"]) for k in seeds]
-    if not diffs:
-        return float("nan"), float("nan"), float("nan"), 0
-    return (*t_interval(diffs), len(diffs))
-
-
-def t_interval(diffs) -> tuple[float, float, float]:
-    """(mean, low, high) of paired differences with a 95% Student's t interval (nan bounds below 2 of them)."""
-    from scipy import stats
-
-    d = np.asarray(diffs, dtype=float)
-    mean = float(d.mean())
-    if d.size < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
-    return mean, mean - half, mean + half
-
-
-def _interval_cell(runs: dict, a: str, b: str, metric) -> str:
-    mean, low, high, n = paired_interval(runs, a, b, metric)
-    if n == 0:
-        return "—"
-    if n < 2:
-        return f"{mean * 100:+.2f}"
-    return f"{mean * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}]"
 
 
 def interval_section(runs: dict, names: list[str], labels: list[int], pt: str) -> list[str]:
@@ -398,8 +327,8 @@ def interval_section(runs: dict, names: list[str], labels: list[int], pt: str) -
         "| --- |" + " --- |" * len(pairs),
     ]
     for i, n in enumerate(labels):
-        lines.append(f"| {n} | " + " | ".join(_interval_cell(runs, a, b, at_stage(i)) for a, b in pairs) + " |")
-    lines.append("| **AUC** | " + " | ".join(_interval_cell(runs, a, b, auc) for a, b in pairs) + " |")
+        lines.append(f"| {n} | " + " | ".join(paired_cell(runs, a, b, at_stage(i)) for a, b in pairs) + " |")
+    lines.append("| **AUC** | " + " | ".join(paired_cell(runs, a, b, auc) for a, b in pairs) + " |")
     return lines
 
 
@@ -447,18 +376,6 @@ def metric_name(runs: dict) -> str:
     """ "mIoU" or "accuracy": what ``stage_quality`` measures in a setting (``runs``: strategy -> seed -> JSON)."""
     first = next(iter(next(iter(runs.values())).values()))
     return "accuracy" if first["records"][0].get("miou") is None else "mIoU"
-
-
-def auc(records: list[dict]) -> float:
-    return objective_metrics(records)["auc"]  # of stage_quality(record): mIoU where records carry it
-
-
-def at_stage(stage: int):
-    return lambda records: stage_quality(records[stage])
-
-
-def mean_std(values) -> str:
-    return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
 def describe(runs: dict) -> str:
@@ -524,11 +441,7 @@ def setting_section(setting: str, runs: dict, name: str, config: dict | None = N
     )
     lines.append(
         "| label entropy (norm), last stage | "
-        + " | ".join(
-            f"{np.mean([e['records'][-1]['label_entropy_norm'] for e in runs[s].values()]):.3f} ± "
-            f"{np.std([e['records'][-1]['label_entropy_norm'] for e in runs[s].values()]):.3f}"
-            for s in names
-        )
+        + " | ".join(mean_std([e["records"][-1]["label_entropy_norm"] for e in runs[s].values()], 3) for s in names)
         + " |"
     )
     lines.append("| seeds | " + " | ".join(str(len(runs[s])) for s in names) + " |")
@@ -767,29 +680,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     protocol = protocol_of(args)[0]
     configs = setting_configs(args)
-    meta_path = run_dir / "run.json"
     meta = {
         "protocol": protocol,
         "settings": {s: {"base": b, "overrides": o} for s, (b, o) in configs.items()},
         "invocations": [],
     }
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if not args.resume:
-            print(
-                f"error: {run_dir} holds a run; pass --resume to continue it or --name for a new one", file=sys.stderr
-            )
-            return 2
-        before = recorded_settings(old)
-        for s, (b, o) in configs.items():
-            if s in before and (before[s]["base"], before[s]["overrides"]) != (b, o):
-                print(
-                    f"error: {run_dir} ran {s} with {before[s]['base']} + {before[s]['overrides']}; resume it "
-                    "with the same protocol and --set values",
-                    file=sys.stderr,
-                )
-                return 2
-        meta = {**old, "settings": {**before, **meta["settings"]}}  # a setting new to the run joins it
     gpus = 0
     if args.paper:
         import torch
@@ -798,27 +693,28 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count() or 1
     jobs = args.jobs or (max(1, gpus) if args.paper else cpus)
     threads = max(1, cpus // jobs)
-    todo = plan(args, configs, threads)
-    try:  # every config checked before the first experiment starts
-        for _, _, _, base, overrides in todo:
-            load_config(ROOT / base, overrides)
-    except TavaalError as e:
+    try:
+        old = recorded_run(run_dir, args.resume)
+        if old is not None:
+            before = recorded_settings(old)
+            for s, (b, o) in configs.items():
+                if s in before and (before[s]["base"], before[s]["overrides"]) != (b, o):
+                    raise Refused(
+                        f"{run_dir} ran {s} with {before[s]['base']} + {before[s]['overrides']}; resume it with the "
+                        "same protocol and --set values"
+                    )
+            meta = {**old, "settings": {**before, **meta["settings"]}}  # a setting new to the run joins it
+        todo, skipped = unfinished(run_dir, plan(args, configs, threads))
+    except Refused as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    skipped = [t for t in todo if raw_path(run_dir, *t[:3]).exists()]
-    differs = changed_config(run_dir, skipped)
-    if differs:
-        print(f"error: {differs}; finish it with the code and presets it ran with, or a new --name", file=sys.stderr)
-        return 2
-    todo = [t for t in todo if t not in skipped]
     (run_dir / "raw").mkdir(parents=True, exist_ok=True)
     print(
         f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped (finished before), "
         f"{min(jobs, max(1, len(todo)))} jobs x {threads} threads",
         flush=True,
     )
-    command = " ".join(["python -m benchmarks.curves", *(sys.argv[1:] if argv is None else argv)])
-    failed = run_recorded(todo, run_dir, meta, command, jobs, threads, len(skipped), gpus)
+    failed = run_recorded(todo, run_dir, meta, command_line("curves", argv), jobs, threads, len(skipped), gpus)
     print(f"wrote {write_report(out, args.name)}")
     if failed:
         print(f"{failed} experiments failed; rerun with --resume to retry them", file=sys.stderr)

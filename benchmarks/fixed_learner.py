@@ -43,11 +43,23 @@ if not __package__:  # run by path (python benchmarks/<script>.py, as older reco
 import numpy as np
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
-from benchmarks.curves import _interval_cell, auc, mean_std, ordered
+from benchmarks.common import (
+    ROOT,
+    auc,
+    command_line,
+    git_rev,
+    invocation,
+    invocation_line,
+    load_raw,
+    mean_std,
+    ordered,
+    paired_cell,
+    platform_line,
+    record_invocation,
+    write_json,
+)
 from tavaal.core.metrics import stage_quality
-from tavaal.files import atomic_write
 
-ROOT = Path(__file__).resolve().parents[1]
 SUBDIR = "fixed-learner"
 
 
@@ -116,22 +128,11 @@ def retrain_one(src: str, dst: str) -> dict:
     t = time.perf_counter()
     records = retrain(raw)
     result = {"source": Path(src).name, "minutes": (time.perf_counter() - t) / 60, "records": records}
-    atomic_write(dst, lambda p: p.write_text(json.dumps(result)))
+    write_json(dst, result)
     return result
 
 
 # ---------------------------------------------------------------- report
-
-
-def load(run_dir: Path, sub: str | None = None) -> dict[str, dict[str, dict[int, dict]]]:
-    """setting -> strategy -> seed -> JSON, of ``run_dir/raw`` (``sub`` None) or ``run_dir/<sub>``."""
-    out: dict = {}
-    for path in sorted((run_dir / (sub or "raw")).glob("*-seed*.json")):
-        setting, strategy, seed = path.stem.rsplit("-", 2)
-        out.setdefault(setting, {}).setdefault(strategy, {})[int(seed.removeprefix("seed"))] = json.loads(
-            path.read_text()
-        )
-    return out
 
 
 def reproduced(own: dict, fixed: dict) -> tuple[float, int]:
@@ -197,7 +198,7 @@ def setting_section(setting: str, own: dict, fixed: dict) -> list[str]:
             for learner, runs in (("fixed", fixed), ("own", own)):
                 lines.append(
                     f"| {s} | {learner} | "
-                    + " | ".join(_interval_cell(runs, s, "random", m) for m in [*stages, auc])
+                    + " | ".join(paired_cell(runs, s, "random", m) for m in [*stages, auc])
                     + " |"
                 )
     lines.append("")
@@ -206,9 +207,7 @@ def setting_section(setting: str, own: dict, fixed: dict) -> list[str]:
 
 def write_report(run_dir: Path) -> Path:
     """``RUN_DIR.fixed-learner.md`` from the run's raw JSON and the retrained JSON alone."""
-    from benchmarks.scoring import git_rev, machine
-
-    own, fixed = load(run_dir), load(run_dir, SUBDIR)
+    own, fixed = load_raw(run_dir), load_raw(run_dir, SUBDIR)
     if not fixed:
         raise SystemExit(f"error: no retrained experiments in {run_dir / SUBDIR}")
     meta_path = run_dir / SUBDIR / "invocations.json"
@@ -223,14 +222,11 @@ def write_report(run_dir: Path) -> Path:
         "tavaal.experiment.run_stage (benchmarks/fixed_learner.py's help)",
         "- std over seeds with ddof 0; AUC: trapezoid over labels divided by the label range, in %",
     ]
-    lines += [
-        f"- run: `{inv['command']}` on {inv['date']}, git {inv['git']}, {inv['machine']}; {inv['ran']} experiments "
-        f"retrained ({inv['skipped']} skipped), {inv['minutes']:.1f} min, load average (1 min) before / after: "
-        f"{inv['load'][0]:.2f} / {inv['load'][1]:.2f}"
-        for inv in invocations
-    ]
+    lines += [invocation_line(inv, "experiments retrained") for inv in invocations]
     if not invocations:
-        lines.append(f"- report written on {datetime.datetime.now():%Y-%m-%d %H:%M}, git {git_rev()}, {machine()}")
+        lines.append(
+            f"- report written on {datetime.datetime.now():%Y-%m-%d %H:%M}, git {git_rev()}, {platform_line()}"
+        )
     lines.append("")
     for setting in sorted(fixed):
         lines += setting_section(setting, own.get(setting, {}), fixed[setting])
@@ -318,24 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs or max(1, (os.cpu_count() or 1) // (threads or os.cpu_count() or 1))
     out.mkdir(parents=True, exist_ok=True)
     print(f"{run_dir}: {len(todo)} experiments to retrain, {len(done)} skipped, {min(jobs, max(1, len(todo)))} jobs")
-    from benchmarks.scoring import git_rev, machine
-
     meta_path = out / "invocations.json"
     invocations = json.loads(meta_path.read_text()) if meta_path.exists() else []
-    inv = {
-        "command": "python -m benchmarks.fixed_learner " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}",
-        "git": git_rev(),
-        "machine": machine(),
-        "ran": len(todo),
-        "skipped": len(done),
-        "minutes": 0.0,
-        "load": [os.getloadavg()[0], float("nan")],
-    }
-    t0 = time.perf_counter()
-    failed = run_all(todo, min(jobs, max(1, len(todo)))) if todo else 0
-    inv["minutes"], inv["load"][1] = (time.perf_counter() - t0) / 60, os.getloadavg()[0]
-    meta_path.write_text(json.dumps([*invocations, inv], indent=1))
+    inv = invocation(command_line("fixed_learner", argv), ran=len(todo), skipped=len(done))
+    failed = record_invocation(
+        inv,
+        lambda: meta_path.write_text(json.dumps([*invocations, inv], indent=1)),
+        lambda: run_all(todo, min(jobs, max(1, len(todo)))) if todo else 0,
+    )
     print(f"wrote {write_report(run_dir)}")
     if failed:
         print(f"{failed} experiments failed; rerun with --resume to retry them", file=sys.stderr)

@@ -61,12 +61,23 @@ if not __package__:  # run by path (python benchmarks/<script>.py, as older reco
 import numpy as np
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
-from benchmarks.curves import invocation_line, raw_path, run_recorded
-from benchmarks.curves import t_interval as interval  # the curves reports' paired 95% intervals
+from benchmarks.common import (
+    ROOT,
+    Refused,
+    command_line,
+    interval_cell,
+    invocation_line,
+    load_raw,
+    mean_std,
+    ordered,
+    recorded_run,
+    unfinished,
+)
+from benchmarks.common import t_interval as interval  # the reports' paired 95% intervals
+from benchmarks.curves import experiments, run_recorded
 from tavaal.config import Config, from_dict, load_config
-from tavaal.errors import ConfigError, TavaalError
+from tavaal.errors import TavaalError
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = "configs/smoke.yaml"
 STRATEGIES = ("random", "lloss_rank", "vaal", "tavaal")
 SETTING = "toy2d"  # the raw JSON's prefix, as curves.py names a setting's experiments
@@ -221,25 +232,9 @@ def measure(result: dict, stage: int, boundaries: dict[str, np.ndarray], x: np.n
 # ---------------------------------------------------------------- report
 
 
-def _fmt(v: float, scale: float) -> str:
-    return f"{v * scale:.3f}" if scale == 1 else f"{v * scale:.2f}"
-
-
-def _interval_cell(diffs, scale: float) -> str:
-    mean, low, high = interval(diffs)
-    if np.isnan(low):
-        return f"{mean * scale:+.3f}"
-    digits = 3 if scale == 1 else 2
-    return f"{mean * scale:+.{digits}f} [{low * scale:+.{digits}f}, {high * scale:+.{digits}f}]"
-
-
-def load_runs(run_dir: Path) -> dict[str, dict[int, dict]]:
-    """strategy -> seed -> the experiment's JSON."""
-    out: dict = {}
-    for path in sorted((run_dir / "raw").glob(f"{SETTING}-*.json")):
-        _, strategy, seed = path.stem.rsplit("-", 2)
-        out.setdefault(strategy, {})[int(seed.removeprefix("seed"))] = json.loads(path.read_text())
-    return out
+def digits(scale: float) -> int:
+    """Decimals of a measure's cells: 3 for distances and shares, 2 for accuracies in %."""
+    return 3 if scale == 1 else 2
 
 
 def verdict(m: dict[str, dict[int, dict]]) -> list[str]:
@@ -293,10 +288,10 @@ def write_report(out: Path, name: str, stage: int, figure_seed: int) -> Path:
 
     run_dir = out / name
     meta = json.loads((run_dir / "run.json").read_text())
-    runs = load_runs(run_dir)
+    runs = load_raw(run_dir).get(SETTING, {})  # strategy -> seed -> the experiment's JSON
     if not runs:
         raise SystemExit(f"error: no finished experiments in {run_dir / 'raw'}")
-    names = [s for s in STRATEGIES if s in runs] + sorted(set(runs) - set(STRATEGIES))
+    names = ordered(runs)
     first = next(iter(runs[names[0]].values()))
     cfg = from_dict(first["config"])
     data = build_dataset(cfg.data, cfg.seed)  # the toy pool does not depend on the seed
@@ -328,10 +323,10 @@ def write_report(out: Path, name: str, stage: int, figure_seed: int) -> Path:
         "| --- | --- |" + " --- |" * len(MEASURES),
     ]
     for s in names:
-        cells = []
-        for key, _, scale in MEASURES:
-            v = np.array([m[s][k][key] for k in m[s]], dtype=float)
-            cells.append(f"{_fmt(np.mean(v), scale)} ± {_fmt(np.std(v), scale)}")
+        cells = [
+            mean_std(np.array([m[s][k][key] for k in m[s]], dtype=float), digits(scale), scale)
+            for key, _, scale in MEASURES
+        ]
         lines.append(f"| {s} | {len(m[s])} | " + " | ".join(cells) + " |")
     pairs = [(s, "random") for s in names if s != "random" and "random" in m]
     pairs += [("tavaal", r) for r in ("lloss_rank", "vaal") if r in m and "tavaal" in m]
@@ -345,7 +340,10 @@ def write_report(out: Path, name: str, stage: int, figure_seed: int) -> Path:
         ]
         for a, b in pairs:
             seeds = sorted(set(m[a]) & set(m[b]))
-            cells = [_interval_cell([m[a][k][key] - m[b][k][key] for k in seeds], sc) for key, _, sc in MEASURES]
+            cells = [
+                interval_cell(*interval([m[a][k][key] - m[b][k][key] for k in seeds]), digits(sc), sc)
+                for key, _, sc in MEASURES
+            ]
             lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
     said = verdict(m)
     if said:
@@ -413,36 +411,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {write_report(out, args.name, stage, args.figure_seed)}")
         return 0
     overrides = [*TOY, *(SMOKE if args.smoke else []), *args.set]
-    meta_path = run_dir / "run.json"
-    meta = {"protocol": "toy", "base": BASE, "overrides": overrides, "invocations": []}
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if not args.resume or old["overrides"] != overrides:
-            print(f"error: {run_dir} holds a run; pass --resume with the same overrides, or --name", file=sys.stderr)
-            return 2
-        meta = old
     cpus = os.cpu_count() or 1
     jobs = args.jobs or cpus
     threads = max(1, cpus // jobs)
-    todo = [
-        (SETTING, s, k, BASE, [*overrides, f"num_threads={threads}", f"al.strategy={s}", f"seed={k}"])
-        for k in range(args.seeds)
-        for s in args.strategies
-    ]
-    try:  # every config checked before the first experiment starts
+    todo = experiments({SETTING: (BASE, overrides, tuple(args.strategies))}, args.seeds, threads, [])
+    try:
+        new = {"protocol": "toy", "base": BASE, "overrides": overrides, "invocations": []}
+        meta = recorded_run(run_dir, args.resume) or new
+        if meta["overrides"] != overrides:
+            raise Refused(
+                f"{run_dir} ran with {' '.join(meta['overrides'])}; resume it with the same --smoke and --set"
+            )
         for *_, base, sets in todo:
             cfg = load_config(ROOT / base, sets)
             if not 0 <= stage < cfg.al.stages - 1:
-                raise ConfigError(f"--stage {stage} does not query: al.stages is {cfg.al.stages}")
-    except TavaalError as e:
+                raise Refused(f"--stage {stage} does not query: al.stages is {cfg.al.stages}")
+        todo, skipped = unfinished(run_dir, todo)
+    except (Refused, TavaalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    skipped = [t for t in todo if raw_path(run_dir, *t[:3]).exists()]
-    todo = [t for t in todo if t not in skipped]
     (run_dir / "raw").mkdir(parents=True, exist_ok=True)
     print(f"{run_dir}: {len(todo)} experiments to run, {len(skipped)} skipped, {min(jobs, max(1, len(todo)))} jobs")
-    command = "python -m benchmarks.toy_figure1 " + " ".join(sys.argv[1:] if argv is None else argv)
-    failed = run_recorded(todo, run_dir, meta, command.strip(), jobs, threads, len(skipped), 0)
+    failed = run_recorded(todo, run_dir, meta, command_line("toy_figure1", argv), jobs, threads, len(skipped), 0)
     print(f"wrote {write_report(out, args.name, stage, args.figure_seed)}")
     if failed:
         print(f"{failed} experiments failed; rerun with --resume to retry them", file=sys.stderr)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import curves
+from benchmarks import common, curves
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -365,11 +365,11 @@ def test_curves_resume_refuses_finished_experiments_whose_config_changed_since(t
     overrides = ["al.strategy=random", "seed=0"]
     config = load_config(ROOT / "configs/smoke.yaml", overrides).to_dict()
     del config["vae"]["normalize"]  # written by a version without the field (its default then: true)
-    curves.raw_path(run_dir, "balanced", "random", 0).write_text(json.dumps({"config": config}))
+    common.raw_path(run_dir, "balanced", "random", 0).write_text(json.dumps({"config": config}))
     finished = [("balanced", "random", 0, "configs/smoke.yaml", overrides)]
-    assert curves.changed_config(run_dir, finished) is None
+    assert common.changed_config(run_dir, finished) is None
     finished = [("balanced", "random", 0, "configs/smoke.yaml", [*overrides, "vae.normalize=false"])]
-    said = curves.changed_config(run_dir, finished)
+    said = common.changed_config(run_dir, finished)
     assert said == (
         "balanced-random-seed0.json ran with vae.normalize=True but the same plan now gives False (a preset or "
         "default changed since)"
