@@ -37,7 +37,7 @@ import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 # isort: split
 import torch
 
-from benchmarks.scoring import write_results
+from benchmarks.common import ROOT, write_results
 from tavaal.backends import LocalBackend
 from tavaal.config import load_config
 from tavaal.core.pool import initial_pool
@@ -47,7 +47,6 @@ from tavaal.core.training import ModelSpec, TaskJob, evaluate
 from tavaal.data import build_dataset
 from tavaal.models import lossnet
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 VARIANTS = {  # name -> (train.precision, ranker loss, LossNet in fp32)
     "fp32": ("fp32", "rank", False),
@@ -125,11 +124,7 @@ def main() -> None:
         rows.append(
             f"| {s} | {v} | {r['acc']['fp32']:.4f} | {r['acc']['bf16']:.4f} | {r['ce']:.3f} | {r['seconds']:.0f} |"
         )
-    details = [
-        f"config: {os.path.relpath(base, ROOT)} with {', '.join(sets)}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, bf16 supported (mkldnn): "
-        f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}"
-    ]
+    details = [f"config: {os.path.relpath(base, ROOT)} with {', '.join(sets)}; {torch.get_num_threads()} threads"]
     write_results(
         args.out, args.name, "bf16 and the ranker: one stage's task training", details, "\n".join(rows), load0, load1
     )

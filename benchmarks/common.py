@@ -44,7 +44,8 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def load_raw(run_dir: Path, sub: str = "raw") -> dict[str, dict[str, dict[int, dict]]]:
-    """setting -> strategy -> seed -> the experiment's JSON, of ``<run_dir>/<sub>/<setting>-<strategy>-seed<k>.json``."""
+    """setting -> strategy -> seed -> the experiment's JSON, from ``<run_dir>/<sub>/<setting>-<strategy>-seed<k>.json``
+    (``sub``: ``raw``, or another folder of experiments in that layout)."""
     out: dict = {}
     for path in sorted((run_dir / sub).glob("*-seed*.json")):
         setting, strategy, seed = path.stem.rsplit("-", 2)

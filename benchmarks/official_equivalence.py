@@ -53,7 +53,6 @@ import contextlib
 import datetime
 import importlib
 import io
-import json
 import math
 import multiprocessing
 import os
@@ -71,13 +70,12 @@ if not __package__:  # run by path (python benchmarks/<script>.py, as older reco
 import numpy as np
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
+from benchmarks.common import ROOT, command_line, results_header, write_json
 from benchmarks.curves import CPU_PROTOCOL  # the protocol the curves are measured on
 from tavaal.config import load_config
 from tavaal.core.health import CHANCE_DISC_LOSS
 from tavaal.data.imbalance import parse_minority
 from tavaal.errors import TavaalError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 CLONE = "git clone https://github.com/cubeyoung/TA-VAAL"
 PROTOCOLS = {"cpu": [*CPU_PROTOCOL, "data.imbalance_ratio=10", "vae.iterations=null"], "none": []}
@@ -624,14 +622,6 @@ def verdict_words(summary: dict) -> list[str]:
 
 
 def header_lines(args, argv, cfg, stage: dict, iterations: int, extra: dict) -> list[str]:
-    import torch
-
-    from benchmarks.scoring import (  # as the other benchmarks; here, not at the top: workers need no ray
-        git_rev,
-        machine,
-    )
-
-    command = "python -m benchmarks.official_equivalence " + " ".join(sys.argv[1:] if argv is None else argv)
     minority = parse_minority(cfg.data.minority_classes, stage["num_classes"])
     v = cfg.vae
     adapted = [
@@ -660,25 +650,21 @@ def header_lines(args, argv, cfg, stage: dict, iterations: int, extra: dict) -> 
         f"r̂ at iteration 0, ours {'too' if v.first_iter_noise else 'does not'} (vae.first_iter_noise "
         f"{str(v.first_iter_noise).lower()}); its discriminator ends in a sigmoid + BCE, ours in BCE on logits"
     )
-    return [
-        "# Official TA-VAAL code vs ours on identical inputs",
-        "",
-        f"- command: `{command.strip()}`",
-        f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}, git {git_rev()}",
-        f"- machine: {machine()}; bf16 supported (mkldnn): {torch.ops.mkldnn._is_mkldnn_bf16_supported()}; "
+    details = [
         f"{args.jobs} jobs x {extra['threads']} threads; load average (1 min) before: {extra['load'][0]:.2f}",
-        f"- preset `{args.config}` with {', '.join(extra['overrides']) or 'no overrides'}",
-        f"- stage: pool of {stage['pool']:,} (minority classes {minority}), |L| = {len(stage['labeled'])} labels, "
+        f"preset `{args.config}` with {', '.join(extra['overrides']) or 'no overrides'}",
+        f"stage: pool of {stage['pool']:,} (minority classes {minority}), |L| = {len(stage['labeled'])} labels, "
         f"M = {len(stage['candidates']):,} candidates, budget {min(cfg.al.budget, len(stage['candidates']))}; "
         f"our task model + ranker trained once: test accuracy {stage['accuracy']:.3f}, on its labels "
         f"{stage['train_accuracy']:.3f}; r̂ of L and M computed by our code, the same numbers for both sides",
-        *(f"- adapted: {a}" for a in adapted),
-        f"- not adapted, {kept}",
-        f"- Equal: across >= within-official − {MARGIN} and our mean minority share inside the official seeds' "
+        *(f"adapted: {a}" for a in adapted),
+        f"not adapted, {kept}",
+        f"Equal: across >= within-official − {MARGIN} and our mean minority share inside the official seeds' "
         "range; chance Jaccard of two random picks "
         f"{chance_jaccard(len(stage['candidates']), min(cfg.al.budget, len(stage['candidates']))):.3f}",
-        "",
     ]
+    title = "Official TA-VAAL code vs ours on identical inputs"
+    return results_header(title, command_line("official_equivalence", argv), details)
 
 
 def _git_rev_of(folder: str) -> str:
@@ -823,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     raw = {"summary": summary, "iterations": iterations, "runs": results, "labeled": stage["labeled"].tolist()}
     raw["candidates"] = stage["candidates"].tolist()
-    (out / f"{args.name}.json").write_text(json.dumps(raw))
+    write_json(out / f"{args.name}.json", raw)
     print(f"wrote {out / args.name}.md and .json")
     return 0
 

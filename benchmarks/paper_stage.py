@@ -16,7 +16,7 @@ LossNet 128, the published VAE of 128..1024 channels), shortened to ``--epochs``
   all+malloc     all + glibc malloc serving large buffers from its heap and keeping freed memory (mallopt
                  M_MMAP_THRESHOLD 256 MiB, M_TRIM_THRESHOLD 1 GiB); last, since it cannot be undone in the process
 Every setting runs ``experiment.run_stage`` (the real loop: train, evaluate, r̂, VAE + discriminator, scoring,
-selection) from the same seed, timed around the backend's calls (``stage_time.TimedBackend``), after an untimed
+selection) from the same seed, timed around the backend's calls (``common.TimedBackend``), after an untimed
 warm-up stage of the same setting at a small size (``WARM``: kernels, batch shapes, first allocations). Parts: task
 training per iteration; evaluation (test split + the labeled set's fit); VAE + D per iteration; r̂ (labeled +
 candidates); scoring (discriminator, candidates + labeled); selection; the stage. Page faults are the process's
@@ -39,7 +39,6 @@ import math
 import os
 import resource
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,8 +50,7 @@ import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 # isort: split
 import torch
 
-from benchmarks.scoring import write_results
-from benchmarks.stage_time import TimedBackend
+from benchmarks.common import ROOT, TimedBackend, write_results
 from tavaal.backends import build_backend
 from tavaal.config import load_config
 from tavaal.core.pool import initial_pool
@@ -66,7 +64,6 @@ from tavaal.models import vae as vae_module
 from tavaal.strategies import build_strategy
 from tavaal.strategies.scorers import TaskScorer
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 # the settings' baseline, whatever the preset's defaults: fp32, NCHW, batch 512 (as before the levers)
 PAPER = [
@@ -115,18 +112,18 @@ def tune_malloc() -> None:
 
 
 class PartTimes(TimedBackend):
-    """stage_time's TimedBackend that tells r̂ (the task model's scorer) from the discriminator's scoring, counts
+    """``common.TimedBackend`` that tells r̂ (the task model's scorer) from the discriminator's scoring, counts
     minor page faults per part and keeps the last VAE job (for the profile)."""
 
-    def __init__(self, inner, times: dict) -> None:
-        super().__init__(inner, times)
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
         self.faults: dict = defaultdict(int)
         self.vae_job = None
 
-    def _timed(self, part: str, fn, *args, **kwargs):
+    def timed(self, part: str, fn, *args):
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         try:
-            return super()._timed(part, fn, *args, **kwargs)
+            return super().timed(part, fn, *args)
         finally:
             self.faults[part] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
@@ -134,26 +131,20 @@ class PartTimes(TimedBackend):
         self.vae_job = job
         return super().train_vae(job, on_progress)
 
-    def score(self, scorer, indices, batch_size):
-        part = "r̂" if isinstance(scorer, TaskScorer) else "scoring"
-        return self._timed(part, self.inner.score, scorer, indices, batch_size)
+    def part(self, scorer) -> str:
+        return "r̂" if isinstance(scorer, TaskScorer) else self.SCORING
 
 
 def run_setting(cfg, data, levers: list[str]) -> dict:
     """One shortened stage 1 with ``levers``; its part times (s), faults, record and the VAE job."""
-    times: dict = defaultdict(lambda: defaultdict(float))
-    backend = PartTimes(build_backend(cfg.backend, cfg.data), times)
+    backend = PartTimes(build_backend(cfg.backend, cfg.data))
     backend.prepare(data, CPU)
     spec = ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden)
     pool = initial_pool(len(data.train), cfg.al.initial, numpy_rng(cfg.seed, "initial"))
-    t0 = time.perf_counter()
     with vae_shape(published="vae28" in levers):
         record, _, _ = run_stage(cfg, 0, pool, data, spec, build_strategy("tavaal"), backend, CPU, lambda m: None)
+    part = backend.end_stage(record)
     backend.close()
-    part = times[0]
-    part["evaluation"] = record.time_stage - record.time_train - record.time_query
-    part["selection"] = record.time_query - part["VAE + discriminator"] - part["r̂"] - part["scoring"]
-    part["stage"] = time.perf_counter() - t0
     return {"times": dict(part), "faults": dict(backend.faults), "record": record, "job": backend.vae_job}
 
 
@@ -273,9 +264,7 @@ def main() -> None:
     load1 = os.getloadavg()
     table = render(runs, paper, noise)
     details = [
-        f"config: {os.path.relpath(base, ROOT)} with {', '.join(sets)}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, bf16 supported (mkldnn): "
-        f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}",
+        f"config: {os.path.relpath(base, ROOT)} with {', '.join(sets)}; {torch.get_num_threads()} threads",
         f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load0)}, after "
         f"{tuple(round(x, 2) for x in load1)}",
     ]

@@ -24,16 +24,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
     os.execv(sys.executable, [sys.executable, "-m", "benchmarks.scoring", *sys.argv[1:]])
@@ -45,6 +41,7 @@ import numpy as np
 import ray
 import torch
 
+from benchmarks.common import ROOT, write_results
 from tavaal.backends.ray.backend import local_system_config
 from tavaal.backends.ray.connect import LOOPBACK, loopback_only
 from tavaal.backends.ray.data import score_with_ray_data
@@ -55,7 +52,6 @@ from tavaal.core.vae_training import VAEJob, train_vae
 from tavaal.data import build_dataset
 from tavaal.strategies.scorers import DiscriminatorScorer, TaskScorer
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
@@ -138,52 +134,6 @@ def run_ray(scorer, ref, cand, bs, workers, n, compute) -> tuple[dict, float, fl
     wall = time.perf_counter() - t
     rate, startup = steady_rate(out)
     return out, wall, rate, startup
-
-
-def machine() -> str:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return f"{os.cpu_count()} cores, {model}, {platform.system()} {platform.release()}"
-
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        return rev + (" (with uncommitted changes)" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def write_results(
-    out: str | Path, stem: str, title: str, details: list[str], table: str, load0: tuple, load1: tuple
-) -> Path:
-    """Print ``table`` and write it to ``out/<stem>-<date>.md`` under a header that says how to rerun it:
-    command, date, machine, git revision, load average before / after, then one line per ``details`` item."""
-    command = " ".join([f"python -m benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
-    now = datetime.datetime.now()
-    header = (
-        f"# {title}\n\n"
-        f"- command: `{command}`\n- date: {now:%Y-%m-%d %H:%M}\n- machine: {machine()}\n"
-        f"- git revision: {git_rev()}\n- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f}\n"
-        + "".join(f"- {line}\n" for line in details)
-        + "\n"
-    )
-    print("\n" + table)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{stem}-{now:%Y-%m-%d}.md"
-    path.write_text(header + table + "\n")
-    print(f"\nwrote {path}")
-    return path
 
 
 def main() -> None:
@@ -276,7 +226,7 @@ def main() -> None:
         "Pool scoring: local loop vs Ray Data",
         [
             f"{len(cand):,} Fashion-MNIST candidates, batch {bs}, median of {args.rounds} rounds after a warm-up "
-            f"round; torch {torch.__version__}, ray {ray.__version__}",
+            f"round; ray {ray.__version__}",
             "ratios: end to end (candidates / wall time of the whole call, start-up included); steady img/s: rows "
             "scored while all workers ran / that window (local: candidates / wall); first batch after: from the call "
             "to the first batch starting in a worker",

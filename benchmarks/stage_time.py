@@ -10,13 +10,13 @@ stages) with ``--backend local`` and with ``--backend ray`` in each of ``--ray-m
 experiment). Ray: a local Ray started by the run, 1 training worker and 1 scoring worker of 1 logical CPU each
 (so that the kept worker and a scorer fit on the machine together) running as many torch threads as this
 machine has cores, as the local backend does. Each stage's time is split into parts, timed around the backend's
-calls:
+calls (``benchmarks.common.TimedBackend``) and, between them, from the stage record's own clocks:
   task + ranker training   ``backend.train_task`` (Ray: a TorchTrainer job, or a job on the kept group)
   evaluation               test-split accuracy (in the driver for both backends)
   VAE + discriminator      ``backend.train_vae`` (the same)
   scoring                  ``backend.score`` (r̂ of labeled + candidates, then the discriminator; Ray: Ray Data)
   selection                the rest of the query (r̂ normalization, sorting, top-b)
-  checkpoint               ``checkpoint.save_stage``
+  checkpoint               the rest of the stage until the loop reports it: saving (and pruning) its checkpoint
 Stage 1 runs on a cold Ray (worker processes start); the later query stages show the steady state. Prints,
 per stage and part, local seconds, Ray seconds and Ray/local (our target: at most 1.3 for a stage of at
 least 30 s), and writes the table to ``benchmarks/results/stage-time-<date>.md``.
@@ -28,93 +28,34 @@ import argparse
 import os
 import sys
 import tempfile
-import time
-from collections import defaultdict
 from pathlib import Path
 
 if not __package__:  # run by path (python benchmarks/<script>.py, as older records say): as the module
     os.execv(sys.executable, [sys.executable, "-m", "benchmarks.stage_time", *sys.argv[1:]])
 
 import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
-
-# isort: split
-import torch
-
-from benchmarks.scoring import write_results  # same header fields as the scoring benchmark
+from benchmarks.common import ROOT, TimedBackend, write_results
 from tavaal import experiment
 from tavaal.backends import build_backend
 from tavaal.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
 RAY_MODES = {"jobs": [], "kept": ["backend.keep_workers=true"]}
 PARTS = ("task + ranker training", "evaluation", "VAE + discriminator", "scoring", "selection", "checkpoint")
 
 
-class TimedBackend:
-    """Delegates to a backend and adds each call's wall time to ``times[stage][part]``."""
-
-    def __init__(self, inner, times: dict) -> None:
-        self.inner, self.times, self.stage = inner, times, 0
-        self.name = inner.name
-
-    def _timed(self, part: str, fn, *args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.times[self.stage][part] += time.perf_counter() - t
-
-    def prepare(self, data, device) -> None:
-        self.inner.prepare(data, device)
-
-    def relabel(self, data) -> None:
-        self.inner.relabel(data)
-
-    def train_task(self, job, on_epoch_end=None):
-        return self._timed("task + ranker training", self.inner.train_task, job, on_epoch_end)
-
-    def train_vae(self, job, on_progress=None):
-        return self._timed("VAE + discriminator", self.inner.train_vae, job, on_progress)
-
-    def score(self, scorer, indices, batch_size):
-        return self._timed("scoring", self.inner.score, scorer, indices, batch_size)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def run(cfg, out_dir: Path) -> tuple[dict, list]:
     """One experiment; returns ({stage: {part: seconds}}, records)."""
-    times: dict = defaultdict(lambda: defaultdict(float))
-    backend = TimedBackend(build_backend(cfg.backend, cfg.data), times)
-    save = experiment.checkpoint.save_stage
-
-    def timed_save(out, stage, *args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return save(out, stage, *args, **kwargs)
-        finally:
-            times[stage]["checkpoint"] += time.perf_counter() - t
+    backend = TimedBackend(build_backend(cfg.backend, cfg.data))
 
     def on_stage(record, path) -> None:
-        part = times[record.stage]
-        part["evaluation"] = record.time_stage - record.time_train - record.time_query  # evaluate + counts
-        part["selection"] = record.time_query - part["VAE + discriminator"] - part["scoring"]
-        part["stage"] = record.time_stage + part["checkpoint"]
-        backend.stage = record.stage + 1
+        part = backend.end_stage(record)
         print(
             f"  {cfg.backend.name} stage {record.stage}: {part['stage']:.1f} s, acc {record.accuracy:.4f}",
             flush=True,
         )
 
-    experiment.checkpoint.save_stage = timed_save
-    try:
-        records = experiment.run_experiment(
-            cfg, backend=backend, out_dir=out_dir, log=lambda m: None, on_stage=on_stage
-        )
-    finally:
-        experiment.checkpoint.save_stage = save
-    return times, records
+    records = experiment.run_experiment(cfg, backend=backend, out_dir=out_dir, log=lambda m: None, on_stage=on_stage)
+    return backend.times, records
 
 
 def main() -> None:
@@ -173,7 +114,7 @@ def main() -> None:
         "One TA-VAAL stage, part by part: local backend vs Ray backend (1 worker)",
         [
             f"config: {os.path.relpath(args.config, ROOT)} with {', '.join(common)}; Ray: {', '.join(ray_sets)} "
-            f"(kept: + {', '.join(RAY_MODES['kept'])}); torch {torch.__version__}",
+            f"(kept: + {', '.join(RAY_MODES['kept'])})",
             f"same selections with every backend: {'yes' if same else 'NO'}",
             "target: Ray / local <= 1.3 for a stage of at least 30 s",
         ],

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import os
 import sys
 from pathlib import Path
@@ -44,6 +43,7 @@ import tavaal  # noqa: F401  (sets OMP passive waiting before torch loads)
 # isort: split
 import torch
 
+from benchmarks.common import ROOT, WrappedBackend, command_line, results_header
 from benchmarks.curves import CPU_PROTOCOL  # the protocol the curves are measured on
 from tavaal.backends import build_backend
 from tavaal.config import load_config
@@ -54,8 +54,6 @@ from tavaal.core.selection import select_top_k
 from tavaal.data.imbalance import parse_minority
 from tavaal.errors import TavaalError
 from tavaal.strategies.scorers import DiscriminatorScorer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 PROTOCOLS = {"cpu": [*CPU_PROTOCOL, "data.imbalance_ratio=10"], "none": []}
 HEAD = (
@@ -91,29 +89,14 @@ def permutation_change(
     return {"changed": float(changed), "picks": picks, "permuted_picks": again, "chance": 1 - budget / candidates.size}
 
 
-class PermutingBackend:
+class PermutingBackend(WrappedBackend):
     """The run's backend, unchanged, except that each discriminator scoring of a stage's candidates is repeated with
     r̂ permuted (``permutation_change``); the results, keyed by the stage's seed, go to ``self.changes``."""
 
     def __init__(self, inner, budget: int) -> None:
-        self.inner, self.budget = inner, budget
-        self.name = inner.name
+        super().__init__(inner)
+        self.budget = budget
         self.changes: dict[int, dict] = {}
-
-    def prepare(self, data, device) -> None:
-        self.inner.prepare(data, device)
-
-    def relabel(self, data) -> None:
-        self.inner.relabel(data)
-
-    def train_task(self, job, on_epoch_end=None):
-        return self.inner.train_task(job, on_epoch_end)
-
-    def train_vae(self, job, on_progress=None):
-        return self.inner.train_vae(job, on_progress)
-
-    def close(self) -> None:
-        self.inner.close()
 
     def score(self, scorer, indices: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
         out = self.inner.score(scorer, indices, batch_size)
@@ -224,16 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     except TavaalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    command = "python -m benchmarks.tavaal_diagnosis " + " ".join(sys.argv[1:] if argv is None else argv)
-    lines = [
-        "# TA-VAAL diagnosis: the adversarial game per query stage",
-        "",
-        f"- command: `{command.strip()}`",
-        f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
-        f"- preset `{args.config}` with {', '.join(PROTOCOLS[args.protocol] + args.set) or 'no overrides'}",
-        f"- chance level of the discriminator loss: 2 ln 2 = {CHANCE_DISC_LOSS:.3f}; of an AUROC: 0.5",
-        "",
-    ]
+    lines = results_header(
+        "TA-VAAL diagnosis: the adversarial game per query stage",
+        command_line("tavaal_diagnosis", argv),
+        [
+            f"preset `{args.config}` with {', '.join(PROTOCOLS[args.protocol] + args.set) or 'no overrides'}",
+            f"chance level of the discriminator loss: 2 ln 2 = {CHANCE_DISC_LOSS:.3f}; of an AUROC: 0.5",
+        ],
+    )
     print("\n".join(lines), flush=True)
     for _, _, overrides in runs:
         lines += diagnose(args.config, overrides)[0] + [""]
