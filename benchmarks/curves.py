@@ -18,34 +18,32 @@ is the test mIoU (pixel accuracy is ~80% for predicting background everywhere), 
 figure, and its label entropy is that of the labeled set's pixel classes.
 
 CPU protocol (default; configs/fashionmnist_tavaal_cpu.yaml with CPU_PROTOCOL below), chosen by timing
-experiments on the 2-core AMD EPYC machine this was written on (2026-11-25, other engineers' jobs running):
+experiments on a 2-core CPU (the numbers, dated and with their machines: benchmarks/README.md, "Numbers behind the
+code's reasons", and its ablations):
   100 initial labels + 100 per stage, 6 stages (100..600 labels): the steep part of the curve, where picks move
-      the accuracy (random: 52% at 100, 71% at 200, 78% at 600 labels); 200/stage doubles training for flatter curves
+      the accuracy; 200 per stage would double the training for flatter curves
   30 epochs (lr x 0.1 at epoch 24, ranker features detached after 18: the paper's 160 and 120 of 200): the task
-      model fits its labeled set (99.8% training accuracy on average, as the paper's 200 epochs fit theirs), where
-      10 epochs (the protocol until 2026-12-02, 20 SGD steps at 100 labels) left 86% at the first stage and cost
-      every strategy 3-7 pt AUC (benchmarks/ablations.py); a stage trains in 2-8 s on 1 thread
-  1,000 candidates per stage: 10x the budget, as the paper's 10,000 for 1,000; scoring them takes < 1 s
+      model fits its labeled set, as the paper's 200 epochs fit theirs, where 10 epochs (the protocol until
+      2026-12-02) left it underfit and cost every strategy AUC (benchmarks/ablations.py); a stage still trains in
+      seconds on 1 thread
+  1,000 candidates per stage: 10x the budget, as the paper's 10,000 for 1,000; scoring them is quick
   VAE/discriminator: 100 iterations, base_channels 16, batch 64 (the preset's VAE, a third of its iterations):
-      the VAE is > 85% of a vaal/tavaal experiment, so its iterations set the benchmark's length
+      the VAE is most of a vaal/tavaal experiment, so its iterations set the benchmark's length
 How long it takes: the VAE/discriminator iterations set a vaal/tavaal experiment's length; random, lloss and
-  entropy take well under a minute. ``--set vae.iterations=null`` runs the official formula,
-  int((|L| + M) * 100 / 64): 1,718 iterations at 100 labels, 2,343 at 500, about 100x this protocol's fixed 100,
-  and vaal's two VAE steps per iteration cost about twice tavaal's one. Measured times, per strategy and budget,
-  with the machine and its load: benchmarks/README.md ("How long the curves take"). The default of one job per
-  core with 1 thread each gets more done than one job on every core (measured there too).
+  entropy are quick. ``--set vae.iterations=null`` runs the official formula, int((|L| + M) * 100 / 64), many times
+  this protocol's fixed 100 per query, and vaal's two VAE steps per iteration cost more than tavaal's one. Measured
+  times, per strategy and budget, with the machine and its load: benchmarks/README.md ("How long the curves
+  take"). The default of one job per core with 1 thread each gets more done than one job on every core (measured
+  there too).
   A run's numbers depend on its thread count (float reduction order): compare runs made with the same --jobs.
 
 shapes protocol (the preset, unchanged; values and reasons from its comments): 2,000 synthetic 32x32 images of
 discs, squares, triangles and rings on textures (5 pixel classes, ~80% background, triangles and rings rare), 500
 test images; the seg_small U-Net; 100 initial labels + 100 per stage, 4 stages (100..400 labeled images, 5-20% of
-the pool); 30 epochs (random at 200 labels: mIoU 0.54 after 20 epochs, 0.62 after 40), lr x 0.1 at epoch 24 and
-ranker features detached after 18 (80% and 60% of the epochs, as the paper's 160 and 120 of 200); 1,000
-candidates per stage (10x the budget); VAE latent 16, base_channels 16, 150 iterations, batch 32.
-Measured (2026-12-01, 2-core Intel Xeon, 2 jobs x 1 thread, another engineer's jobs running: load average 2-4.8),
-minutes per experiment, mean of 3 seeds (the fastest seed's, at load ~2): random 2.1 (1.5), entropy 2.5 (1.7),
-lloss 2.8 (1.8), vaal 4.1 (2.9), tavaal 3.4 (2.2); stages grow with the labeled set (30 epochs on 100..400 images).
-  -> 15 experiments in 22.8 min; ~15 min on an otherwise idle machine (10.1 experiment-minutes per seed x 3 / 2).
+the pool); 30 epochs (between the 20 and 40 that random was measured with), lr x 0.1 at epoch 24 and ranker
+features detached after 18 (80% and 60% of the epochs, as the paper's 160 and 120 of 200); 1,000 candidates per
+stage (10x the budget); VAE latent 16, base_channels 16, 150 iterations, batch 32. Its stages grow with the labeled
+set (30 epochs on 100..400 images), vaal and tavaal take the longest; the measured minutes: benchmarks/README.md.
 
 --paper: configs/cifar10_tavaal.yaml on ``--data`` (ResNet-18, 1,000 initial + 1,000 per stage, 10 stages,
 200 epochs, 10,000 candidates, the published VAE with the official iteration formula): about 1 GPU-hour per
