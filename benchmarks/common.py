@@ -197,7 +197,7 @@ def invocation(command: str, **counts) -> dict:
     }
 
 
-def record_invocation(inv: dict, save: Callable[[], None], run: Callable[[], int]) -> int:
+def record_invocation(inv: dict, save: Callable[[], object], run: Callable[[], int]) -> int:
     """``run()`` (it returns how many experiments failed) with ``save()`` (which writes the record holding ``inv``)
     before and after, and ``inv``'s minutes and load average after filled in between."""
     save()
