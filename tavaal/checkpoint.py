@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from tavaal import faults
 from tavaal.config import flatten
 from tavaal.core.pool import PoolState
 from tavaal.errors import CheckpointError, ConfigError
@@ -43,7 +44,6 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 FORMAT_VERSION = 1
 STAGE_FILES = ("state.pt", "config.json")  # what a manifest must name, exactly
 IDENTITY = "run.json"
-PAUSE_ENV = "TAVAAL_TEST_CHECKPOINT_PAUSE"  # seconds between writing state.pt and the manifest (tests only)
 _FALLBACK = "--resume uses the newest good stage before it"
 
 # fields that may differ between a run and its resume (they do not change what gets selected: al.stages only
@@ -234,8 +234,7 @@ def save_stage(
         "rng": {"torch": torch.get_rng_state()},
     }
     torch.save(payload, tmp / "state.pt")
-    if PAUSE_ENV in os.environ:  # tests: widen the window in which a kill lands mid-write
-        time.sleep(float(os.environ[PAUSE_ENV]))
+    faults.point("checkpoint")  # tests: widen the window in which a kill lands mid-write
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     files = {
         name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}

@@ -183,13 +183,13 @@ def _torch_threads():
 def ray_cluster(tmp_path_factory):
     """The test session's one local Ray (2 CPUs, its own short temp dir under /tmp; ``ray.shutdown()`` at the end),
     started by the first test that asks for it. Yields the fault-injection folder its Ray Train workers watch
-    (``FAULT_ENV``: a worker of a task job dies at epoch 1 while ``DIR/armed`` exists, once per ``DIR/fired``).
+    (``tavaal.faults``: a worker of a task job dies at epoch 1 while ``DIR/armed`` exists, once per ``DIR/fired``).
     Tests that need a Ray of their own (token authentication, a Ray they kill) start it in a subprocess."""
     import ray
 
+    from tavaal import faults
     from tavaal.backends.ray.backend import WORKER_ENV, local_system_config
     from tavaal.backends.ray.connect import LOOPBACK, loopback_only
-    from tavaal.backends.ray.train import FAULT_ENV
 
     assert not ray.is_initialized(), "a test left a Ray running in the pytest process"
     fault = tmp_path_factory.mktemp("fault")
@@ -200,7 +200,7 @@ def ray_cluster(tmp_path_factory):
             include_dashboard=False,
             _temp_dir=tmp,
             log_to_driver=False,
-            runtime_env={"env_vars": WORKER_ENV | {FAULT_ENV: f"task:1:{fault}"}},
+            runtime_env={"env_vars": WORKER_ENV | {faults.ENV: f"task:1:{fault}"}},
             _system_config=local_system_config(2),
             _node_ip_address=LOOPBACK,
         )

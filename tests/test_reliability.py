@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tavaal import checkpoint
+from tavaal import checkpoint, faults
 from tavaal.config import load_config
 from tavaal.experiment import run_experiment
 
@@ -213,7 +213,7 @@ def test_ten_sigkills_at_seeded_moments_change_nothing(tmp_path, capsys):
     ref = tmp_path / "ref"
     assert run_main(capsys, *args, "--out", str(ref)).returncode == 0
     out = tmp_path / "killed"
-    env = {**os.environ, checkpoint.PAUSE_ENV: "0.3"}
+    env = {**os.environ, faults.ENV: "checkpoint:0.3"}
     rng = np.random.default_rng(2026)
     kills, log = 0, []
     while kills < 10:
@@ -477,3 +477,16 @@ def test_a_run_that_stops_mid_way_ends_its_mlflow_run(tmp_path, error, status):
     run = mlflow.MlflowClient(tracking_uri=tracker.tracking_uri).get_run(tracker.run_id)
     assert run.info.status == status
     assert checkpoint.list_stages(tmp_path / "run") == [0]  # what was done is kept for --resume
+
+
+def test_the_fault_seam_fires_only_where_and_when_it_is_told(tmp_path, monkeypatch):
+    """``tavaal.faults``: nothing without its variable; a trial fault raises once at its stage; a worker fault
+    waits for its arming file (the process death itself is what the Ray Train tests exercise)."""
+    faults.point("trial", 0)  # unset: nothing happens
+    monkeypatch.setenv(faults.ENV, f"task:1:{tmp_path},trial:2:{tmp_path}")
+    faults.point("trial", 1)
+    faults.point("task", 1)  # not armed: no death
+    with pytest.raises(RuntimeError, match="injected trial fault after stage 2"):
+        faults.point("trial", 2)
+    assert (tmp_path / "fired").is_file()
+    faults.point("trial", 2)  # once per fired file

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tavaal import faults
 from tavaal.config import load_config
 from tavaal.core.metrics import objective_metrics
 from tavaal.errors import ConfigError
@@ -363,7 +364,7 @@ def test_killed_sweep_resumes_without_duplicate_steps_and_same_picks(tmp_path, r
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "TAVAAL_TRIAL_FAULT": f"0:{fault}"},
+        env={**os.environ, faults.ENV: f"trial:0:{fault}"},
     )
     deadline = time.monotonic() + 300
     while not list(runs.glob("k/*/checkpoint_000001")):  # the first trial has finished 2 stages

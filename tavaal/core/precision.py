@@ -1,7 +1,7 @@
 """How a stage's numbers are computed: precision (fp32, bf16 autocast, or auto) and the memory format.
 
-bf16 autocast halves conv cost on CPUs with avx512_bf16 (AMD EPYC here; some Intel CPUs lack it) and on GPUs
-with bf16 units; ``auto`` picks it where the device supports it, else fp32. channels_last (NHWC) lets oneDNN
+bf16 autocast makes convolutions cheaper on CPUs with avx512_bf16 (some CPUs lack it) and on GPUs with bf16
+units; ``auto`` picks it where the device supports it, else fp32. channels_last (NHWC) lets oneDNN
 and cuDNN skip the layout reorders around every convolution.
 """
 

@@ -64,6 +64,34 @@ class TaskResult:
         return {"model": self.model_state} | ({"ranker": self.ranker_state} if self.ranker_state else {})
 
 
+Snapshot = Callable[[], dict]  # the state a job resumes from, built only when a runner asks for it
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a distributed runner (Ray Train) adds to the core training loops; a local run needs none of it.
+
+    ``shard`` (rank, world): this worker's share of each epoch (task) or batch (VAE). ``prepare`` wraps a model,
+    already on the device, for data-parallel training (DDP). ``sync_grads`` averages a module's gradients across
+    the workers before each optimizer step (the VAE job: its two forward passes per step do not fit DDP's
+    one-forward-one-backward contract). ``state``: a snapshot to resume from. ``report(step, stats, snapshot)``
+    runs after every task epoch and every ``every`` VAE iterations, with a function that returns the resumable
+    state (so that only a runner that checkpoints pays for building it).
+    """
+
+    shard: tuple[int, int] = (0, 1)
+    prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    sync_grads: Callable[[torch.nn.Module], None] | None = None
+    state: dict | None = None
+    report: Callable[[int, dict, Snapshot], None] | None = None
+    every: int | None = None  # VAE iterations between reports (None: the loop's own log interval)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a data-parallel wrapper (``DistributedDataParallel.module``), else the model itself."""
+    return getattr(module, "module", module)
+
+
 class StageOptim:
     """SGD + MultiStepLR for the task model and (same hyperparameters, as the official code) the ranker."""
 
@@ -166,20 +194,51 @@ def train_task(
     data: ALData,
     device: torch.device,
     on_epoch_end: Callable[[dict], None] | None = None,
+    hooks: Hooks | None = None,
 ) -> TaskResult:
-    """Build (seeded), train for ``job.train.epochs`` epochs, return CPU state dicts and the history."""
+    """Build (seeded), train for ``job.train.epochs`` epochs, return CPU state dicts and the history.
+
+    ``hooks`` (a distributed runner's): train this worker's shard, wrap the models, resume from a snapshot
+    (``{"model", "ranker", "history", "optim", "epoch"}``) and report one after every epoch.
+    """
+    hooks = hooks or Hooks()
     model, ranker = job.spec.build(job.ranker_loss is not None, seed=derive_seed(job.seed, "init"))
+    if hooks.state is not None:
+        model.load_state_dict(hooks.state["model"])
+        if ranker is not None:
+            ranker.load_state_dict(hooks.state["ranker"])
     model.to(device, memory_format=memory_format(job.train.channels_last))  # type: ignore[call-overload]  # torch's stubs lack Module.to(device, memory_format=...)
     if ranker is not None:
         ranker.to(device)
+    if hooks.prepare is not None:
+        model = hooks.prepare(model)
+        ranker = hooks.prepare(ranker) if ranker is not None else None
     optim = StageOptim(model, ranker, job.train)
-    history = []
-    for epoch in range(job.train.epochs):
-        stats = train_epoch(model, ranker, optim, data, job, epoch, device)
+    history: list[dict] = []
+    start = 0
+    if hooks.state is not None:
+        optim.load_state_dict(hooks.state["optim"])
+        history, start = list(hooks.state["history"]), int(hooks.state["epoch"]) + 1
+
+    def result() -> TaskResult:
+        return TaskResult(cpu_state(unwrap(model)), cpu_state(unwrap(ranker)) if ranker is not None else None, history)
+
+    for epoch in range(start, job.train.epochs):
+        stats = train_epoch(model, ranker, optim, data, job, epoch, device, shard=hooks.shard)
         history.append(stats)
         if on_epoch_end is not None:
             on_epoch_end(stats)
-    return TaskResult(cpu_state(model), cpu_state(ranker) if ranker is not None else None, history)
+        if hooks.report is not None:
+
+            def snapshot(epoch: int = epoch) -> dict:
+                r = result()
+                return {"model": r.model_state, "ranker": r.ranker_state, "history": list(r.history)} | {
+                    "optim": optim.state_dict(),
+                    "epoch": epoch,
+                }
+
+            hooks.report(epoch, stats, snapshot)
+    return result()
 
 
 def cpu_state(module: torch.nn.Module) -> dict:

@@ -22,7 +22,7 @@ from tavaal.config import VAEConfig
 from tavaal.core.batches import endless_batches
 from tavaal.core.precision import autocast, memory_format, resolve_precision, to_device
 from tavaal.core.seeding import derive_seed, torch_generator
-from tavaal.core.training import cpu_state
+from tavaal.core.training import Hooks, cpu_state
 from tavaal.data.base import ALData
 from tavaal.losses import discriminator_loss, vae_adversarial_loss, vae_loss
 from tavaal.models import VAE, Discriminator
@@ -212,21 +212,40 @@ def train_vae(
     device: torch.device,
     on_progress: Callable[[dict], None] | None = None,
     log_every: int = 100,
+    hooks: Hooks | None = None,
 ) -> VAEResult:
     """Per iteration: ``vae_steps`` VAE steps then one discriminator step (eq. of VAAL / TA-VAAL).
 
     VAE loss = Σ_{L,U} [MSE + β·KL] + λ_adv·[BCE(D(μ_L, r_L), 1) + BCE(D(μ_U, r_U), 1)];
     discriminator loss = BCE(D(μ_L, r_L), 1) + BCE(D(μ_U, r_U), 0) with μ under no-grad.
     The decoder gets σ(r̂), the discriminator the raw r̂.
+
+    ``hooks`` (a distributed runner's): this worker's batches, gradients averaged across workers, resume from a
+    snapshot (``{"training", "history", ...}``) and report one every ``hooks.every`` iterations (which then
+    also spaces the history instead of ``log_every``).
     """
-    trainer = VAETraining(job, device).bind(data)
-    history = []
+    hooks = hooks or Hooks()
+    trainer = VAETraining(job, device, shard=hooks.shard).bind(data)
+    history: list[dict] = []
+    if hooks.state is not None:
+        trainer.load_state_dict(hooks.state["training"], data)
+        history = list(hooks.state["history"])
+    every = hooks.every or log_every
+
+    def snapshot() -> dict:
+        r = trainer.result(list(history))
+        return {"vae": r.vae_state, "disc": r.disc_state, "history": r.history, "disc_loss_tail": r.disc_loss_tail} | {
+            "training": trainer.state_dict()
+        }
+
     while trainer.iteration < job.iterations:
-        rec = trainer.step()
-        if rec["iteration"] % log_every == 0 or rec["iteration"] == job.iterations:
+        rec = trainer.step(sync_grads=hooks.sync_grads)
+        if rec["iteration"] % every == 0 or rec["iteration"] == job.iterations:
             history.append(rec)
             if on_progress is not None:
                 on_progress(rec)
+            if hooks.report is not None:
+                hooks.report(rec["iteration"], rec, snapshot)
     return trainer.result(history)
 
 

@@ -8,27 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from tavaal import faults
 from tavaal.core.metrics import objective_metrics
-
-TRIAL_FAULT_ENV = "TAVAAL_TRIAL_FAULT"  # tests: "STAGE:DIR" makes one trial fail after reporting STAGE
-
-
-def _maybe_fail(stage: int) -> None:
-    """Fault injection for tests: with ``$TAVAAL_TRIAL_FAULT = STAGE:DIR`` and no ``DIR/fired`` yet, the first
-    trial to report STAGE raises once (``DIR/fired`` marks it); Tune retries it from that stage's checkpoint."""
-    spec = os.environ.get(TRIAL_FAULT_ENV, "")
-    if not spec:
-        return
-    at, folder = spec.split(":", 1)
-    fired = Path(folder) / "fired"
-    if int(at) == stage and not fired.exists():
-        fired.write_text(f"trial failed on purpose after stage {stage}\n")
-        raise RuntimeError(f"injected trial fault after stage {stage} ({TRIAL_FAULT_ENV})")
 
 
 class InputsOnly:
@@ -92,7 +77,7 @@ def al_trial(params: dict, base: dict, threads: int) -> None:
             metrics["inputs"], collector.inputs = json.dumps(collector.inputs), None
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(stage_path))
         ckpt.prune(out, 1)  # Tune keeps its own copy; keep the newest locally
-        _maybe_fail(record.stage)
+        faults.point("trial", record.stage)  # tests: Tune retries the trial from this stage's checkpoint
 
     try:
         run_experiment(

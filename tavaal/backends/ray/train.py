@@ -1,7 +1,7 @@
 """Ray Train adapter: task training and VAE/discriminator training as ``TorchTrainer`` jobs.
 
-The per-worker functions call the same core code as the local backend (``train_epoch``,
-``VAETraining.step``); this file only adds the Ray touch points:
+The per-worker functions run the same core loops as the local backend (``train_task``, ``train_vae``) and hand
+them the Ray touch points as ``Hooks``:
 
   [1] data: the stage's ``ALData`` reaches each worker as one object-store reference (``ray.put`` once per
       experiment by the driver); each worker reads its shard of the labeled set from it by index.
@@ -18,7 +18,6 @@ worker group, ``TrainSession``, which saves Ray Train's start-up per job.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 import uuid
@@ -28,29 +27,10 @@ from typing import Any
 
 import torch
 
+from tavaal import faults
 from tavaal.config import BackendConfig
-from tavaal.core.seeding import derive_seed
-from tavaal.core.training import StageOptim, TaskJob, TaskResult, cpu_state, train_epoch
-from tavaal.core.vae_training import VAEJob, VAEResult, VAETraining
-
-FAULT_ENV = "TAVAAL_FAULT_INJECT"  # tests: "task:EPOCH:DIR" or "vae:ITERATION:DIR"
-
-
-def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
-    return getattr(m, "module", m)  # a DistributedDataParallel's model, else the model itself
-
-
-def _maybe_fail(kind: str, step: int) -> None:
-    """Fault injection for tests: with ``$TAVAAL_FAULT_INJECT = kind:step:DIR`` and a file ``DIR/armed``,
-    the worker that reaches ``step`` of a ``kind`` job kills its own process once (``DIR/fired`` marks it)."""
-    spec = os.environ.get(FAULT_ENV, "")
-    if not spec:
-        return
-    k, at, folder = spec.split(":", 2)
-    armed, fired = Path(folder) / "armed", Path(folder) / "fired"
-    if k == kind and int(at) == step and armed.exists() and not fired.exists():
-        fired.write_text(f"worker pid {os.getpid()} killed itself at {kind} step {step}\n")
-        os._exit(1)  # a real death, not an exception
+from tavaal.core.training import Hooks, Snapshot, TaskJob, TaskResult, train_task
+from tavaal.core.vae_training import VAEJob, VAEResult, train_vae
 
 
 def _setup_worker(config: dict) -> tuple[Any, int, int, torch.device]:
@@ -92,56 +72,32 @@ def _restore() -> dict | None:
         return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
 
 
-def run_task_steps(
-    job: TaskJob,
-    data: Any,
-    rank: int,
-    world: int,
-    device: torch.device,
-    state: dict | None,
-    report: Callable[[dict, Callable[[], dict]], None],
-) -> dict:
-    """Train (or, from a checkpoint ``state``, continue) one task job on this worker; returns the result dict."""
+def worker_hooks(
+    kind: str, rank: int, world: int, state: dict | None, report: Callable[[dict, Snapshot], None], every: int | None
+) -> Hooks:
+    """[2] and [3] for the core loops: DDP for the task model and ranker, one all-reduce per step for the VAE and
+    discriminator, resume from ``state``, and ``report`` after every epoch (every ``every`` VAE iterations)."""
     import ray.train.torch
 
-    model, ranker = job.spec.build(job.ranker_loss is not None, seed=derive_seed(job.seed, "init"))
-    if state is not None:
-        model.load_state_dict(state["model"])
-        if ranker is not None:
-            ranker.load_state_dict(state["ranker"])
-    model = ray.train.torch.prepare_model(model)  # [2]
-    ranker = ray.train.torch.prepare_model(ranker) if ranker is not None else None
-    optim = StageOptim(model, ranker, job.train)
-    history, start = [], 0
-    if state is not None:
-        optim.load_state_dict(state["optim"])
-        history, start = list(state["history"]), int(state["epoch"]) + 1
+    def on_report(step: int, stats: dict, snapshot: Snapshot) -> None:
+        faults.point(kind, step)  # tests: a worker dies here, before its checkpoint of this step
+        report(stats, snapshot)
 
-    def result() -> dict:
-        return {
-            "model": cpu_state(_unwrap(model)),
-            "ranker": cpu_state(_unwrap(ranker)) if ranker is not None else None,
-            "history": history,
-        }
-
-    for epoch in range(start, job.train.epochs):
-        stats = train_epoch(model, ranker, optim, data, job, epoch, device, shard=(rank, world))
-        history.append(stats)
-        _maybe_fail("task", epoch)
-
-        def payload(epoch: int = epoch) -> dict:
-            return result() | {"optim": optim.state_dict(), "epoch": epoch}
-
-        report(stats, payload)
-    return result()
+    return Hooks(
+        shard=(rank, world),
+        prepare=ray.train.torch.prepare_model,
+        sync_grads=lambda m: _allreduce_mean(m, world),
+        state=state,
+        report=on_report,
+        every=every,
+    )
 
 
 def train_task_per_worker(config: dict) -> None:
     """One Ray Train worker of a task-training job (task model + optional ranker), epoch by epoch."""
     data, rank, world, device = _setup_worker(config)
-    run_task_steps(
-        config["job"], data, rank, world, device, _restore(), lambda metrics, payload: _report(metrics, rank, payload)
-    )
+    hooks = worker_hooks("task", rank, world, _restore(), lambda m, p: _report(m, rank, p), None)
+    train_task(config["job"], data, device, hooks=hooks)
 
 
 def _allreduce_mean(module: torch.nn.Module, world: int) -> None:
@@ -159,53 +115,11 @@ def _allreduce_mean(module: torch.nn.Module, world: int) -> None:
         offset += g.numel()
 
 
-def run_vae_steps(
-    job: VAEJob,
-    data: Any,
-    rank: int,
-    world: int,
-    device: torch.device,
-    state: dict | None,
-    report: Callable[[dict, Callable[[], dict]], None],
-    every: int,
-) -> dict:
-    """Run (or continue) one VAE/discriminator job, checkpointing every ``every`` iterations; returns the result."""
-    trainer = VAETraining(job, device, shard=(rank, world)).bind(data)
-    history: list[dict] = []
-    if state is not None:
-        trainer.load_state_dict(state["training"], data)
-        history = list(state["history"])
-
-    def result() -> dict:
-        return {
-            "history": history,
-            "vae": cpu_state(trainer.vae),
-            "disc": cpu_state(trainer.disc),
-            "disc_loss_tail": trainer.disc_loss_tail(),
-        }
-
-    while trainer.iteration < job.iterations:
-        rec = trainer.step(sync_grads=lambda m: _allreduce_mean(m, world))
-        _maybe_fail("vae", trainer.iteration)
-        if trainer.iteration % every == 0 or trainer.iteration == job.iterations:
-            history.append(rec)
-            report(rec, lambda: result() | {"training": trainer.state_dict()})
-    return result()
-
-
 def train_vae_per_worker(config: dict) -> None:
     """One Ray Train worker of a VAE/discriminator job, checkpointing every ``checkpoint_every`` iterations."""
     data, rank, world, device = _setup_worker(config)
-    run_vae_steps(
-        config["job"],
-        data,
-        rank,
-        world,
-        device,
-        _restore(),
-        lambda metrics, payload: _report(metrics, rank, payload),
-        config["checkpoint_every"],
-    )
+    hooks = worker_hooks("vae", rank, world, _restore(), lambda m, p: _report(m, rank, p), config["checkpoint_every"])
+    train_vae(config["job"], data, device, hooks=hooks)
 
 
 def make_trainer(
@@ -299,10 +213,12 @@ def serve_per_worker(config: dict) -> None:
         def report(metrics: dict, payload: Callable[[], dict], i: int = i) -> None:
             _report(metrics | {"job": i}, rank, lambda: {"job": i, "state": payload()})
 
+        result: TaskResult | VAEResult
         if kind == "task":
-            result = run_task_steps(job, data, rank, world, device, own, report)
+            result = train_task(job, data, device, hooks=worker_hooks(kind, rank, world, own, report, None))
         else:
-            result = run_vae_steps(job, data, rank, world, device, own, report, vae_checkpoint_every(job))
+            every = vae_checkpoint_every(job)
+            result = train_vae(job, data, device, hooks=worker_hooks(kind, rank, world, own, report, every))
         if rank == 0:
             ray.get(board.finish.remote(i, result))
         state, i = None, i + 1
@@ -338,8 +254,8 @@ class TrainSession:
         except BaseException as e:  # noqa: BLE001 - handed to the waiting driver by run()
             self._error = e
 
-    def run(self, kind: str, job: TaskJob | VAEJob) -> dict:
-        """Post ``job`` ("task" or "vae") and wait for rank 0's result dict."""
+    def run(self, kind: str, job: TaskJob | VAEJob) -> Any:
+        """Post ``job`` ("task" or "vae") and wait for rank 0's result (a TaskResult or VAEResult)."""
         import ray
 
         i, self._next = self._next, self._next + 1
@@ -353,10 +269,10 @@ class TrainSession:
         return ray.get(ref)
 
     def train_task(self, job: TaskJob) -> TaskResult:
-        return _task_result(self.run("task", job))
+        return self.run("task", job)
 
     def train_vae(self, job: VAEJob) -> VAEResult:
-        return _vae_result(self.run("vae", job))
+        return self.run("vae", job)
 
     def close(self, timeout: float = 60.0) -> None:
         import ray
