@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import math
 import os
@@ -104,11 +103,12 @@ def tune_malloc() -> None:
     """glibc: allocations up to 256 MiB from the heap instead of a fresh mmap each (the VAE's largest activation,
     128 x 128 x 28 x 28 fp32, is 51 MB: past the default 32 MiB cap of the dynamic threshold, so every one of
     them was mapped and page-faulted anew), and up to 1 GiB of freed memory kept (no trim). The same as
-    MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824 in the environment."""
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    if not (libc.mallopt(m_mmap_threshold, 256 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)):
-        raise RuntimeError("mallopt refused the thresholds")
+    MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824 in the environment: the scoring actors'
+    setting (``keep_freed_memory_per_actor``) with larger thresholds."""
+    from tavaal.backends.ray.data import keep_freed_memory_per_actor
+
+    if not keep_freed_memory_per_actor(trim_threshold=1 << 30, mmap_threshold=256 << 20):
+        raise RuntimeError("glibc's mallopt refused the thresholds (or this is not glibc)")
 
 
 class PartTimes(TimedBackend):

@@ -222,7 +222,8 @@ def test_diagnosis_script_honours_every_set(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            "benchmarks/tavaal_diagnosis.py",
+            "-m",
+            "benchmarks.tavaal_diagnosis",
             "--config",
             "configs/smoke.yaml",
             "--protocol",

@@ -100,7 +100,7 @@ def test_channels_last_and_bf16_scorers_match_fp32():
 @pytest.mark.slow
 def test_paper_stage_smoke_run_writes_every_setting_and_part(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "benchmarks/paper_stage.py", "--smoke", "--profile", "1", "--out", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.paper_stage", "--smoke", "--profile", "1", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -130,7 +130,7 @@ def test_paper_stage_smoke_run_writes_every_setting_and_part(tmp_path):
 @pytest.mark.slow
 def test_bf16_ranker_smoke_run_writes_every_variant(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "benchmarks/bf16_ranker.py", "--smoke", "--out", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.bf16_ranker", "--smoke", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

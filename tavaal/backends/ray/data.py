@@ -104,21 +104,22 @@ def _score_batch(scorer: Scorer, data: ALData, device: torch.device, batch: dict
     return out
 
 
-def keep_freed_memory_per_actor(trim_threshold: int = 256 * 2**20) -> None:
+def keep_freed_memory_per_actor(trim_threshold: int = 256 * 2**20, mmap_threshold: int = 32 * 2**20) -> bool:
     """glibc malloc: recycle each batch's activations instead of handing them back to the OS.
 
     Ray Data calls the UDF from a thread other than the actor's main one; that thread's malloc arena
     returns freed memory to the OS after every batch, so the next batch page-faults it all back, and scoring runs
     markedly slower than the same loop in a main thread (benchmarks/README.md, pool scoring).
-    A fixed mmap threshold (the maximum, 32 MiB) and a trim threshold of ``trim_threshold`` bytes make the
-    actor as fast as the local loop, for at most that much extra resident memory. No-op without glibc.
+    A fixed mmap threshold (``mmap_threshold``: allocations below it come from the heap; 32 MiB is the largest the
+    dynamic threshold would reach) and a trim threshold of ``trim_threshold`` bytes make the actor as fast as the
+    local loop, for at most that much extra resident memory. Returns whether glibc took both (False without glibc:
+    scoring is then only slower).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
-    libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
 COMPUTE = ("auto", "tasks", "actors")
