@@ -147,6 +147,13 @@ class DataConfig(Section):
         "image", "parquet: encoded PNG/JPEG bytes, or a path (relative: to the Parquet's folder)"
     )
     label_column: str = setting("label", "parquet: class name or integer; null = unlabeled (the column may be absent)")
+    features: str = setting(
+        "image",
+        "parquet: what data.image_column holds: image, or vector (one float vector a row: fixed_size_list or "
+        "list of floats, or binary cells of D little-endian float32; lists are vectors in either case)",
+        check=lambda v: v in ("image", "vector"),
+        expected="image or vector",
+    )
 
     def check_within(self, prefix: str) -> None:
         _check(

@@ -9,6 +9,10 @@ are decoded lazily (``encoded.EncodedImages``). The file comes from outside the 
 wrong kind is refused with one line rather than turned into strings: a list label would become a class of
 its own, a NaN id the id 'nan', and a path such as ``../../etc/passwd`` a file offered to annotators.
 
+The same column may instead hold feature vectors (embeddings; ``vectors.py``): a list column, or binary cells
+with ``data.features: vector``. It is then read and checked whole and held as a float32 tensor ``[N, D]``,
+used as it is (no normalization, no augmentation); the task model must take vectors (``mlp``).
+
 ``own_data`` turns rows into an ``ALData`` for both own-data formats (``imagefolder.py`` uses it too): the
 class list, labels as class indices (-1 = unknown), and the test split (``data.test_path``, or a held-out
 ``data.test_fraction`` of the labeled rows chosen by a hash of the id, so a row's side never changes).
@@ -28,6 +32,7 @@ import torch
 from tavaal.config import DataConfig
 from tavaal.data.base import ALData, Split
 from tavaal.data.encoded import EncodedImages, inside
+from tavaal.data.vectors import is_vector_column, vector_array
 from tavaal.errors import ConfigError, DataError
 from tavaal.redact import redact
 from tavaal.registry import DATASETS
@@ -37,11 +42,12 @@ MEAN, STD = 0.5, 0.25  # fixed per-channel normalization of [0, 1] pixels: stati
 
 @dataclass(frozen=True)
 class OwnRows:
-    """Rows of one own-data source: ids ``[N]``, labels (str or None) ``[N]``, lazily decoded images."""
+    """Rows of one own-data source: ids ``[N]``, labels (str or None) ``[N]``, lazily decoded images or float32
+    vectors ``[N, D]``."""
 
     ids: np.ndarray
     labels: list[str | None]
-    images: EncodedImages
+    images: EncodedImages | torch.Tensor
     where: str  # the file or folder, for messages
 
 
@@ -124,25 +130,43 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
                 f"Parquet data at '{redact(path)}' has no column '{col}' ({key}); its columns are {', '.join(names)}"
             )
     image_type = ds.schema.field(cfg.image_column).type
-    if pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type):
+    if is_vector_column(image_type, cfg.features):
+        kind = "vector"
+    elif cfg.features == "vector":
+        raise DataError(
+            f"column '{cfg.image_column}' of '{redact(path)}' is {image_type}, but data.features is vector; expected "
+            "fixed_size_list<float32>, list<float32> or binary (D little-endian float32 values a row)"
+        )
+    elif pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type):
         kind = "bytes"
     elif _is_text(image_type):
         kind = "path"
     else:
         raise DataError(
             f"column '{cfg.image_column}' of '{redact(path)}' is {image_type}; expected encoded image bytes "
-            "(binary) or image paths (string)"
+            "(binary) or image paths (string), or vectors (a list column; binary ones with data.features=vector)"
         )
     has_label = cfg.label_column in names
-    # a path column is read up front too (text, not images): every path is checked before any is used
-    wanted = [cfg.id_column] + [cfg.label_column] * has_label + [cfg.image_column] * (kind == "path")
-    table = ds.to_table(columns=list(dict.fromkeys(wanted)))
+    # a path column is read up front too (text, not images): every path is checked before any is used; a vector
+    # column is read whole (the vectors are the data set)
+    wanted = [cfg.id_column] + [cfg.label_column] * has_label + [cfg.image_column] * (kind in ("path", "vector"))
+    try:
+        table = ds.to_table(columns=list(dict.fromkeys(wanted)))
+    except (OSError, ValueError, pa.ArrowException) as e:  # e.g. a fixed-size list column whose null rows are short
+        raise DataError(
+            f"cannot read columns {', '.join(dict.fromkeys(wanted))} of '{redact(path)}' "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); rewrite the file"
+        ) from None
     ids = _checked_ids(table.column(cfg.id_column), f"id column '{cfg.id_column}' of '{redact(path)}'")
     labels: list[str | None] = (
         label_strings(table.column(cfg.label_column), f"label column '{cfg.label_column}' of '{redact(path)}'", ids)
         if has_label
         else [None] * len(ids)
     )
+    if kind == "vector":
+        where = f"vector column '{cfg.image_column}' of '{redact(path)}'"
+        vectors = torch.from_numpy(vector_array(table.column(cfg.image_column), where, ids))
+        return OwnRows(ids, labels, vectors, f"'{redact(path)}'")
     if kind == "path":
         _check_paths(
             table.column(cfg.image_column),
@@ -234,7 +258,8 @@ def held_out(ids: np.ndarray, fraction: float) -> np.ndarray:
 
 def _split(rows: OwnRows, y: np.ndarray, keep: np.ndarray) -> Split:
     pos = torch.from_numpy(np.flatnonzero(keep))
-    return Split(rows.images.subset(pos), torch.from_numpy(y[keep]), rows.ids[keep])
+    x = rows.images[pos] if isinstance(rows.images, torch.Tensor) else rows.images.subset(pos)
+    return Split(x, torch.from_numpy(y[keep]), rows.ids[keep])
 
 
 def own_data(name: str, cfg: DataConfig, pool: OwnRows, test: OwnRows | None) -> ALData:
@@ -255,6 +280,15 @@ def own_data(name: str, cfg: DataConfig, pool: OwnRows, test: OwnRows | None) ->
     else:
         out = (y >= 0) & held_out(pool.ids, cfg.test_fraction)
         train, test_split = _split(pool, y, ~out), _split(pool, y, out)
+    if isinstance(pool.images, torch.Tensor):  # vectors: used as they are (vectors.py)
+        if test is not None and tuple(test.images.shape[1:]) != tuple(pool.images.shape[1:]):
+            raise DataError(
+                f"the test set {test.where} holds inputs of shape {list(test.images.shape[1:])}, the pool "
+                f"{pool.where} vectors of {list(pool.images.shape[1:])}; compute both with the same model"
+            )
+        return ALData(name=name, train=train, test=test_split, num_classes=len(classes), class_names=classes)
+    if test is not None and isinstance(test.images, torch.Tensor):
+        raise DataError(f"the test set {test.where} holds vectors but the pool {pool.where} images; use one kind")
     c = cfg.channels
     return ALData(
         name=name,

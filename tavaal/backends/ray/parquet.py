@@ -5,6 +5,8 @@ blocks where the cluster runs, a stateless step keeps the candidates' rows (matc
 and a fixed pool of actors decodes them (``encoded.decode_image``, as the local loop does), normalizes them
 with ``ALData.batch`` and runs the strategy's scorer. Same decode, same normalization, same scorer: the
 numbers equal ``core.scoring.score_pool`` on the lazily decoded pool (tests/test_own_data.py, to 1e-5).
+A column of vectors (``data/vectors.py``) is read the same way; the actors convert its cells to float32 as the
+loader does, and the selection equals the local one (tests/test_embeddings.py).
 
 Ray touch points are numbered ``# [n]``.
 """
@@ -24,6 +26,7 @@ from tavaal.core.scoring import Scorer
 from tavaal.data.base import ALData, Split
 from tavaal.data.encoded import EncodedImages, decode_image, read_bytes, resolve_path
 from tavaal.data.parquet import base_dir
+from tavaal.data.vectors import vectors_from_values
 
 _POSITION, _INDEX, _IMAGE = "__position", "__index", "__image"
 
@@ -32,7 +35,7 @@ _POSITION, _INDEX, _IMAGE = "__position", "__index", "__image"
 class DecodeSpec:
     """How an actor turns a Parquet row into the model's input (what ``parquet.py`` + ``ALData.batch`` do)."""
 
-    kind: str  # "bytes" or "path"
+    kind: str  # "bytes", "path" or "vector"
     size: int
     channels: int
     base_dir: str
@@ -41,7 +44,11 @@ class DecodeSpec:
     num_classes: int
 
     def batch(self, values: list) -> torch.Tensor:
-        """float32 ``[B, C, S, S]``, normalized exactly as ``ALData.batch(..., augment=False)``."""
+        """float32 ``[B, C, S, S]`` (vectors: ``[B, D]``), normalized as ``ALData.batch(..., augment=False)`` does."""
+        if self.kind == "vector":
+            x = torch.from_numpy(vectors_from_values(values))
+            data = ALData("batch", Split(x, torch.zeros(len(values), dtype=torch.int64)), Split(x[:0], x[:0]), 1)
+            return data.batch("train", np.arange(len(values)))[0]
         raw = [v if self.kind == "bytes" else read_bytes(resolve_path(v, self.base_dir)) for v in values]
         x = torch.from_numpy(np.stack([decode_image(b, self.size, self.channels) for b in raw]))
         y = torch.zeros(len(values), dtype=torch.int64)
@@ -56,7 +63,8 @@ def keep_candidates(
     hits = [(k, wanted[str(i)]) for k, i in enumerate(batch[id_column]) if str(i) in wanted]
     rows = np.array([k for k, _ in hits], dtype=np.int64)
     images = np.empty(len(hits), dtype=object)
-    images[:] = [batch[image_column][k] for k in rows]
+    for j, k in enumerate(rows):  # one by one: a slice assignment would broadcast equal-length vectors as 2-D
+        images[j] = batch[image_column][k]
     return {
         _POSITION: np.array([p for _, (p, _) in hits], dtype=np.int64),
         _INDEX: np.array([i for _, (_, i) in hits], dtype=np.int64),
@@ -116,8 +124,9 @@ def score_parquet_with_ray_data(
     assert data.train.ids is not None and cfg.path is not None  # a parquet pool: own rows, read from cfg.path
     ids = data.train.ids[indices]
     wanted = {str(i): (p, int(k)) for p, (i, k) in enumerate(zip(ids, indices))}
-    x = cast(EncodedImages, data.train.x)  # the pool's image column
-    decode = DecodeSpec(x.kind, cfg.image_size, cfg.channels, base_dir(cfg.path), data.mean, data.std, data.num_classes)
+    # the pool's image column, or its vectors (a tensor: the loader read them whole)
+    kind = "vector" if isinstance(data.train.x, torch.Tensor) else cast(EncodedImages, data.train.x).kind
+    decode = DecodeSpec(kind, cfg.image_size, cfg.channels, base_dir(cfg.path), data.mean, data.std, data.num_classes)
     # [1] the files are read where the cluster runs (read tasks need a CPU the actors leave free), only the
     # id and image columns
     ds = ray.data.read_parquet(cfg.path).select_columns([cfg.id_column, cfg.image_column])

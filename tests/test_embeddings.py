@@ -1,0 +1,286 @@
+"""Embedding pools (docs/own-data.md, "Embeddings instead of images"): a Parquet column of fixed-length float
+vectors, read and checked by tavaal/data/vectors.py, trained on with the ``mlp`` task model and the VAE's vector
+form, scored from the files by the Ray backend; and benchmarks/embeddings.py, which makes such a pool from
+Fashion-MNIST."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tavaal.config import BackendConfig, DataConfig, load_config
+from tavaal.data import build_dataset
+from tavaal.run import main
+
+NAMES = ("a", "b", "c", "d")
+N_POOL, N_TEST, DIM = 240, 80, 16
+
+
+def clusters(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """float32 ``[n, DIM]``: 4 Gaussian clusters (unit noise around centres 3 apart), and the class names."""
+    centres = np.random.default_rng(7).normal(0, 3 / np.sqrt(2), (len(NAMES), DIM))
+    y = rng.permutation(np.arange(n) % len(NAMES))
+    return (centres[y] + rng.normal(0, 1, (n, DIM))).astype(np.float32), [NAMES[c] for c in y]
+
+
+def fixed(v: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), pa.float32()), v.shape[1])
+
+
+def write(path: Path, ids: list, vectors, labels) -> Path:
+    pq.write_table(pa.table({"id": ids, "embedding": vectors, "label": labels}), path, row_group_size=64)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory):
+    """The same vectors as fixed_size_list, list<double> and binary float32 pools, an unlabeled copy, a test set."""
+    d = tmp_path_factory.mktemp("emb")
+    v, labels = clusters(N_POOL, np.random.default_rng(0))
+    ids = [f"e{i:03d}" for i in range(N_POOL)]
+    write(d / "fixed.parquet", ids, fixed(v), labels)
+    write(d / "list.parquet", ids, pa.array([r.astype(np.float64).tolist() for r in v], pa.list_(pa.float64())), labels)
+    write(d / "binary.parquet", ids, pa.array([r.astype("<f4").tobytes() for r in v], pa.binary()), labels)
+    write(d / "unlabeled.parquet", ids, fixed(v), pa.nulls(N_POOL, pa.string()))
+    tv, tl = clusters(N_TEST, np.random.default_rng(1))
+    write(d / "test.parquet", [f"t{i}" for i in range(N_TEST)], fixed(tv), tl)
+    return {"dir": d, "vectors": v, "truth": dict(zip(ids, labels))}
+
+
+def cli(pools, pool: str, out: Path, *extra: str) -> list[str]:
+    sets = [
+        "train.epochs=40",
+        "train.milestones=[40]",
+        "vae.iterations=10",
+        "al.stages=2",
+        "al.initial=20",
+        "al.budget=20",
+        "al.subset_size=100",
+        "model.name=mlp",
+        "data.name=parquet",
+        "data.image_column=embedding",
+        f"data.path={pools['dir'] / pool}",
+        f"data.test_path={pools['dir'] / 'test.parquet'}",
+    ]
+    return ["--config", "configs/smoke.yaml", *[a for s in sets for a in ("--set", s)], "--out", str(out), *extra]
+
+
+# ---------------------------------------------------------------- the loader
+
+
+@pytest.mark.parametrize("pool,features", [("fixed", "image"), ("list", "image"), ("binary", "vector")])
+def test_fixed_size_list_list_and_binary_pools_load_the_same_vectors(pools, pool, features):
+    cfg = DataConfig(
+        name="parquet",
+        path=str(pools["dir"] / f"{pool}.parquet"),
+        test_path=str(pools["dir"] / "test.parquet"),
+        image_column="embedding",
+        features=features,
+    )
+    data = build_dataset(cfg, seed=0)
+    assert data.input_shape == (DIM,) and not data.is_image and data.class_names == NAMES
+    assert data.train.x.dtype == torch.float32 and data.train.x.is_contiguous()
+    np.testing.assert_array_equal(data.train.x.numpy(), pools["vectors"])  # exactly the values written
+    assert list(data.train.ids) == [f"e{i:03d}" for i in range(N_POOL)] and len(data.test) == N_TEST
+    x, _ = data.batch("train", np.arange(5), augment=True)  # used as they are: no normalization, no augmentation
+    np.testing.assert_array_equal(x.numpy(), pools["vectors"][:5])
+
+
+def test_held_out_share_and_labels_of_a_vector_pool_follow_the_ids(pools):
+    data = build_dataset(
+        DataConfig(name="parquet", path=str(pools["dir"] / "fixed.parquet"), image_column="embedding"), 0
+    )
+    assert len(data.train) + len(data.test) == N_POOL and 30 <= len(data.test) <= 70  # ~20% by id hash
+    rows = [int(i[1:]) for i in data.test.ids]
+    np.testing.assert_array_equal(data.test.x.numpy(), pools["vectors"][rows])
+    assert [NAMES[c] for c in data.test.y] == [pools["truth"][i] for i in data.test.ids]
+
+
+# ---------------------------------------------------------------- refused input: one line, exit 2, nothing written
+
+
+def _bad(d: Path, name: str) -> list[str]:
+    """A pool file with one defect (see BAD), returned as the --set arguments that use it."""
+    v, labels = clusters(40, np.random.default_rng(3))
+    ids = [f"b{i}" for i in range(40)]
+    rows: list = [r.tolist() for r in v]
+    sets = []
+    if name == "lengths":
+        rows[3] = rows[3][:-1]
+        col = pa.array(rows, pa.list_(pa.float32()))
+    elif name in ("null_row", "null_fixed"):
+        rows[5] = None
+        col = pa.array(rows, pa.list_(pa.float32(), DIM if name == "null_fixed" else -1))
+    elif name in ("nan", "inf", "null_value"):
+        rows[5][2] = {"nan": float("nan"), "inf": float("inf"), "null_value": None}[name]
+        col = pa.array(rows, pa.list_(pa.float32(), DIM))
+    else:
+        cells = [r.astype("<f4").tobytes() for r in v]
+        cells[7] = cells[7][:-2] if name == "binary_odd" else cells[7] + b"\x00" * 4
+        col = pa.array(cells, pa.binary())
+        sets = ["data.features=vector"]
+    path = write(d / f"{name}.parquet", ids, col, labels)
+    return [f"data.path={path}", "data.test_path=null", *sets]
+
+
+BAD = [
+    ("lengths", "has a vector of length 15 at row 3 (id 'b3'), but 16 at row 0"),
+    ("nan", "has the value nan in the vector at row 5 (id 'b5')"),
+    ("inf", "has the value inf in the vector at row 5 (id 'b5')"),
+    ("null_row", "has no vector at row 5 (id 'b5')"),
+    ("null_value", "has a null value in the vector at row 5 (id 'b5')"),
+    ("null_fixed", "cannot read columns id, label, embedding of '"),  # pyarrow cannot read its own null row back
+    ("binary_odd", "has a cell of 62 bytes at row 7 (id 'b7'), not a whole number of float32 values"),
+    ("binary_long", "has a vector of 17 values at row 7 (id 'b7'), but 16 at row 0"),
+]
+
+
+@pytest.mark.parametrize("name,needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_vectors_exit_2_with_one_line_naming_the_row(pools, tmp_path, capsys, name, needle):
+    sets = _bad(tmp_path, name)
+    argv = cli(pools, "fixed.parquet", tmp_path / "out", *[a for s in sets for a in ("--set", s)])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert err[0].startswith(("error: vector column 'embedding' of ", "error: cannot read")), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--set", "model.name=small_cnn"], "expects an image input_shape (C, H, W) with H, W >= 1, got (16,)"),
+        (["--set", "data.features=vector", "--set", "data.image_column=id"], "is string, but data.features is vector"),
+        (["--set", "data.test_path=TESTDIR/short.parquet"], "holds inputs of shape [8], the pool"),
+    ],
+    ids=["image_model", "not_vectors", "test_dim"],
+)
+def test_a_model_or_column_that_does_not_fit_vectors_is_refused(pools, tmp_path, capsys, extra, needle):
+    write(tmp_path / "short.parquet", ["s0"], fixed(np.zeros((1, 8), np.float32)), ["a"])
+    extra = [e.replace("TESTDIR", str(tmp_path)) for e in extra]
+    assert main(cli(pools, "fixed.parquet", tmp_path / "out", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    if "small_cnn" in extra[-1]:
+        assert "mlp for vectors" in err[0]  # the message names the fix
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@pytest.mark.parametrize("strategy", ["tavaal", "vaal"])
+def test_tavaal_and_vaal_run_on_an_embedding_pool(pools, tmp_path, strategy):
+    out = tmp_path / strategy
+    assert (
+        main(
+            [*cli(pools, "fixed.parquet", out, "--set", f"al.strategy={strategy}"), "--json", str(tmp_path / "r.json")]
+        )
+        == 0
+    )
+    records = json.loads((tmp_path / "r.json").read_text())
+    assert [r["num_labeled"] for r in records] == [20, 40] and len(set(records[0]["selected"])) == 20
+    assert records[1]["accuracy"] > 0.5  # 4 well-separated clusters: far above chance on 40 labels
+
+
+def test_the_manual_oracle_asks_for_vector_rows_without_paths(pools, tmp_path, capsys):
+    out = tmp_path / "man"
+    argv = cli(pools, "unlabeled.parquet", out, "--oracle", "manual", "--set", "data.classes=[a, b, c, d]")
+    assert main(argv) == 0
+    request = out / "to_label" / "stage_0.csv"
+    rows = list(csv.DictReader(request.open()))
+    assert len(rows) == 20 and all(r["path"] == "" and r["label"] == "" for r in rows)
+    assert pq.read_table(out / "to_label" / "stage_0.parquet").column("path").to_pylist() == [""] * 20
+    with request.open("w", newline="") as f:
+        w = csv.DictWriter(f, ["id", "path", "label"])
+        w.writeheader()
+        w.writerows({**r, "label": pools["truth"][r["id"]]} for r in rows)
+    capsys.readouterr()
+    assert main(["--resume", str(out), "--labels", str(request)]) == 0
+    assert "stage 1 needs labels for 20" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the embeddings script
+
+
+def test_embeddings_script_writes_a_pool_tavaal_reads(tmp_path):
+    from benchmarks import embeddings
+
+    assert embeddings.main(["--out", str(tmp_path), "--smoke"]) == 0
+    pool, test = pq.read_table(tmp_path / "pool.parquet"), pq.read_table(tmp_path / "test.parquet")
+    assert pool.schema.field("embedding").type == pa.list_(pa.float32(), 128)
+    assert pool.num_rows == 300 and test.num_rows == 100
+    assert min(pool.column("id").to_pylist()) == 512  # the embedding model's own images are not in the pool
+    info = json.loads((tmp_path / "embeddings.json").read_text())
+    assert info["train_rows"] == 512 and info["dim"] == 128
+    cfg = DataConfig(
+        name="parquet",
+        path=str(tmp_path / "pool.parquet"),
+        test_path=str(tmp_path / "test.parquet"),
+        image_column="embedding",
+    )
+    data = build_dataset(cfg, seed=0)
+    assert data.input_shape == (128,) and data.num_classes == 10 and len(data.train) == 300
+    assert np.isfinite(data.train.x.numpy()).all() and data.train.x.std() > 0.1
+
+
+# ---------------------------------------------------------------- Ray
+
+
+@pytest.mark.slow
+def test_vector_pools_score_through_ray_data_and_select_as_locally(pools, ray_cluster, tmp_path):
+    """Every cell format, decoded in the actors, scores as the local loop; a whole TA-VAAL run under --backend ray
+    (one thread, as tests/test_ray_train.py compares) selects what the local one selects."""
+    from tavaal.backends.ray.parquet import score_parquet_with_ray_data
+    from tavaal.core.scoring import score_pool
+    from tavaal.experiment import run_experiment
+    from tavaal.strategies.scorers import TaskScorer
+
+    from conftest import trained_stage
+
+    for pool, features in (("fixed", "image"), ("list", "image"), ("binary", "vector")):
+        sets = ["train.epochs=1", "model.name=mlp", "data.name=parquet", "data.image_column=embedding"]
+        sets += [f"data.path={pools['dir'] / f'{pool}.parquet'}", f"data.features={features}", "al.initial=40"]
+        cfg = load_config("configs/smoke.yaml", sets)
+        data, _, cand, spec, _, tasks = trained_stage(cfg, 100)
+        scorer = TaskScorer(spec, tasks["rank"], "rhat")
+        idx = np.random.default_rng(3).permutation(cand)
+        want = score_pool(scorer, data, idx, 37, torch.device("cpu"))
+        got = score_parquet_with_ray_data(scorer, data, cfg.data, idx, batch_size=37, concurrency=1)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=f"{pool}: {name}")
+            assert np.ptp(got[name]) > 0
+
+    sets = [
+        "train.epochs=2",
+        "vae.iterations=4",
+        "al.stages=3",
+        "al.initial=20",
+        "al.budget=20",
+        "al.subset_size=100",
+        "num_threads=1",
+        "model.name=mlp",
+        "data.name=parquet",
+        "data.image_column=embedding",
+        f"data.path={pools['dir'] / 'fixed.parquet'}",
+        f"data.test_path={pools['dir'] / 'test.parquet'}",
+        # not keep_workers: the kept group's CPU and the scoring actor's leave Ray Data's read tasks none of the
+        # session's 2 (the Parquet scorer's check counts only the actors, and the run hangs)
+        "backend.name=ray",
+        f"backend.storage_path={tmp_path / 'train'}",
+    ]
+    cfg = load_config("configs/smoke.yaml", sets)
+    on_ray = run_experiment(cfg, out_dir=tmp_path / "ray", log=lambda m: None)
+    local = run_experiment(
+        dataclasses.replace(cfg, backend=BackendConfig()), out_dir=tmp_path / "local", log=lambda m: None
+    )
+    assert [r.selected for r in on_ray] == [r.selected for r in local]
+    assert [r.num_labeled for r in on_ray] == [20, 40, 60] and len(set(on_ray[1].selected)) == 20
