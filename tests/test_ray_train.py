@@ -138,6 +138,10 @@ def test_keep_workers_refuses_a_ray_too_small_to_score_beside_them():
         check_room_to_score(
             BackendConfig(gpus_per_worker=1, score_gpus_per_actor=1, keep_workers=True), {"CPU": 8.0, "GPU": 1.0}
         )
+    # a Parquet pool's read tasks need a CPU beside the kept worker and the scoring actor: 3 > 2 would hang
+    with pytest.raises(ConfigError, match="1 CPU for reading the Parquet files"):
+        check_room_to_score(BackendConfig(num_workers=1, keep_workers=True), {"CPU": 2.0}, parquet=True)
+    check_room_to_score(BackendConfig(num_workers=1, keep_workers=True), {"CPU": 3.0}, parquet=True)
 
 
 def test_backend_shortcut_flags_set_the_backend_fields():

@@ -23,18 +23,23 @@ from tavaal.data.base import ALData
 from tavaal.errors import ConfigError
 
 
-def check_room_to_score(cfg: BackendConfig, total: dict) -> None:
+def check_room_to_score(cfg: BackendConfig, total: dict, parquet: bool = False) -> None:
     """With ``keep_workers`` the training workers hold their resources while the pool is scored: on a Ray that
-    cannot hold both, the first scoring would wait forever. A one-line ConfigError instead."""
+    cannot hold both, the first scoring would wait forever. A one-line ConfigError instead. A Parquet pool
+    (``parquet``) is scored by ``score_concurrency`` actors at once, and its read tasks need one CPU beside them."""
     for res, per_worker, per_scorer in (
         ("CPU", cfg.cpus_per_worker, cfg.score_cpus_per_actor),
         ("GPU", cfg.gpus_per_worker, cfg.score_gpus_per_actor),
     ):
-        need = cfg.num_workers * per_worker + per_scorer
+        scorers = cfg.score_concurrency if parquet else 1
+        reads = 1.0 if parquet and res == "CPU" else 0.0
+        need = cfg.num_workers * per_worker + scorers * per_scorer + reads
         if per_worker + per_scorer > 0 and need > total.get(res, 0.0) + 1e-9:
+            also = " and 1 CPU for reading the Parquet files" if reads else ""
             raise ConfigError(
                 f"backend.keep_workers: {cfg.num_workers} training workers x {per_worker:g} {res} stay reserved "
-                f"while the pool is scored ({per_scorer:g} {res} per scoring worker), {need:g} in all, but this Ray "
+                f"while the pool is scored ({scorers} scoring workers x {per_scorer:g} {res}{also}), {need:g} in "
+                "all, but this Ray "
                 f"has {total.get(res, 0.0):g}; lower backend.cpus_per_worker/gpus_per_worker or "
                 f"score_cpus_per_actor/score_gpus_per_actor (threads_per_worker sets the threads), or turn "
                 "keep_workers off"
@@ -58,7 +63,8 @@ class RayBackend:
         self._owns_ray = connect_ray(self.cfg.address)
         if self.cfg.keep_workers and self._owns_ray:
             try:
-                check_room_to_score(self.cfg, ray.cluster_resources())
+                parquet = self.data_cfg is not None and self.data_cfg.name == "parquet"  # scored from its files
+                check_room_to_score(self.cfg, ray.cluster_resources(), parquet)
             except ConfigError:
                 self.close()
                 raise
