@@ -131,8 +131,9 @@ def _image_paths(folder: Path, data: ALData, positions: np.ndarray) -> list[str]
 
 def request_message(csv_path: Path, out_dir: str | Path, stage: int, n: int, data: ALData) -> str:
     classes = ", ".join(data.class_names) if data.class_names else "(none yet)"
+    what = "images" if hasattr(data.train.x, "encoded") else "rows"  # an embeddings pool has no images to show
     return (
-        f"stage {stage} needs labels for {n} images (manual oracle). Fill in the 'label' column of {csv_path} "
+        f"stage {stage} needs labels for {n} {what} (manual oracle). Fill in the 'label' column of {csv_path} "
         f"with one of: {classes}; then continue with:\n"
         f"  python -m tavaal.run --resume {out_dir} --labels {csv_path}"
     )
