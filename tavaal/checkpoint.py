@@ -58,6 +58,7 @@ RESUMABLE_FIELDS = (
     "data.data_dir",
     "data.download",
     "data.new_classes",
+    "labelstudio",  # where people label the next batch: the picks do not depend on it
 )
 
 

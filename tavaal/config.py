@@ -353,10 +353,11 @@ class ALConfig(Section):
     )
     oracle: str = setting(
         "auto",
-        "simulated (labels from the data), manual (people label to_label/ files); auto: simulated when every pool "
-        "label is known, else manual",
-        check=lambda v: v in ("auto", "simulated", "manual"),
-        expected="auto, simulated or manual",
+        "simulated (labels from the data), manual (people label to_label/ files), labelstudio (people label in "
+        "Label Studio: its tasks file, or its API with labelstudio.url); auto: simulated when every pool label is "
+        "known, else manual",
+        check=lambda v: v in ("auto", "simulated", "manual", "labelstudio"),
+        expected="auto, simulated, manual or labelstudio",
     )
 
     def check_within(self, prefix: str) -> None:
@@ -427,6 +428,39 @@ class BackendConfig(Section):
 
 
 @dataclass(frozen=True)
+class LabelStudioConfig(Section):
+    url: str = setting(
+        "",
+        "al.oracle=labelstudio: the Label Studio server (http://host:8080) whose API gets each batch's tasks and "
+        "gives their annotations back; the token comes from the environment (LABEL_STUDIO_API_KEY), never the "
+        'config. "": write the tasks file and read the project\'s JSON export given with --labels',
+        check=lambda v: v == "" or re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v) is not None,
+        expected='"" or an http:// or https:// address, e.g. http://127.0.0.1:8080',
+    )
+    project: str = setting(
+        "", 'the Label Studio project\'s title (created if absent); "": "tavaal" and the run directory\'s name'
+    )
+    image_root: str | None = setting(
+        None,
+        "the Label Studio server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: tasks reference each image by its path "
+        "below it; null: the run's to_label/ folder, where every batch's images are written",
+    )
+    predictions: bool = setting(
+        True, "send the task model's prediction and its probability with each task (a pre-annotation)"
+    )
+    wait_minutes: float = setting(
+        0.0,
+        "with url: how long a run waits for annotators to finish a batch, checking every poll_seconds, before it "
+        "stops (resume later without --labels); 0: stop at once",
+        check=lambda v: v >= 0,
+        expected=">= 0",
+    )
+    poll_seconds: float = setting(
+        30.0, "with wait_minutes: seconds between checks of the project", check=lambda v: v > 0, expected="> 0"
+    )
+
+
+@dataclass(frozen=True)
 class Config(Section):
     seed: int = setting(
         0,
@@ -458,6 +492,7 @@ class Config(Section):
     vae: VAEConfig = field(default_factory=VAEConfig)
     al: ALConfig = field(default_factory=ALConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -631,7 +666,7 @@ def validate(cfg: Config) -> None:
             cfg.data.imbalance_ratio,
         )
         _check(
-            cfg.al.oracle != "manual",
+            cfg.al.oracle not in ("manual", "labelstudio"),
             "al.oracle",
             "simulated or auto for segmentation (the manual oracle takes one class name per image)",
             cfg.al.oracle,

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import cast
 
@@ -143,15 +144,84 @@ def request_message(csv_path: Path, out_dir: str | Path, stage: int, n: int, dat
 
 
 def read_labels(
-    file: str | Path, requested: list[str], pool_ids: set[str], classes: tuple[str, ...], allow_new: bool, request: Path
+    file: str | Path,
+    requested: list[str],
+    pool_ids: set[str],
+    classes: tuple[str, ...],
+    allow_new: bool,
+    request: Path,
+    answered: Collection[str] = (),
 ) -> dict[str, str]:
-    """``{id: class name}`` from a CSV with columns ``id`` and ``label`` (others are ignored).
+    """``{id: class name}`` from the file people return: a CSV with columns ``id`` and ``label`` (others are
+    ignored), or Label Studio's JSON export of the tasks file (``.json``; ``tavaal/labelstudio.py``).
 
     Every requested id must get exactly one label, and nothing else may be labeled; a label must be a known
-    class (or anything, with ``allow_new``). The first problem is a one-line DataError naming the file and line.
+    class (or anything, with ``allow_new``). The first problem is a one-line DataError naming the file and line
+    (or task). A Label Studio export may hold the tasks of earlier stages too: those of ids ``answered`` before
+    are passed over.
     """
     f = Path(file)
     fix = f"fix the file and run the same command again (the request is {request})"
+    if f.suffix.lower() == ".json":
+        from tavaal.labelstudio import export_answers  # Label Studio's export: the same checks follow
+
+        answers = export_answers(f, request, fix)
+        return check_answers(answers, requested, pool_ids, classes, allow_new, fix, f"labels file '{f}'", answered)
+    answers = _csv_answers(f, request, fix, pool_ids)
+    return check_answers(answers, requested, pool_ids, classes, allow_new, fix, f"labels file '{f}'")
+
+
+Answer = tuple[str, str, str]  # where in the file (e.g. "line 7"), the row id, the label given ("" if none)
+
+
+def check_answers(
+    answers: list[Answer],
+    requested: list[str],
+    pool_ids: set[str],
+    classes: tuple[str, ...],
+    allow_new: bool,
+    fix: str,
+    source: str,
+    skip: Collection[str] | None = None,
+) -> dict[str, str]:
+    """``{id: class name}`` for the ``requested`` ids from ``answers``, each checked: the id is in the pool and was
+    requested (ids in ``skip``, answered at an earlier stage, are passed over), it is labeled once, the label is
+    a known class (or anything, with ``allow_new``); and no requested id is left without a label. The first
+    problem is a one-line DataError naming ``source`` and where in it."""
+    wanted, known = set(requested), set(classes)
+    out: dict[str, str] = {}
+    first: dict[str, str] = {}
+    for at, rid, label in answers:
+        where = f"{source} {at}"
+        if rid not in pool_ids:
+            raise DataError(f"{where}: id '{rid}' is not in the pool; {fix}")
+        if rid not in wanted:
+            if skip is not None and rid in skip:
+                continue
+            raise DataError(
+                f"{where}: id '{rid}' was not requested (only the ids of the request may be labeled); {fix}"
+            )
+        if rid in out:
+            raise DataError(f"{where}: id '{rid}' is labeled twice (first on {first[rid]}); {fix}")
+        if not label:
+            raise DataError(f"{where}: id '{rid}' has no label; every requested id needs one; {fix}")
+        if label not in known and not allow_new:
+            raise DataError(
+                f"{where}: label '{label}' is not a known class ({', '.join(classes)}); correct "
+                "it, or allow new classes with --set data.new_classes=true"
+            )
+        out[rid], first[rid] = label, at
+    missing = [i for i in requested if i not in out]
+    if missing:
+        raise DataError(
+            f"{source} has no {'task' if skip is not None else 'line'} for {len(missing)} of the "
+            f"{len(requested)} requested ids (e.g. '{missing[0]}'); every requested id needs a label; {fix}"
+        )
+    return out
+
+
+def _csv_answers(f: Path, request: Path, fix: str, pool_ids: set[str]) -> list[Answer]:
+    """The (line, id, label) of every non-blank row of a labels CSV with columns ``id`` and ``label``."""
     rows = _csv_rows(f, request, fix)
     header = rows[0][1] if rows else None
     if header is None or not any(h.strip() for h in header):
@@ -160,46 +230,26 @@ def read_labels(
             f"line per requested id; {fix}"
         )
     cols = [h.strip() for h in header]
+    if "tavaal_id" in cols:  # Label Studio's CSV export: its 'id' is Label Studio's task number, not the pool's
+        cols[cols.index("id") if "id" in cols else 0], cols[cols.index("tavaal_id")] = "ls_task", "id"
     if "id" not in cols or "label" not in cols:
         raise DataError(
             f"labels file '{f}' line 1: columns are {', '.join(cols)}; expected columns 'id' and 'label'; {fix}"
         )
     i_id, i_label = cols.index("id"), cols.index("label")
-    wanted, known = set(requested), set(classes)
-    out: dict[str, str] = {}
-    first_line: dict[str, int] = {}
+    out: list[Answer] = []
     for line, row in rows[1:]:
         if not any(v.strip() for v in row):
             continue  # blank line
-        where = f"labels file '{f}' line {line}"
         if len(row) <= max(i_id, i_label):
-            raise DataError(f"{where}: has {len(row)} fields, expected at least {max(i_id, i_label) + 1}; {fix}")
+            raise DataError(
+                f"labels file '{f}' line {line}: has {len(row)} fields, expected at least "
+                f"{max(i_id, i_label) + 1}; {fix}"
+            )
         # the request quoted ids a spreadsheet would run (csvsafe); spaces a spreadsheet added are dropped
         # unless they are part of the id itself
         rid = uncell(row[i_id]) if uncell(row[i_id]) in pool_ids else uncell(row[i_id].strip())
-        label = row[i_label].strip()
-        if rid not in pool_ids:
-            raise DataError(f"{where}: id '{rid}' is not in the pool; {fix}")
-        if rid not in wanted:
-            raise DataError(
-                f"{where}: id '{rid}' was not requested (only the ids of the request may be labeled); {fix}"
-            )
-        if rid in out:
-            raise DataError(f"{where}: id '{rid}' is labeled twice (first on line {first_line[rid]}); {fix}")
-        if not label:
-            raise DataError(f"{where}: id '{rid}' has no label; every requested id needs one; {fix}")
-        if label not in known and not allow_new:
-            raise DataError(
-                f"{where}: label '{label}' is not a known class ({', '.join(classes)}); correct "
-                "it, or allow new classes with --set data.new_classes=true"
-            )
-        out[rid], first_line[rid] = label, line
-    missing = [i for i in requested if i not in out]
-    if missing:
-        raise DataError(
-            f"labels file '{f}' has no line for {len(missing)} of the {len(requested)} requested ids "
-            f"(e.g. '{missing[0]}'); every requested id needs a label; {fix}"
-        )
+        out.append((f"line {line}", rid, row[i_label].strip()))
     return out
 
 
@@ -246,22 +296,35 @@ def ingest_labels(
 ) -> ALData:
     """Validate the whole labels file for the pending ``positions``, store it as ``labels/stage_K.json``,
     and return the data set with those labels. A bad file raises before anything is written."""
-    target = Path(out_dir) / LABELS_DIR / f"stage_{stage}.json"
-    if target.exists():
-        raise CheckpointError(
-            f"{target} exists but the rows it labels are still pending; it does not belong to "
-            "this run's data: move it away and resume again"
-        )
-    request = Path(out_dir) / REQUEST_DIR / f"stage_{stage}.csv"
+    target = labels_target(out_dir, stage)
     labels = read_labels(
         file,
         row_ids(data, positions),
         set(row_ids(data, np.arange(len(data.train)))),
         data.class_names,
         allow_new,
-        request,
+        Path(out_dir) / REQUEST_DIR / f"stage_{stage}.csv",
+        set(row_ids(data, np.flatnonzero(data.known_rows))),
     )
-    record = {"stage": stage, "source": str(Path(file).resolve()), "labels": labels}
+    return store_labels(target, stage, labels, str(Path(file).resolve()), data, allow_new)
+
+
+def labels_target(out_dir: str | Path, stage: int) -> Path:
+    """``labels/stage_K.json``, which must not exist yet: the rows it would label are still pending."""
+    target = Path(out_dir) / LABELS_DIR / f"stage_{stage}.json"
+    if target.exists():
+        raise CheckpointError(
+            f"{target} exists but the rows it labels are still pending; it does not belong to "
+            "this run's data: move it away and resume again"
+        )
+    return target
+
+
+def store_labels(
+    target: Path, stage: int, labels: dict[str, str], source: str, data: ALData, allow_new: bool
+) -> ALData:
+    """Write the validated ``labels`` of stage ``stage`` to ``target`` (once) and return the data with them."""
+    record = {"stage": stage, "source": source, "labels": labels}
     atomic_write(target, lambda p: p.write_text(json.dumps(record, indent=1)))
     return with_labels(data, labels, allow_new, str(target))
 

@@ -1,4 +1,5 @@
-"""Where labels come from: the data set (``SimulatedOracle``, benchmarks) or people (``ManualOracle``).
+"""Where labels come from: the data set (``SimulatedOracle``, benchmarks) or people (``ManualOracle``, and
+``LabelStudioOracle`` in ``tavaal/labelstudio.py``, which hands the batch to Label Studio).
 
 The loop asks the run's oracle once per stage, before the stage trains: ``label(stage, data, pool)`` returns the
 data with every label that stage trains on, or raises ``LabelsPending`` when people must label a batch first.
@@ -127,15 +128,16 @@ def resolve_oracle(cfg: Config, data: ALData) -> str:
     known = data.known_rows
     unknown = np.flatnonzero(~known)
     mode = cfg.al.oracle if cfg.al.oracle != "auto" else ("manual" if unknown.size else "simulated")
+    people = "people" if mode == "manual" else "annotators in Label Studio"
     if mode == "simulated" and unknown.size:
         raise ConfigError(
             f"{unknown.size} of {known.size} pool rows of {data.name} have no label (e.g. id "
             f"'{row_ids(data, unknown[:1])[0]}'); the simulated oracle needs them all: run with "
             "--oracle manual to have people label them"
         )
-    if mode == "manual" and not unknown.size:
+    if mode in ("manual", "labelstudio") and not unknown.size:
         raise ConfigError(
-            f"every pool row of {data.name} already has a label: nothing is left to ask people; "
+            f"every pool row of {data.name} already has a label: nothing is left to ask {people}; "
             "use --oracle simulated (or leave the labels of the pool out of the data)"
         )
     return mode
@@ -143,5 +145,9 @@ def resolve_oracle(cfg: Config, data: ALData) -> str:
 
 def build_oracle(cfg: Config, data: ALData, out_dir: str | Path | None = None) -> Oracle:
     """The run's oracle: ``al.oracle`` made concrete (``resolve_oracle``) and checked against the data."""
-    cls = ManualOracle if resolve_oracle(cfg, data) == "manual" else SimulatedOracle
-    return cls(cfg, out_dir)
+    mode = resolve_oracle(cfg, data)
+    if mode == "labelstudio":
+        from tavaal.labelstudio import LabelStudioOracle  # a ManualOracle whose files are Label Studio's
+
+        return LabelStudioOracle(cfg, out_dir)
+    return (ManualOracle if mode == "manual" else SimulatedOracle)(cfg, out_dir)

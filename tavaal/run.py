@@ -45,16 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last complete stage")
     p.add_argument(
         "--oracle",
-        choices=["auto", "simulated", "manual"],
+        choices=["auto", "simulated", "manual", "labelstudio"],
         help="where labels come from: simulated (the data's own labels, benchmarks), manual (the run "
-        "stops and writes DIR/to_label/stage_K.csv for people to label); default auto: simulated "
-        "when every pool label is known (shortcut for --set al.oracle=...)",
+        "stops and writes DIR/to_label/stage_K.csv for people to label), labelstudio (the same batch as Label "
+        "Studio tasks, DIR/to_label/stage_K.labelstudio.json, or sent to --labelstudio-url); default auto: "
+        "simulated when every pool label is known (shortcut for --set al.oracle=...)",
+    )
+    p.add_argument(
+        "--labelstudio-url",
+        metavar="URL",
+        help="with --oracle labelstudio: the Label Studio server whose API takes the tasks and gives the "
+        "annotations back (token from LABEL_STUDIO_API_KEY; shortcut for --set labelstudio.url=...)",
     )
     p.add_argument(
         "--labels",
-        metavar="FILE.csv",
+        metavar="FILE",
         help="with --resume: the labels people gave for the pending batch (columns id, label: the "
-        "request CSV with its label column filled in); checked in full before anything is written",
+        "request CSV with its label column filled in; or Label Studio's JSON export, FILE.json); checked in "
+        "full before anything is written",
     )
     p.add_argument("--strategy", help="shortcut for --set al.strategy=...")
     p.add_argument("--seed", type=int, help="shortcut for --set seed=...")
@@ -111,6 +119,7 @@ def resolve_config(args: argparse.Namespace):
         ("cpus_per_worker", "backend.cpus_per_worker"),
         ("gpus_per_worker", "backend.gpus_per_worker"),
         ("keep_workers", "backend.keep_workers"),
+        ("labelstudio_url", "labelstudio.url"),
     ):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)

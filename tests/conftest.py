@@ -227,3 +227,88 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+# ---------------------------------------------------------------- users' own pools (Parquet, PNG bytes)
+
+NAMES = ("tl", "tr", "bl", "br")  # synthetic's classes: the quadrant of the blob
+N_POOL, N_TEST = 300, 100
+
+
+def png(pixels) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """pool.parquet (labeled), unlabeled.parquet (the same rows, label null) and test.parquet, PNG bytes."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tavaal.data.synthetic import synthetic_images
+
+    d = tmp_path_factory.mktemp("own")
+    x, y = synthetic_images(N_POOL + N_TEST, np.random.default_rng(0))  # uint8 [N, 1, 16, 16]
+    images = [png(a[0]) for a in x]
+    ids = [f"img{i:04d}" for i in range(N_POOL)]
+    labels = [NAMES[c] for c in y]
+    pq.write_table(
+        pa.table({"id": ids, "image": images[:N_POOL], "label": labels[:N_POOL]}), d / "pool.parquet", row_group_size=64
+    )
+    pq.write_table(
+        pa.table({"id": ids, "image": images[:N_POOL], "label": pa.nulls(N_POOL, pa.string())}), d / "unlabeled.parquet"
+    )
+    pq.write_table(
+        pa.table({"id": [f"t{i}" for i in range(N_TEST)], "image": images[N_POOL:], "label": labels[N_POOL:]}),
+        d / "test.parquet",
+    )
+    return {"dir": d, "pixels": dict(zip(ids, x[:N_POOL])), "truth": dict(zip(ids, labels[:N_POOL]))}
+
+
+def pool_args(files, pool: str, out: Path, *extra: str) -> list[str]:
+    """``python -m tavaal.run`` arguments for a two-stage smoke run on one of ``files``' pools."""
+    return [
+        "--config",
+        "configs/smoke.yaml",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "vae.iterations=4",
+        "--set",
+        "al.stages=2",
+        "--set",
+        "data.name=parquet",
+        "--set",
+        f"data.path={files['dir'] / pool}",
+        "--set",
+        f"data.test_path={files['dir'] / 'test.parquet'}",
+        "--set",
+        "data.image_size=16",
+        "--set",
+        "data.channels=1",
+        "--set",
+        "data.num_train=null",
+        "--set",
+        "data.num_test=null",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and its SHA-256: byte-identical before and after means nothing changed."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

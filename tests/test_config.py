@@ -79,4 +79,4 @@ def test_checks_across_sections_come_after_each_sections_own():
     assert "'data.imbalance_ratio' must be 1 for segmentation" in message({**seg, "data.imbalance_ratio": 10})
     assert "'al.oracle' must be simulated or auto for segmentation" in message({**seg, "al.oracle": "manual"})
     # a value no section allows is refused by its section first
-    assert "'al.oracle' must be auto, simulated or manual" in message({**seg, "al.oracle": "people"})
+    assert "'al.oracle' must be auto, simulated, manual or labelstudio" in message({**seg, "al.oracle": "people"})

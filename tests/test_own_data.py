@@ -4,15 +4,12 @@ round trip through the CLI, bad labels files, and Parquet scoring through Ray Da
 from __future__ import annotations
 
 import csv
-import hashlib
-import io
 import json
 import pickle
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -27,67 +24,8 @@ from tavaal.labelfiles import pending, row_ids, with_labels
 from tavaal.oracle import ManualOracle
 from tavaal.run import main
 
-from conftest import run_cli, trained_stage
-
-NAMES = ("tl", "tr", "bl", "br")  # synthetic's classes: the quadrant of the blob
-N_POOL, N_TEST = 300, 100
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """pool.parquet (labeled), unlabeled.parquet (the same rows, label null) and test.parquet, PNG bytes."""
-    d = tmp_path_factory.mktemp("own")
-    x, y = synthetic_images(N_POOL + N_TEST, np.random.default_rng(0))  # uint8 [N, 1, 16, 16]
-    images = [png(a[0]) for a in x]
-    ids = [f"img{i:04d}" for i in range(N_POOL)]
-    labels = [NAMES[c] for c in y]
-    pq.write_table(
-        pa.table({"id": ids, "image": images[:N_POOL], "label": labels[:N_POOL]}), d / "pool.parquet", row_group_size=64
-    )
-    pq.write_table(
-        pa.table({"id": ids, "image": images[:N_POOL], "label": pa.nulls(N_POOL, pa.string())}), d / "unlabeled.parquet"
-    )
-    pq.write_table(
-        pa.table({"id": [f"t{i}" for i in range(N_TEST)], "image": images[N_POOL:], "label": labels[N_POOL:]}),
-        d / "test.parquet",
-    )
-    return {"dir": d, "pixels": dict(zip(ids, x[:N_POOL])), "truth": dict(zip(ids, labels[:N_POOL]))}
-
-
-def args(files, pool: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "--config",
-        "configs/smoke.yaml",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "vae.iterations=4",
-        "--set",
-        "al.stages=2",
-        "--set",
-        "data.name=parquet",
-        "--set",
-        f"data.path={files['dir'] / pool}",
-        "--set",
-        f"data.test_path={files['dir'] / 'test.parquet'}",
-        "--set",
-        "data.image_size=16",
-        "--set",
-        "data.channels=1",
-        "--set",
-        "data.num_train=null",
-        "--set",
-        "data.num_test=null",
-        "--out",
-        str(out),
-        *extra,
-    ]
+from conftest import N_POOL, NAMES, digest, run_cli, trained_stage
+from conftest import pool_args as args
 
 
 def answer(request: Path, truth: dict, dest: Path | None = None) -> Path:
@@ -99,14 +37,6 @@ def answer(request: Path, truth: dict, dest: Path | None = None) -> Path:
         w.writeheader()
         w.writerows({**r, "label": truth[r["id"]]} for r in rows)
     return dest
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 # ---------------------------------------------------------------- data

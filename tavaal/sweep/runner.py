@@ -31,10 +31,10 @@ def _base_and_space(args) -> tuple[dict, dict, str]:
     overrides = dict(preset["overrides"]) if not args.config else {}
     overrides |= dict(parse_override(o) for o in args.overrides)
     base = load_config(args.config or _preset_file(preset["config"]), overrides).to_dict()
-    if base["al"]["oracle"] == "manual":
+    if base["al"]["oracle"] in ("manual", "labelstudio"):
         raise ConfigError(
-            "al.oracle=manual stops a run until people label its batch: sweeps need the simulated "
-            "oracle; run single experiments with python -m tavaal.run --oracle manual"
+            f"al.oracle={base['al']['oracle']} stops a run until people label its batch: sweeps need the simulated "
+            f"oracle; run single experiments with python -m tavaal.run --oracle {base['al']['oracle']}"
         )
     space_path = args.space or _preset_file(preset["space"])
     space = read_space(space_path)
