@@ -442,8 +442,9 @@ class LabelStudioConfig(Section):
     )
     image_root: str | None = setting(
         None,
-        "the Label Studio server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: tasks reference each image by its path "
-        "below it; null: the run's to_label/ folder, where every batch's images are written",
+        "the Label Studio server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: tasks address each image by its path "
+        "below it (images outside it are copied into the run's to_label/); null: that variable if this shell sets "
+        "it, else the run's to_label/ folder",
     )
     predictions: bool = setting(
         True, "send the task model's prediction and its probability with each task (a pre-annotation)"

@@ -105,28 +105,36 @@ def tasks(
     return out
 
 
-def image_urls(paths: list[str], root: Path, copy_to: Path | None) -> list[str]:
-    """Label Studio's local-files address of each image: its path below ``root`` (the server's
-    LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT). An image outside ``root`` is copied into ``copy_to`` when given, else
-    refused in one line."""
-    out = []
-    root = root.resolve()
+DOCUMENT_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"  # where Label Studio serves local files from
+
+
+def image_root(setting: str | None, folder: Path) -> Path:
+    """The folder the tasks address images below: ``labelstudio.image_root``, else the Label Studio server's
+    document root when this shell sets it (the same one starts the server), else the run's ``to_label/``."""
+    return Path(setting or os.environ.get(DOCUMENT_ROOT_ENV) or folder).resolve()
+
+
+def image_urls(paths: list[str], root: Path, copy_to: Path) -> tuple[list[str], Path]:
+    """Label Studio's local-files address of each image (its path below ``root``), and the folder that holds them
+    all. An image outside ``root`` is copied into ``copy_to`` when that is below ``root``, else refused in one line."""
+    out, served = [], []
     for k, p in enumerate(paths):
         src = Path(p).resolve()
         if not src.is_relative_to(root):
-            if copy_to is None:
+            if not copy_to.resolve().is_relative_to(root):
                 raise ConfigError(
-                    f"image '{src}' is not below labelstudio.image_root '{root}'; set labelstudio.image_root to the "
-                    "Label Studio server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, a folder that holds the pool's "
-                    "images (or leave it null to serve copies from the run's to_label/ folder)"
+                    f"image '{src}' and the run's {copy_to.parent} are not below labelstudio.image_root '{root}'; set "
+                    f"labelstudio.image_root (or {DOCUMENT_ROOT_ENV}) to the Label Studio server's document root, a "
+                    "folder that holds the pool's images or the run directory"
                 )
             copy_to.mkdir(parents=True, exist_ok=True)
             dst = copy_to / f"{k:05d}_{src.name}"
             if not dst.is_file():
                 shutil.copyfile(src, dst)
             src = dst.resolve()
+        served.append(src.parent)
         out.append("/data/local-files/?d=" + urllib.parse.quote(str(src.relative_to(root))))
-    return out
+    return out, Path(os.path.commonpath(served)) if served else root
 
 
 @torch.no_grad()
@@ -251,15 +259,24 @@ def export_answers(f: Path, request: Path, fix: str) -> list[Answer]:
     return task_answers(items, f"labels file '{f}'")
 
 
-def run_tag(folder: Path) -> str:
-    """This run's mark on its tasks (``tavaal_run``), kept in ``to_label/labelstudio.json``: a project may hold
-    the tasks of several runs, and an export of another run's project is refused rather than read."""
+def remembered(folder: Path) -> dict:
+    """What the run keeps about Label Studio in ``to_label/labelstudio.json``: its mark, the project, the folder of
+    each batch's images."""
     record = folder / "labelstudio.json"
-    saved = json.loads(record.read_text()) if record.is_file() else {}
-    if "run" not in saved:
-        saved["run"] = uuid.uuid4().hex[:12]
-        atomic_write(record, lambda p: p.write_text(json.dumps(saved)))
-    return str(saved["run"])
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
+def remember(folder: Path, values: dict) -> dict:
+    saved = remembered(folder) | values
+    atomic_write(folder / "labelstudio.json", lambda p: p.write_text(json.dumps(saved, indent=1)))
+    return saved
+
+
+def run_tag(folder: Path) -> str:
+    """This run's mark on its tasks (``tavaal_run``): a project may hold the tasks of several runs, and an export
+    of another run's project is refused rather than read."""
+    saved = remembered(folder)
+    return str(saved["run"] if "run" in saved else remember(folder, {"run": uuid.uuid4().hex[:12]})["run"])
 
 
 # ---------------------------------------------------------------- the API
@@ -327,6 +344,14 @@ class LabelStudio:
                 break
             page += 1
         return int(self._call("POST", "/api/projects", {"title": title, "label_config": config})["id"])
+
+    def serve(self, project: int, folder: str) -> None:
+        """A local-files storage of the project for ``folder`` (Label Studio serves a local file only from one)."""
+        have = self._call("GET", f"/api/storages/localfiles?project={project}")
+        if any(isinstance(h, dict) and h.get("path") == folder for h in have or []):
+            return
+        body = {"project": project, "path": folder, "title": "tavaal images", "use_blob_urls": False}
+        self._call("POST", "/api/storages/localfiles", body)
 
     def add_tasks(self, project: int, items: list[dict]) -> None:
         self._call("POST", f"/api/projects/{project}/import", items)
@@ -400,6 +425,9 @@ class LabelStudioOracle(ManualOracle):
             )
         project = self._project(data)
         self._import_once(project, stage, tasks_file)
+        images = remembered(out / REQUEST_DIR).get(f"images_{stage}")
+        if images is not None:
+            self._serve(project, images)
         wait = self.cfg.labelstudio.wait_minutes * 60
         t0, done, shown = time.monotonic(), -1, -1
         while True:
@@ -435,9 +463,10 @@ class LabelStudioOracle(ManualOracle):
         ls = self.cfg.labelstudio
         images = None
         if hasattr(data.train.x, "encoded"):
-            rows = _request_paths(folder, stage)
-            root = Path(ls.image_root) if ls.image_root else folder
-            images = image_urls(rows, root, folder / f"stage_{stage}" if not ls.image_root else None)
+            images, served = image_urls(
+                _request_paths(folder, stage), image_root(ls.image_root, folder), folder / f"stage_{stage}"
+            )
+            remember(folder, {f"images_{stage}": str(served)})
         predicted = predictions(self.cfg, folder.parent, stage, data, positions) if ls.predictions else None
         control = "choices" if data.class_names else "textarea"
         version = f"tavaal {self.cfg.al.strategy} stage {stage - 1}"
@@ -451,15 +480,27 @@ class LabelStudioOracle(ManualOracle):
     def _project(self, data: ALData) -> int:
         """This run's project: the one recorded in ``to_label/labelstudio.json``, else found or created by title."""
         assert self.client is not None
-        record = Path(cast(str | Path, self.out_dir)) / REQUEST_DIR / "labelstudio.json"
-        saved = json.loads(record.read_text()) if record.is_file() else {}
+        folder = Path(cast(str | Path, self.out_dir)) / REQUEST_DIR
+        saved = remembered(folder)
         if saved.get("url") == self.client.url and "project" in saved:
             return int(saved["project"])
         title = self.cfg.labelstudio.project or f"tavaal {Path(cast(str | Path, self.out_dir)).resolve().name}"
         project = self.client.project(title, interface(data.class_names, hasattr(data.train.x, "encoded")))
-        saved |= {"url": self.client.url, "project": project}
-        atomic_write(record, lambda p: p.write_text(json.dumps(saved)))
+        remember(folder, {"url": self.client.url, "project": project})
         return project
+
+    def _serve(self, project: int, folder: str) -> None:
+        """Let Label Studio show the batch's images: a local-files storage for their folder (a note if the server
+        does not serve local files; the annotations still come back)."""
+        assert self.client is not None
+        try:
+            self.client.serve(project, folder)
+        except LabelStudioError as e:
+            print(
+                f"note: Label Studio cannot show the images of {folder} ({e}); start it with "
+                f"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and {DOCUMENT_ROOT_ENV} set to a folder above them",
+                flush=True,
+            )
 
     def _stage_tasks(self, project: int, stage: int) -> list[dict]:
         """The project's tasks of this run's batch of stage ``stage`` (a project may hold other runs' tasks)."""

@@ -5,6 +5,7 @@ the picks equal to the simulated oracle's."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -14,10 +15,13 @@ import urllib.request
 from pathlib import Path
 from xml.etree import ElementTree
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tavaal import checkpoint
-from tavaal.labelstudio import interface, task_answers
+from tavaal.errors import ConfigError
+from tavaal.labelstudio import image_urls, interface, task_answers
 from tavaal.run import main
 
 from conftest import ROOT, digest, free_port, run_cli, stop_group, wait_http
@@ -82,6 +86,24 @@ def test_export_answers_take_ground_truth_skip_cancelled_and_read_json_min():
         ("task 1 (Label Studio task 1)", "a", "x"),
         ("task 2 (Label Studio task 2)", "b", ""),
     ]
+
+
+def test_images_are_addressed_below_the_document_root_or_copied_there(tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for name in ("a.png", "b.png"):
+        (pool / name).write_bytes(b"png")
+    paths = [str(pool / "a.png"), str(pool / "b.png")]
+    assert image_urls(paths, tmp_path, tmp_path / "run" / "to_label" / "stage_1") == (
+        ["/data/local-files/?d=pool/a.png", "/data/local-files/?d=pool/b.png"],
+        pool,
+    )
+    root = tmp_path / "run" / "to_label"  # the pool is outside: copies are served from the run
+    urls, served = image_urls(paths, root, root / "stage_1")
+    assert urls == ["/data/local-files/?d=stage_1/00000_a.png", "/data/local-files/?d=stage_1/00001_b.png"]
+    assert served == root / "stage_1" and (root / "stage_1" / "00001_b.png").read_bytes() == b"png"
+    with pytest.raises(ConfigError, match="are not below labelstudio.image_root"):
+        image_urls(paths, tmp_path / "elsewhere", root / "stage_1")
 
 
 def test_file_round_trip_sends_predictions_and_selects_what_the_simulated_oracle_selects(files, tmp_path, capsys):
@@ -269,17 +291,22 @@ def label_studio(tmp_path_factory):
         stderr=subprocess.STDOUT,
         cwd=root,
         start_new_session=True,
-        env={**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(root / "data")},
+        env={
+            **os.environ,
+            "LABEL_STUDIO_BASE_DATA_DIR": str(root / "data"),
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
+        },
     )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health", proc, log, timeout=240)
-        yield url
+        yield url, root
     finally:
         stop_group(proc)
 
 
-def api(url: str, method: str, path: str, body=None, token: str = TOKEN):
+def api(url: str, method: str, path: str, body=None, token: str = TOKEN, raw: bool = False):
     req = urllib.request.Request(
         url + path,
         data=None if body is None else json.dumps(body).encode(),
@@ -287,7 +314,7 @@ def api(url: str, method: str, path: str, body=None, token: str = TOKEN):
         headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read() or b"null")
+        return r.read() if raw else json.loads(r.read() or b"null")
 
 
 def annotate(url: str, project: int, stage: int, truth: dict, count: int | None = None) -> int:
@@ -305,9 +332,10 @@ def annotate(url: str, project: int, stage: int, truth: dict, count: int | None 
 def test_round_trip_through_a_real_label_studio_selects_what_the_simulated_oracle_selects(
     files, label_studio, tmp_path, capsys, monkeypatch
 ):
-    url = label_studio
+    url, root = label_studio
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
-    sim, ls = tmp_path / "sim", tmp_path / "ls"
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(root))  # the shell that started the server
+    sim, ls = tmp_path / "sim", root / "runs" / "ls"  # the run below the server's document root
     assert main(args(files, "pool.parquet", sim, "--set", "al.stages=3")) == 0
     cmd = args(files, "unlabeled.parquet", ls, "--set", "al.stages=3", "--oracle", "labelstudio")
     assert main([*cmd, "--labelstudio-url", url, "--set", "labelstudio.project=tavaal round trip"]) == 0
@@ -316,6 +344,10 @@ def test_round_trip_through_a_real_label_studio_selects_what_the_simulated_oracl
     assert f"0 of 40 tasks are annotated in {url}/projects/{project}" in said and f"--resume {ls}\n" in said + "\n"
     made = api(url, "GET", f"/api/projects/{project}")
     assert made["title"] == "tavaal round trip" and '<Choice value="tl"/>' in made["label_config"]
+    # annotators see the images: Label Studio serves them from the run (a local-files storage tavaal added)
+    task = tasks_of(ls, 0)[3]
+    shown = api(url, "GET", task["data"]["image"], raw=True)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(shown))), files["pixels"][task["data"]["tavaal_id"]][0])
     # stage 0: half annotated, a resume asks again and imports nothing twice
     assert annotate(url, project, 0, files["truth"], count=20) == 20
     assert main(["--resume", str(ls)]) == 0
@@ -359,7 +391,7 @@ def test_round_trip_through_a_real_label_studio_selects_what_the_simulated_oracl
 def test_a_wrong_token_for_a_real_label_studio_is_one_line(files, label_studio, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "not-the-token")
     out = tmp_path / "run"
-    cmd = args(files, "unlabeled.parquet", out, "--oracle", "labelstudio", "--labelstudio-url", label_studio)
+    cmd = args(files, "unlabeled.parquet", out, "--oracle", "labelstudio", "--labelstudio-url", label_studio[0])
     capsys.readouterr()
     assert main(cmd) == 2
     err = capsys.readouterr().err.strip().splitlines()
