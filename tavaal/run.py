@@ -164,7 +164,7 @@ def check_only(cfg) -> int:
 
     device = resolve_device(cfg.device)  # a GPU the machine does not have
     data = build_dataset(cfg.data, cfg.seed)
-    build_oracle(cfg, data).initial_state(data)  # the labeling plan against the pool
+    build_oracle(cfg, data).start(data)  # the labeling plan against the pool; a Label Studio server answers
     check_compatible(
         cfg, data, ModelSpec(cfg.model.name, data.input_shape, data.num_classes, cfg.model.ranker_hidden), device
     )

@@ -136,6 +136,43 @@ def test_file_round_trip_sends_predictions_and_selects_what_the_simulated_oracle
     assert [r["accuracy"] for r in b.records] == [r["accuracy"] for r in a.records]
 
 
+def test_an_embeddings_pool_shows_the_row_id_and_round_trips(tmp_path, capsys):
+    """No image to show: the interface shows the row's id (annotators look it up in their own records)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 260)
+    x = (rng.normal(size=(260, 8)) + 2 * np.eye(3, 8)[y]).astype(np.float32)
+    names = np.array(["a", "b", "c"])
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 8)
+    ids = [f"row{i}" for i in range(200)]
+    for name, labels in (("pool", names[y[:200]]), ("unlabeled", [None] * 200)):
+        pq.write_table(pa.table({"id": ids, "embedding": vectors[:200], "label": labels}), tmp_path / f"{name}.parquet")
+    test = pa.table({"id": [f"t{i}" for i in range(60)], "embedding": vectors[200:], "label": names[y[200:]]})
+    pq.write_table(test, tmp_path / "test.parquet")
+    truth = dict(zip(ids, names[y[:200]]))
+    sets = ["data.name=parquet", "data.image_column=embedding", "model.name=mlp", "data.num_train=null"]
+    sets += ["data.num_test=null", f"data.test_path={tmp_path / 'test.parquet'}", "al.stages=2", "train.epochs=2"]
+    sets += ["vae.iterations=4", "al.initial=20", "al.budget=20", "al.subset_size=100"]
+    common = ["--config", "configs/smoke.yaml", *[a for v in sets for a in ("--set", v)]]
+    sim, ls = tmp_path / "sim", tmp_path / "ls"
+    assert main([*common, "--set", f"data.path={tmp_path / 'pool.parquet'}", "--out", str(sim)]) == 0
+    unlabeled = ["--set", f"data.path={tmp_path / 'unlabeled.parquet'}", "--oracle", "labelstudio", "--out", str(ls)]
+    assert main([*common, *unlabeled]) == 0
+    assert "needs labels for 20 rows (Label Studio oracle)" in capsys.readouterr().out
+    view = ElementTree.fromstring((ls / "to_label" / "labelstudio.xml").read_text())
+    assert view.find("Text").attrib == {"name": "item", "value": "$tavaal_id"} and view.find("Image") is None
+    for stage in (0, 1):
+        items = tasks_of(ls, stage)
+        assert len(items) == 20 and all("image" not in t["data"] for t in items)
+        assert all(("predictions" in t) == (stage == 1) for t in items)
+        export = write(tmp_path / f"export{stage}.json", exported(items, truth))
+        assert main(["--resume", str(ls), "--labels", str(export)]) == 0
+    a, b = checkpoint.load_latest(sim), checkpoint.load_latest(ls)
+    assert [r["selected"] for r in b.records] == [r["selected"] for r in a.records]
+
+
 @pytest.fixture(scope="module")
 def stopped(files, tmp_path_factory):
     """A Label Studio run stopped after stage 0's query: stage 1's tasks wait for annotations."""
@@ -241,6 +278,11 @@ def test_a_label_studio_that_cannot_be_used_stops_the_run_before_anything_is_wri
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not out.exists() or not any(out.rglob("*.json"))
+    assert (
+        main([*args(files, "unlabeled.parquet", out, "--oracle", "labelstudio", "--labelstudio-url", url), "--check"])
+        == 2
+    )
+    assert needle in capsys.readouterr().err  # --check makes the same check
 
 
 # ---------------------------------------------------------------- a real Label Studio on 127.0.0.1
