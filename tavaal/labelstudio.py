@@ -247,10 +247,10 @@ def export_answers(f: Path, request: Path, fix: str) -> list[Answer]:
         raise DataError(
             f"labels file '{f}' holds a JSON {type(items).__name__}, not Label Studio's list of tasks; {_EXPORT}"
         )
-    run = run_tag(request.parent)
+    run = remembered(request.parent).get("run")  # read only: checking an answer writes nothing
     for n, item in enumerate(items, 1):
         data = item.get("data", item) if isinstance(item, dict) else None
-        if isinstance(data, dict) and "tavaal_run" in data and data["tavaal_run"] != run:
+        if run is not None and isinstance(data, dict) and "tavaal_run" in data and data["tavaal_run"] != run:
             raise DataError(
                 f"labels file '{f}' task {n} (Label Studio task {item.get('id', '?')}) belongs to another tavaal run "
                 f"(tavaal_run '{data['tavaal_run']}', this run's is '{run}'); export the project this run's tasks "
