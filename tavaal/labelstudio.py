@@ -4,7 +4,7 @@ annotations come back as the batch's labels, with every check the manual oracle 
 Two ways, one set of files. Without ``labelstudio.url`` the run writes, beside the manual oracle's request,
 
   to_label/stage_K.labelstudio.json   the batch as Label Studio tasks: the image (or, for an embeddings pool,
-                                      the row's id), ``tavaal_id`` and ``tavaal_stage``, and the task model's
+                                      the row's id), ``tavaal_id``, ``tavaal_stage``, ``tavaal_run``, and the task model's
                                       prediction with its probability as a pre-annotation
   to_label/labelstudio.xml            the labeling interface: one choice per class
 
@@ -14,7 +14,7 @@ as JSON and resume with ``--labels EXPORT.json``. With ``labelstudio.url`` (and 
 waits, ``labelstudio.wait_minutes``) reads the annotations through Label Studio's HTTP API.
 
 The API is spoken with the standard library (``urllib``): the ``label-studio-sdk`` package pins older numpy and
-brings code generators and linters into the environment tavaal shares with torch and Ray, and the five calls
+brings code generators and linters into the environment tavaal shares with torch and Ray, and the few calls
 used here are stable across Label Studio's 1.x releases. Nothing from Label Studio is evaluated or unpickled:
 exports and answers are parsed as JSON and checked before they are believed.
 """
