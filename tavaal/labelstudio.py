@@ -3,9 +3,9 @@ annotations come back as the batch's labels, with every check the manual oracle 
 
 Two ways, one set of files. Without ``labelstudio.url`` the run writes, beside the manual oracle's request,
 
-  to_label/stage_K.labelstudio.json   the batch as Label Studio tasks: the image (or, for an embeddings pool,
-                                      the row's id), ``tavaal_id``, ``tavaal_stage``, ``tavaal_run``, and the task model's
-                                      prediction with its probability as a pre-annotation
+  to_label/stage_K.labelstudio.json   the batch as Label Studio tasks: the image (none for an embeddings pool),
+                                      ``tavaal_id``, ``tavaal_stage``, ``tavaal_run`` (this run's mark), and the
+                                      task model's prediction with its probability as a pre-annotation
   to_label/labelstudio.xml            the labeling interface: one choice per class
 
 and stops; people import the tasks into a project set up with that interface, label them, export the project
