@@ -21,7 +21,7 @@ from PIL import Image
 
 from tavaal import checkpoint
 from tavaal.errors import ConfigError
-from tavaal.labelstudio import image_urls, interface, task_answers
+from tavaal.labelstudio import export_answers, image_urls, interface, task_answers
 from tavaal.run import main
 
 from conftest import ROOT, digest, free_port, run_cli, stop_group, wait_http
@@ -407,8 +407,19 @@ def test_round_trip_through_a_real_label_studio_selects_what_the_simulated_oracl
     shown = api(url, "GET", f"/api/predictions/{stage1[0]['predictions'][0]}")
     assert shown["result"][0]["value"]["choices"][0] in NAMES and 0.25 <= shown["score"] <= 1
     assert annotate(url, project, 1, files["truth"]) == 40
+    # stage 1 answered from Label Studio's own export files instead (JSON; JSON_MIN reads the same)
+    full = api(url, "GET", f"/api/projects/{project}/export?exportType=JSON", raw=True)
+    flat = api(url, "GET", f"/api/projects/{project}/export?exportType=JSON_MIN", raw=True)
+    (tmp_path / "export.json").write_bytes(full)
+    (tmp_path / "export_min.json").write_bytes(flat)
+    request, fix = ls / "to_label" / "stage_1.csv", "fix"
+    assert export_answers(tmp_path / "export.json", request, fix) == export_answers(
+        tmp_path / "export_min.json", request, fix
+    )
+    # stage 1 trains and queries, then stops for stage 2's batch
+    assert main(["--resume", str(ls), "--labels", str(tmp_path / "export.json")]) == 0
+    assert json.loads((ls / "labels" / "stage_1.json").read_text())["source"] == str(tmp_path / "export.json")
     # stage 2: the run waits for annotators (they finish while it polls) and goes on by itself
-    assert main(["--resume", str(ls)]) == 0  # stage 1 trains and queries, then stops for stage 2's batch
     assert checkpoint.list_stages(ls)[-1] == 1
     annotator = threading.Timer(3.0, annotate, (url, project, 2, files["truth"]))
     annotator.start()
