@@ -434,8 +434,9 @@ class LabelStudioConfig(Section):
         "al.oracle=labelstudio: the Label Studio server (http://host:8080) whose API gets each batch's tasks and "
         "gives their annotations back; the token comes from the environment (LABEL_STUDIO_API_KEY), never the "
         'config. "": write the tasks file and read the project\'s JSON export given with --labels',
-        check=lambda v: v == "" or re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v) is not None,
-        expected='"" or an http:// or https:// address, e.g. http://127.0.0.1:8080',
+        check=lambda v: v == "" or re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", v) is not None,
+        expected='"" or an http:// or https:// address without credentials (the token goes in LABEL_STUDIO_API_KEY), '
+        "e.g. http://127.0.0.1:8080",
     )
     project: str = setting(
         "", 'the Label Studio project\'s title (created if absent); "": "tavaal" and the run directory\'s name'

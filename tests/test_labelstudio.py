@@ -264,6 +264,7 @@ def test_label_studio_export_csv_reads_tavaal_id_not_label_studios_task_id(files
         ({"LABEL_STUDIO_API_KEY": ""}, "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY is not set"),
         ({"LABEL_STUDIO_API_KEY": "t"}, "http://127.0.0.1:{closed}", "cannot be reached"),
         ({"LABEL_STUDIO_API_KEY": "t"}, "ftp://127.0.0.1", 'must be "" or an http:// or https:// address'),
+        ({"LABEL_STUDIO_API_KEY": "t"}, "http://me:secret@127.0.0.1", "without credentials"),
     ],
 )
 def test_a_label_studio_that_cannot_be_used_stops_the_run_before_anything_is_written(
