@@ -1,12 +1,17 @@
 """Embedding pools (docs/own-data.md, "Embeddings instead of images"): a Parquet column of fixed-length float
-vectors, read and checked by tavaal/data/vectors.py, trained on with the ``mlp`` task model and the VAE's vector
-form, scored from the files by the Ray backend; and benchmarks/embeddings.py, which makes such a pool from
-Fashion-MNIST."""
+vectors, read and checked batch by batch by tavaal/data/vectors.py (held in memory, or, past a size, as a
+memory-mapped copy: the ``lazy`` fixture makes every pool take that path), trained on with the ``mlp`` task model
+and the VAE's vector form, scored from the files by the Ray backend; and benchmarks/embeddings.py, which makes
+such a pool from Fashion-MNIST, and benchmarks/embeddings_scale.py, which measures a large one."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import gc
 import json
+import pickle
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tavaal.config import DataConfig, load_config
-from tavaal.data import build_dataset
+from tavaal.config import BackendConfig, DataConfig, load_config
+from tavaal.data import build_dataset, vectors
+from tavaal.data.vectors import ParquetVectors
 from tavaal.run import main
 
 NAMES = ("a", "b", "c", "d")
@@ -54,6 +60,23 @@ def pools(tmp_path_factory):
     return {"dir": d, "vectors": v, "truth": dict(zip(ids, labels))}
 
 
+@pytest.fixture
+def lazy(monkeypatch, tmp_path):
+    """Every vector pool stays out of memory (a memory-mapped copy in this test's own temporary folder), read and
+    checked 4 rows at a time, so that a bad row lies in a later batch than the first."""
+    monkeypatch.setattr(vectors, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(vectors, "BATCH_BYTES", 4 * 8 * DIM)
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def dense(x) -> np.ndarray:
+    """float32 ``[N, D]`` of a split's vectors, held (a tensor) or memory-mapped (``ParquetVectors``)."""
+    return x.numpy() if isinstance(x, torch.Tensor) else x[np.arange(len(x))].numpy()
+
+
 def cli(pools, pool: str, out: Path, *extra: str) -> list[str]:
     sets = [
         "train.epochs=40",
@@ -77,6 +100,41 @@ def cli(pools, pool: str, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize("pool,features", [("fixed", "image"), ("list", "image"), ("binary", "vector")])
 def test_fixed_size_list_list_and_binary_pools_load_the_same_vectors(pools, pool, features):
+    check_loaded_vectors(pools, pool, features)
+    assert isinstance(build_dataset(DataConfig(name="parquet", path=str(pools["dir"] / "fixed.parquet"),
+                                               image_column="embedding"), 0).train.x, torch.Tensor)  # fmt: skip
+
+
+@pytest.mark.parametrize("pool,features", [("fixed", "image"), ("list", "image"), ("binary", "vector")])
+def test_a_large_pool_stays_in_a_memory_mapped_copy_with_the_same_vectors(pools, lazy, pool, features):
+    data = check_loaded_vectors(pools, pool, features)
+    x = data.train.x
+    assert isinstance(x, ParquetVectors) and x.shape == (N_POOL, DIM) and data.train.x.dim() == 2
+    assert sorted(p.name for p in lazy.iterdir()) == sorted(Path(s.x.path).name for s in (data.train, data.test))
+    assert x[3].shape == (DIM,) and np.array_equal(x[np.array([[1, 2]])].numpy(), pools["vectors"][[[1, 2]]])
+    view = x.subset(torch.tensor([5, 9, 2]))
+    np.testing.assert_array_equal(view[np.arange(3)].numpy(), pools["vectors"][[5, 9, 2]])
+    with pytest.raises(IndexError):
+        view[3]
+    # pickled (Ray's object store) it carries a path, not the vectors: on this machine it maps the same file
+    clone = pickle.loads(pickle.dumps(x))
+    assert len(pickle.dumps(x)) < pools["vectors"].nbytes / 4  # the view's row numbers, not its vectors
+    np.testing.assert_array_equal(dense(clone), pools["vectors"])
+    # on another machine (the driver's file is not there) it writes its own copy from the Parquet file
+    elsewhere = lazy.parent / "elsewhere"
+    elsewhere.mkdir()
+    tempfile.tempdir = str(elsewhere)
+    clone = pickle.loads(pickle.dumps(x))
+    clone.path = str(lazy.parent / "gone" / Path(x.path).name)
+    np.testing.assert_array_equal(dense(clone), pools["vectors"])
+    assert [p.name for p in elsewhere.iterdir()] == [Path(x.path).name]
+    # the driver's copies go with the last view of them
+    del data, x, view
+    gc.collect()
+    assert not any(lazy.iterdir())
+
+
+def check_loaded_vectors(pools, pool: str, features: str):
     cfg = DataConfig(
         name="parquet",
         path=str(pools["dir"] / f"{pool}.parquet"),
@@ -86,20 +144,27 @@ def test_fixed_size_list_list_and_binary_pools_load_the_same_vectors(pools, pool
     )
     data = build_dataset(cfg, seed=0)
     assert data.input_shape == (DIM,) and not data.is_image and data.class_names == NAMES
-    assert data.train.x.dtype == torch.float32 and data.train.x.is_contiguous()
-    np.testing.assert_array_equal(data.train.x.numpy(), pools["vectors"])  # exactly the values written
+    assert data.train.x.dtype == torch.float32
+    np.testing.assert_array_equal(dense(data.train.x), pools["vectors"])  # exactly the values written
     assert list(data.train.ids) == [f"e{i:03d}" for i in range(N_POOL)] and len(data.test) == N_TEST
     x, _ = data.batch("train", np.arange(5), augment=True)  # used as they are: no normalization, no augmentation
     np.testing.assert_array_equal(x.numpy(), pools["vectors"][:5])
+    assert x.dtype == torch.float32 and x.is_contiguous()
+    return data
 
 
-def test_held_out_share_and_labels_of_a_vector_pool_follow_the_ids(pools):
+@pytest.mark.parametrize("held", [True, False], ids=["in_memory", "memory_mapped"])
+def test_held_out_share_and_labels_of_a_vector_pool_follow_the_ids(pools, request, held):
+    if not held:
+        request.getfixturevalue("lazy")
     data = build_dataset(
         DataConfig(name="parquet", path=str(pools["dir"] / "fixed.parquet"), image_column="embedding"), 0
     )
     assert len(data.train) + len(data.test) == N_POOL and 30 <= len(data.test) <= 70  # ~20% by id hash
+    assert isinstance(data.test.x, torch.Tensor) == held
     rows = [int(i[1:]) for i in data.test.ids]
-    np.testing.assert_array_equal(data.test.x.numpy(), pools["vectors"][rows])
+    np.testing.assert_array_equal(dense(data.test.x), pools["vectors"][rows])
+    np.testing.assert_array_equal(dense(data.train.x), pools["vectors"][[int(i[1:]) for i in data.train.ids]])
     assert [NAMES[c] for c in data.test.y] == [pools["truth"][i] for i in data.test.ids]
 
 
@@ -142,8 +207,12 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("held", [True, False], ids=["in_memory", "memory_mapped"])
 @pytest.mark.parametrize("name,needle", BAD, ids=[b[0] for b in BAD])
-def test_bad_vectors_exit_2_with_one_line_naming_the_row(pools, tmp_path, capsys, name, needle):
+def test_bad_vectors_exit_2_with_one_line_naming_the_row(pools, tmp_path, capsys, request, name, needle, held):
+    """Held in memory the 40 rows are one batch; memory-mapped they are checked 4 at a time, so every bad row lies
+    in a later batch than the first and its message still names its row; no copy is left behind."""
+    copies = None if held else request.getfixturevalue("lazy")
     sets = _bad(tmp_path, name)
     argv = cli(pools, "fixed.parquet", tmp_path / "out", *[a for s in sets for a in ("--set", s)])
     assert main(argv) == 2
@@ -151,6 +220,7 @@ def test_bad_vectors_exit_2_with_one_line_naming_the_row(pools, tmp_path, capsys
     assert len(err) == 1 and needle in err[0], err
     assert err[0].startswith(("error: vector column 'embedding' of ", "error: cannot read")), err
     assert not (tmp_path / "out").exists()
+    assert copies is None or not any(copies.iterdir())
 
 
 @pytest.mark.parametrize(
@@ -190,7 +260,23 @@ def test_tavaal_and_vaal_run_on_an_embedding_pool(pools, tmp_path, strategy):
     assert records[1]["accuracy"] > 0.5  # 4 well-separated clusters: far above chance on 40 labels
 
 
-def test_the_manual_oracle_asks_for_vector_rows_without_paths(pools, tmp_path, capsys):
+def test_a_memory_mapped_pool_selects_what_a_held_one_selects(pools, tmp_path, request):
+    """The same TA-VAAL run (task model, ranker, the VAE's vector form, scoring) on the pool held in memory and on
+    its memory-mapped copy: the same picks at every stage, the same accuracy."""
+    argv = cli(pools, "fixed.parquet", tmp_path / "held", "--json", str(tmp_path / "held.json"))
+    assert main(argv) == 0
+    request.getfixturevalue("lazy")
+    argv = cli(pools, "fixed.parquet", tmp_path / "mapped", "--json", str(tmp_path / "mapped.json"))
+    assert main(argv) == 0
+    held, mapped = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("held", "mapped"))
+    assert [r["selected"] for r in mapped] == [r["selected"] for r in held]
+    assert [r["accuracy"] for r in mapped] == [r["accuracy"] for r in held] and held[1]["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["in_memory", "memory_mapped"])
+def test_the_manual_oracle_asks_for_vector_rows_without_paths(pools, tmp_path, capsys, request, held):
+    if not held:
+        request.getfixturevalue("lazy")
     out = tmp_path / "man"
     argv = cli(pools, "unlabeled.parquet", out, "--oracle", "manual", "--set", "data.classes=[a, b, c, d]")
     assert main(argv) == 0
@@ -235,27 +321,82 @@ def test_embeddings_script_writes_a_pool_tavaal_reads(tmp_path):
 
 
 @pytest.mark.slow
-def test_vector_pools_score_through_ray_data_and_select_as_locally(pools, ray_cluster):
+def test_vector_pools_score_through_ray_data_and_select_as_locally(pools, ray_cluster, tmp_path, request):
     """Every cell format, decoded in the actors, scores as the local loop, and the picks from those scores are the
-    local ones."""
+    local ones; a pool held in memory and a memory-mapped one alike. A scoring returns only once its actors' CPUs are
+    free again. A whole 3-stage TA-VAAL run under --backend ray on the memory-mapped pool (its Ray Train workers map
+    the driver's copy; one thread, as tests/test_ray_train.py compares) selects what the local run selects."""
+    import ray
+
     from tavaal.backends.ray.parquet import score_parquet_with_ray_data
     from tavaal.core.scoring import score_pool
     from tavaal.core.selection import select_top_k
+    from tavaal.experiment import run_experiment
     from tavaal.strategies.scorers import TaskScorer
 
     from conftest import trained_stage
 
-    for pool, features in (("fixed", "image"), ("list", "image"), ("binary", "vector")):
+    cases = [("fixed", "image", True), ("list", "image", True), ("binary", "vector", True), ("fixed", "image", False)]
+    for pool, features, held in cases:
+        if not held:
+            request.getfixturevalue("lazy")
         sets = ["train.epochs=1", "model.name=mlp", "data.name=parquet", "data.image_column=embedding"]
         sets += [f"data.path={pools['dir'] / f'{pool}.parquet'}", f"data.features={features}", "al.initial=40"]
         cfg = load_config("configs/smoke.yaml", sets)
         data, _, cand, spec, _, tasks = trained_stage(cfg, 100)
+        assert isinstance(data.train.x, torch.Tensor) == held
         scorer = TaskScorer(spec, tasks["rank"], "rhat")
         idx = np.random.default_rng(3).permutation(cand)
         want = score_pool(scorer, data, idx, 37, torch.device("cpu"))
         got = score_parquet_with_ray_data(scorer, data, cfg.data, idx, batch_size=37, concurrency=1)
+        assert ray.available_resources().get("CPU") == 2  # the scoring actor's CPU is back: the next job finds it
         for name in want:
             np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=f"{pool}: {name}")
             assert np.ptp(got[name]) > 0
         # the strategy's pick from these scores (lloss_rank: highest r̂ first) is the same on both paths
         assert select_top_k(got["rhat"], idx, 20).tolist() == select_top_k(want["rhat"], idx, 20).tolist()
+
+    sets = [
+        "train.epochs=2",
+        "vae.iterations=4",
+        "al.stages=3",
+        "al.initial=20",
+        "al.budget=20",
+        "al.subset_size=100",
+        "num_threads=1",
+        "model.name=mlp",
+        "data.name=parquet",
+        "data.image_column=embedding",
+        f"data.path={pools['dir'] / 'fixed.parquet'}",
+        f"data.test_path={pools['dir'] / 'test.parquet'}",
+        # not keep_workers: the kept group's CPU and the scoring actor's would leave Ray Data's read tasks none of
+        # the session's 2 (backend.check_room_to_score refuses that plan on a Ray the run starts itself)
+        "backend.name=ray",
+        f"backend.storage_path={tmp_path / 'train'}",
+    ]
+    cfg = load_config("configs/smoke.yaml", sets)
+    on_ray = run_experiment(cfg, out_dir=tmp_path / "ray", log=lambda m: None)
+    local = run_experiment(
+        dataclasses.replace(cfg, backend=BackendConfig()), out_dir=tmp_path / "local", log=lambda m: None
+    )
+    assert [r.selected for r in on_ray] == [r.selected for r in local]
+    assert [r.num_labeled for r in on_ray] == [20, 40, 60] and len(set(on_ray[1].selected)) == 20
+
+
+@pytest.mark.slow
+def test_a_training_job_that_finds_its_cpus_taken_fails_in_one_line(ray_cluster):
+    """On the Ray a run started, a Ray Train job whose CPUs something still holds would wait without end; the
+    backend waits a bounded time for them, then says so in one line. Once they are free it goes ahead."""
+    import ray
+
+    from tavaal.backends.ray.backend import wait_for_room_to_train
+
+    holder = ray.remote(num_cpus=2)(type("Holder", (), {"ready": lambda self: True})).remote()
+    ray.get(holder.ready.remote())
+    with pytest.raises(RuntimeError) as e:
+        wait_for_room_to_train(BackendConfig(name="ray"), timeout=1.0)
+    assert "needs 1 CPU but only 0 of this Ray's 2 have been free for 1 s" in str(e.value)
+    assert "\n" not in str(e.value) and "--resume" in str(e.value)
+    ray.kill(holder)
+    wait_for_room_to_train(BackendConfig(name="ray"), timeout=30.0)  # returns once the actor's CPUs are back
+    assert ray.available_resources().get("CPU") == 2

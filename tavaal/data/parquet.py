@@ -10,8 +10,9 @@ wrong kind is refused with one line rather than turned into strings: a list labe
 its own, a NaN id the id 'nan', and a path such as ``../../etc/passwd`` a file offered to annotators.
 
 The same column may instead hold feature vectors (embeddings; ``vectors.py``): a list column, or binary cells
-with ``data.features: vector``. It is then read and checked whole and held as a float32 tensor ``[N, D]``,
-used as it is (no normalization, no augmentation); the task model must take vectors (``mlp``).
+with ``data.features: vector``. It is then read and checked batch by batch, and held as a float32 tensor
+``[N, D]`` or, for a large pool, as a memory-mapped copy (``vectors.ParquetVectors``); vectors are used as they
+are (no normalization, no augmentation); the task model must take vectors (``mlp``).
 
 ``own_data`` turns rows into an ``ALData`` for both own-data formats (``imagefolder.py`` uses it too): the
 class list, labels as class indices (-1 = unknown), and the test split (``data.test_path``, or a held-out
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import torch
 from tavaal.config import DataConfig
 from tavaal.data.base import ALData, Split
 from tavaal.data.encoded import EncodedImages, inside
-from tavaal.data.vectors import is_vector_column, vector_array
+from tavaal.data.vectors import ParquetVectors, batch_rows, is_vector_column, is_vectors, load_vectors
 from tavaal.errors import ConfigError, DataError
 from tavaal.redact import redact
 from tavaal.registry import DATASETS
@@ -47,7 +49,7 @@ class OwnRows:
 
     ids: np.ndarray
     labels: list[str | None]
-    images: EncodedImages | torch.Tensor
+    images: EncodedImages | ParquetVectors | torch.Tensor
     where: str  # the file or folder, for messages
 
 
@@ -66,6 +68,16 @@ def open_parquet(path: str):
 def load_column(path: str, column: str) -> pa.ChunkedArray:
     """One column of the Parquet data at ``path`` (what ``EncodedImages.load`` calls, in any process)."""
     return open_parquet(path).to_table(columns=[column]).column(column)
+
+
+def column_batches(path: str, column: str, rows: int) -> Iterator[pa.Array]:
+    """One column of the Parquet data at ``path``, ``rows`` at a time in file order (what ``ParquetVectors``
+    reads its vectors from, in any process): one batch in memory at a time, none read ahead."""
+    scan = open_parquet(path).to_batches(
+        columns=[column], batch_size=rows, batch_readahead=0, fragment_readahead=0, use_threads=False
+    )
+    for batch in scan:
+        yield batch.column(0)
 
 
 def base_dir(path: str) -> str:
@@ -148,15 +160,13 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
         )
     has_label = cfg.label_column in names
     # a path column is read up front too (text, not images): every path is checked before any is used; a vector
-    # column is read whole (the vectors are the data set)
+    # column is read and checked batch by batch below
     wanted = [cfg.id_column] + [cfg.label_column] * has_label + [cfg.image_column] * (kind in ("path", "vector"))
+    unreadable = f"cannot read columns {', '.join(dict.fromkeys(wanted))} of '{redact(path)}'"
     try:
-        table = ds.to_table(columns=list(dict.fromkeys(wanted)))
-    except (OSError, ValueError, pa.ArrowException) as e:  # e.g. a fixed-size list column whose null rows are short
-        raise DataError(
-            f"cannot read columns {', '.join(dict.fromkeys(wanted))} of '{redact(path)}' "
-            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); rewrite the file"
-        ) from None
+        table = ds.to_table(columns=list(dict.fromkeys(c for c in wanted if kind != "vector" or c != cfg.image_column)))
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise DataError(f"{unreadable} ({_first_line(e)}); rewrite the file") from None
     ids = _checked_ids(table.column(cfg.id_column), f"id column '{cfg.id_column}' of '{redact(path)}'")
     labels: list[str | None] = (
         label_strings(table.column(cfg.label_column), f"label column '{cfg.label_column}' of '{redact(path)}'", ids)
@@ -165,7 +175,11 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
     )
     if kind == "vector":
         where = f"vector column '{cfg.image_column}' of '{redact(path)}'"
-        vectors = torch.from_numpy(vector_array(table.column(cfg.image_column), where, ids))
+        batches = functools.partial(column_batches, path, cfg.image_column, batch_rows(image_type))
+        try:
+            vectors = load_vectors(batches, len(ids), where, ids)
+        except (OSError, ValueError, pa.ArrowException) as e:  # e.g. a fixed-size list column whose null rows are short
+            raise DataError(f"{unreadable} ({_first_line(e)}); rewrite the file") from None
         return OwnRows(ids, labels, vectors, f"'{redact(path)}'")
     if kind == "path":
         _check_paths(
@@ -184,6 +198,10 @@ def read_parquet_rows(path: str, cfg: DataConfig) -> OwnRows:
         f"column '{cfg.image_column}' of '{redact(path)}'",
     )
     return OwnRows(ids, labels, images, f"'{redact(path)}'")
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _checked_ids(col: pa.ChunkedArray, where: str) -> np.ndarray:
@@ -258,7 +276,7 @@ def held_out(ids: np.ndarray, fraction: float) -> np.ndarray:
 
 def _split(rows: OwnRows, y: np.ndarray, keep: np.ndarray) -> Split:
     pos = torch.from_numpy(np.flatnonzero(keep))
-    x = rows.images[pos] if isinstance(rows.images, torch.Tensor) else rows.images.subset(pos)
+    x = rows.images[pos] if isinstance(rows.images, torch.Tensor) else rows.images.subset(pos)  # lazy stays lazy
     return Split(x, torch.from_numpy(y[keep]), rows.ids[keep])
 
 
@@ -280,14 +298,14 @@ def own_data(name: str, cfg: DataConfig, pool: OwnRows, test: OwnRows | None) ->
     else:
         out = (y >= 0) & held_out(pool.ids, cfg.test_fraction)
         train, test_split = _split(pool, y, ~out), _split(pool, y, out)
-    if isinstance(pool.images, torch.Tensor):  # vectors: used as they are (vectors.py)
+    if is_vectors(pool.images):  # vectors: used as they are (vectors.py)
         if test is not None and tuple(test.images.shape[1:]) != tuple(pool.images.shape[1:]):
             raise DataError(
                 f"the test set {test.where} holds inputs of shape {list(test.images.shape[1:])}, the pool "
                 f"{pool.where} vectors of {list(pool.images.shape[1:])}; compute both with the same model"
             )
         return ALData(name=name, train=train, test=test_split, num_classes=len(classes), class_names=classes)
-    if test is not None and isinstance(test.images, torch.Tensor):
+    if test is not None and is_vectors(test.images):
         raise DataError(f"the test set {test.where} holds vectors but the pool {pool.where} images; use one kind")
     c = cfg.channels
     return ALData(

@@ -3,10 +3,15 @@
 Three cell formats hold the same float32 ``[N, D]`` array: ``fixed_size_list<float>`` (what pyarrow writes
 for a 2-D numpy array), ``list<float>`` with one length in every row (what pandas writes for a column of
 arrays), and ``binary`` cells each holding D little-endian float32 values (``array.astype('<f4').tobytes()``;
-binary is also what encoded images are, so this one needs ``data.features: vector``). The column is read and
-checked whole when the data set is built: a null row or element, a NaN or infinity, lists of differing
-lengths, or a binary cell whose length is not a multiple of 4 or differs from the first row's is a DataError
-naming the row (and its id). Integer and float16/float64 values are converted to float32.
+binary is also what encoded images are, so this one needs ``data.features: vector``). Integer and
+float16/float64 values are converted to float32.
+
+The column is checked batch by batch when the data set is built (``load_vectors``), in memory bounded by one
+batch: a null row or element, a NaN or infinity, lists of differing lengths, or a binary cell whose length is
+not a multiple of 4 or differs from the first row's is a DataError naming the row (and its id). A pool whose
+vectors fit in ``IN_MEMORY_BYTES`` is then held as one float32 tensor; a larger one stays out of the driver's
+memory (``ParquetVectors``): the checked values go to a float32 file beside the process, memory-mapped, and a
+batch reads its rows from it; a process on another machine writes its own copy from the Parquet files.
 
 Vectors are used as they are (``ALData.batch`` neither normalizes nor augments vectors): the task model and
 the VAE see the numbers the file holds, so scale them (e.g. standardize each dimension) before writing them if
@@ -15,13 +20,25 @@ they are far from order 1.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from tavaal.errors import DataError
 
 FEATURES = ("image", "vector")  # data.features
+# Vectors up to this size are held as one tensor: small pools gain nothing from a file, and a tensor is the
+# fastest to index. Larger ones stay in a memory-mapped file, so the driver holds only the rows a batch asks for.
+IN_MEMORY_BYTES = 256 * 2**20
+BATCH_BYTES = 16 * 2**20  # about one batch of the checking pass: its memory bound
+COPY_PREFIX = "tavaal-vectors-"  # the memory-mapped copies' file names, in the temporary folder
 
 
 def _row(row: int, ids: np.ndarray | None) -> str:
@@ -41,84 +58,271 @@ def is_vector_column(t: pa.DataType, features: str) -> bool:
     return is_list(t) or (features == "vector" and is_binary(t))
 
 
-def vector_array(col: pa.ChunkedArray | pa.Array, where: str, ids: np.ndarray | None = None) -> np.ndarray:
-    """float32 ``[N, D]`` of a list or binary column, checked: every row one vector of the same length D >= 1,
-    no null and no NaN or infinity. ``where`` names the column and file for messages."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    hint = "fix or drop that row"
-    if arr.null_count:
-        row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{where} has no vector at {_row(row, ids)}; every row needs one: {hint}")
-    if is_binary(arr.type):
-        out = _binary_vectors(arr, where, ids)
-    elif is_list(arr.type):
-        out = _list_vectors(arr, where, ids)
-    else:
-        raise DataError(
-            f"{where} is {arr.type}; a vector column is fixed_size_list<float32>, list<float32> or binary "
-            "(D little-endian float32 values a row)"
-        )
-    bad = ~np.isfinite(out).all(axis=1)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        value = out[row][~np.isfinite(out[row])][0]
-        raise DataError(f"{where} has the value {value} in the vector at {_row(row, ids)}; {hint}")
-    return out
+def batch_rows(t: pa.DataType) -> int:
+    """Rows per batch of the checking pass for a column of type ``t`` (about ``BATCH_BYTES`` of values)."""
+    d = t.list_size if pa.types.is_fixed_size_list(t) else 512  # other types: a guess, the length is per row
+    return max(1, BATCH_BYTES // (8 * max(1, d)))
 
 
-def _first_other(lengths: np.ndarray) -> int | None:
-    differ = np.flatnonzero(lengths != lengths[0]) if lengths.size else np.empty(0, np.int64)
-    return int(differ[0]) if differ.size else None
+class VectorChecker:
+    """Converts a column's batches, in order, to float32 ``[n, D]`` and checks them: the first row sets D.
+    ``where`` names the column and file for messages; ``ids`` the rows' ids (None: rows by position)."""
 
+    def __init__(self, where: str, ids: np.ndarray | None = None) -> None:
+        self.where, self.ids = where, ids
+        self.start = 0  # the column's row of the next batch's first row
+        self.first: int | None = None  # the first row's length (list values or bytes)
 
-def _list_vectors(arr: pa.Array, where: str, ids: np.ndarray | None) -> np.ndarray:
-    value_type = arr.type.value_type
-    if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
-        raise DataError(f"{where} holds lists of {value_type}; a vector is a list of float32 (or float64) values")
-    n = len(arr)
-    if pa.types.is_fixed_size_list(arr.type):
-        d = arr.type.list_size
-    else:
-        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-        other = _first_other(lengths)
-        if other is not None:
+    def __call__(self, arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+        hint = "fix or drop that row"
+        if arr.null_count:
+            row = self.start + int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{self.where} has no vector at {_row(row, self.ids)}; every row needs one: {hint}")
+        if is_binary(arr.type):
+            out = self._binary(arr)
+        elif is_list(arr.type):
+            out = self._list(arr)
+        else:
             raise DataError(
-                f"{where} has a vector of length {lengths[other]} at {_row(other, ids)}, but {lengths[0]} at "
-                f"{_row(0, ids)}; every vector has the same length: fix or drop that row"
+                f"{self.where} is {arr.type}; a vector column is fixed_size_list<float32>, list<float32> or binary "
+                "(D little-endian float32 values a row)"
             )
-        d = int(lengths[0]) if n else 0
-    if n and d < 1:
-        raise DataError(f"{where} holds empty vectors ({_row(0, ids)}); a vector has at least one value")
-    values = pc.list_flatten(arr)
-    if values.null_count:
-        at = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{where} has a null value in the vector at {_row(at // d, ids)}; fix or drop that row")
-    return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, d)  # a copy: writable
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            value = out[k][~np.isfinite(out[k])][0]
+            at = _row(self.start + k, self.ids)
+            raise DataError(f"{self.where} has the value {value} in the vector at {at}; {hint}")
+        self.start += len(arr)
+        return out
+
+    def _same_length(self, lengths: np.ndarray, unit: int, what: Callable[[int], str]) -> int:
+        """The batch's common length (list values or bytes), checked against the column's first row."""
+        if self.first is None and lengths.size:
+            self.first = int(lengths[0])
+        first = self.first or 0
+        differ = np.flatnonzero(lengths != first) if lengths.size else np.empty(0, np.int64)
+        if differ.size:
+            k = int(differ[0])
+            raise DataError(
+                f"{self.where} has a vector of {what(int(lengths[k]) // unit)} at {_row(self.start + k, self.ids)}, "
+                f"but {first // unit} at {_row(0, self.ids)}; every vector has the same length: fix or drop that row"
+            )
+        d = first // unit
+        if lengths.size and d < 1:
+            raise DataError(f"{self.where} holds empty vectors ({_row(0, self.ids)}); a vector has at least one value")
+        return d
+
+    def _list(self, arr: pa.Array) -> np.ndarray:
+        value_type = arr.type.value_type
+        if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
+            raise DataError(
+                f"{self.where} holds lists of {value_type}; a vector is a list of float32 (or float64) values"
+            )
+        n = len(arr)
+        if pa.types.is_fixed_size_list(arr.type):
+            lengths = np.full(n, arr.type.list_size, dtype=np.int64)
+        else:
+            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        d = self._same_length(lengths, 1, lambda k: f"length {k}")
+        if n == 0:
+            return np.empty((0, d), np.float32)
+        values = pc.list_flatten(arr)
+        if values.null_count:
+            at = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(
+                f"{self.where} has a null value in the vector at {_row(self.start + at // d, self.ids)}; fix or drop "
+                "that row"
+            )
+        return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, d)  # a copy: writable
+
+    def _binary(self, arr: pa.Array) -> np.ndarray:
+        lengths = pc.binary_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+        odd = np.flatnonzero(lengths % 4 != 0)
+        if odd.size:
+            row = self.start + int(odd[0])
+            raise DataError(
+                f"{self.where} has a cell of {lengths[odd[0]]} bytes at {_row(row, self.ids)}, not a whole number of "
+                "float32 values; a binary vector is D little-endian float32 values (numpy: v.astype('<f4').tobytes())"
+            )
+        d = self._same_length(lengths, 4, lambda k: f"{k} values")
+        n = len(arr)
+        if n == 0:
+            return np.empty((0, d), np.float32)
+        # the cells are one run of bytes in the data buffer, between the first and the last offset
+        offsets = np.frombuffer(arr.buffers()[1], np.int64 if pa.types.is_large_binary(arr.type) else np.int32)
+        lo, hi = int(offsets[arr.offset]), int(offsets[arr.offset + n])
+        data = np.frombuffer(arr.buffers()[2], np.uint8)[lo:hi]
+        return data.view("<f4").astype(np.float32).reshape(n, d)
 
 
-def _binary_vectors(arr: pa.Array, where: str, ids: np.ndarray | None) -> np.ndarray:
-    lengths = pc.binary_length(arr).to_numpy(zero_copy_only=False)
-    odd = np.flatnonzero(lengths % 4 != 0)
-    if odd.size:
-        row = int(odd[0])
-        raise DataError(
-            f"{where} has a cell of {lengths[row]} bytes at {_row(row, ids)}, not a whole number of float32 values; "
-            "a binary vector is D little-endian float32 values (numpy: v.astype('<f4').tobytes())"
+def load_vectors(
+    batches: Callable[[], Iterable[pa.Array]], n: int, where: str, ids: np.ndarray | None = None
+) -> torch.Tensor | ParquetVectors:
+    """The ``n`` vectors of a column, read and checked batch by batch: a float32 tensor ``[n, D]`` when they fit
+    in ``IN_MEMORY_BYTES``, else a ``ParquetVectors`` over a memory-mapped copy. ``batches()`` yields the
+    column's cells in row order; it is picklable (a ``ParquetVectors`` on another machine calls it again)."""
+    check = VectorChecker(where, ids)
+    memory: np.ndarray | None = None
+    copy: _Copy | None = None
+    try:
+        for arr in batches():
+            start = check.start
+            x = check(arr)
+            if memory is None and copy is None and x.shape[0]:
+                if n * x.shape[1] * 4 <= IN_MEMORY_BYTES:
+                    memory = np.empty((n, x.shape[1]), np.float32)
+                else:
+                    copy = _Copy.create(n, x.shape[1])
+            if check.start > n:
+                break
+            if memory is not None:
+                memory[start : check.start] = x
+            elif copy is not None:
+                copy.write(x)
+    except BaseException:
+        if copy is not None:
+            copy.discard()
+        raise
+    if check.start != n:
+        if copy is not None:
+            copy.discard()
+        raise DataError(f"{where} has {check.start} rows but its id column {n}; rewrite the file")
+    if copy is not None:
+        copy.finish()
+        return ParquetVectors(batches, n, copy.dim, copy.path, where, owner=copy)
+    return torch.from_numpy(memory if memory is not None else np.empty((0, 0), np.float32))
+
+
+class _Copy:
+    """A float32 ``[n, D]`` file of checked vectors in the temporary folder, removed when the process that wrote it
+    no longer needs it (its last ``ParquetVectors`` is gone, or the process ends)."""
+
+    def __init__(self, path: str, n: int, dim: int) -> None:
+        self.path, self.n, self.dim = path, n, dim
+        self._file = open(path + ".part", "wb")  # noqa: SIM115 - closed by finish or discard
+        self._finalizer = weakref.finalize(self, _remove, path)
+
+    @classmethod
+    def create(cls, n: int, dim: int) -> _Copy:
+        return cls(os.path.join(tempfile.gettempdir(), f"{COPY_PREFIX}{uuid.uuid4().hex}.f32"), n, dim)
+
+    def write(self, x: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
+
+    def finish(self) -> None:
+        self._file.close()
+        os.replace(self.path + ".part", self.path)
+
+    def discard(self) -> None:
+        self._file.close()
+        _remove(self.path + ".part")
+        self._finalizer()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _write_copy(batches: Callable[[], Iterable[pa.Array]], path: str, n: int, dim: int) -> None:
+    """This machine's copy of the vectors at ``path`` (checked by the driver already; converted the same way)."""
+    part = f"{path}.{os.getpid()}.part"
+    check = VectorChecker(path)
+    with open(part, "wb") as f:
+        for arr in batches():
+            f.write(np.ascontiguousarray(check(arr), dtype="<f4").tobytes())
+    if os.path.getsize(part) != n * dim * 4:
+        _remove(part)
+        raise RuntimeError(f"the vectors read again for {path} are not {n} x {dim}: the Parquet data changed")
+    os.replace(part, path)  # atomic: processes writing the same copy at once each leave a whole file
+
+
+class ParquetVectors:
+    """A float32 ``[N, D]`` vector column that stays out of memory: ``x[idx]`` reads the requested rows of a
+    memory-mapped copy (``load_vectors`` writes it while checking the column), ``x.subset(idx)`` is a view.
+
+    Pickled (Ray's object store, a worker), it carries the copy's path and ``batches``, not the vectors: a
+    process on the same machine maps the same file; one elsewhere writes its own copy from the Parquet files.
+    ``rows`` maps positions of this view to rows of the column (None: identity).
+    """
+
+    kind = "vector"
+
+    def __init__(
+        self,
+        batches: Callable[[], Iterable[pa.Array]],
+        length: int,
+        dim: int,
+        path: str,
+        where: str = "",
+        rows: np.ndarray | None = None,
+        owner: _Copy | None = None,
+    ) -> None:
+        self.batches, self.length, self.dim_, self.path, self.where, self.rows = batches, length, dim, path, where, rows
+        self._owner = owner  # keeps the driver's copy on disk while any view of it is alive
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_array": None, "_owner": None}
+
+    def __len__(self) -> int:
+        return self.length if self.rows is None else int(self.rows.shape[0])
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), self.dim_))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def dim(self) -> int:
+        return 2
+
+    def array(self) -> np.ndarray:
+        """The whole column, memory-mapped (read-only) ``[N, D]``."""
+        if self._array is None:
+            path = self.path
+            if not (os.path.exists(path) and os.path.getsize(path) == self.length * self.dim_ * 4):
+                path = os.path.join(tempfile.gettempdir(), os.path.basename(self.path))  # another machine
+                if not (os.path.exists(path) and os.path.getsize(path) == self.length * self.dim_ * 4):
+                    _write_copy(self.batches, path, self.length, self.dim_)
+            self._array = np.memmap(path, dtype="<f4", mode="r", shape=(self.length, self.dim_))
+        return self._array
+
+    def source_rows(self, idx) -> np.ndarray:
+        """Rows of the underlying column for positions ``idx`` (an integer, an integer array or a slice)."""
+        pos = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64)
+        if pos.size and (pos.min() < 0 or pos.max() >= len(self)):
+            bad = int(pos.max() if pos.max() >= len(self) else pos.min())
+            raise IndexError(f"index {bad} is out of bounds for ParquetVectors of size {len(self)}")
+        return pos if self.rows is None else self.rows[pos]
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        """float32 ``[B, D]`` for positions ``idx`` (``[D]`` for one integer)."""
+        rows = self.source_rows(idx)
+        x = np.array(self.array()[rows.reshape(-1)], dtype=np.float32)  # a copy: writable, off the map
+        return torch.from_numpy(x.reshape(*rows.shape, self.dim_))
+
+    def subset(self, idx) -> ParquetVectors:
+        view = ParquetVectors(
+            self.batches, self.length, self.dim_, self.path, self.where, self.source_rows(idx).reshape(-1), self._owner
         )
-    other = _first_other(lengths)
-    if other is not None:
-        raise DataError(
-            f"{where} has a vector of {lengths[other] // 4} values at {_row(other, ids)}, but {lengths[0] // 4} at "
-            f"{_row(0, ids)}; every vector has the same length: fix or drop that row"
-        )
-    n, d = len(arr), int(lengths[0]) // 4 if len(arr) else 0
-    if n and d < 1:
-        raise DataError(f"{where} holds empty vectors ({_row(0, ids)}); a vector has at least one value")
-    return np.frombuffer(b"".join(arr.to_pylist()), dtype="<f4").astype(np.float32).reshape(n, d)
+        view._array = self._array
+        return view
+
+
+def is_vectors(x: object) -> bool:
+    """Whether a split's ``x`` holds vectors (a 2-D tensor or a ``ParquetVectors``), not images."""
+    return isinstance(x, ParquetVectors) or (isinstance(x, torch.Tensor) and x.dim() == 2)
 
 
 def vectors_from_values(values: list) -> np.ndarray:
     """float32 ``[B, D]`` from cells as Ray Data hands them to a worker (bytes, or arrays/lists of numbers),
-    converted exactly as ``vector_array`` converts them (the column was checked when the data set was built)."""
+    converted exactly as ``VectorChecker`` converts them (the column was checked when the data set was built)."""
     rows = [np.frombuffer(v, dtype="<f4") if isinstance(v, bytes) else np.asarray(v) for v in values]
     return np.stack(rows).astype(np.float32, copy=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -44,6 +45,39 @@ def check_room_to_score(cfg: BackendConfig, total: dict, parquet: bool = False) 
                 f"score_cpus_per_actor/score_gpus_per_actor (threads_per_worker sets the threads), or turn "
                 "keep_workers off"
             )
+
+
+ROOM_WAIT_S = 120.0  # a finished job's CPUs come back within seconds; far longer means something keeps them
+
+
+def wait_for_room_to_train(cfg: BackendConfig, timeout: float = ROOM_WAIT_S) -> None:
+    """Before a Ray Train job on the Ray this run started: wait until the CPUs/GPUs its workers need are free.
+
+    Ray Train waits for its workers' placement without end (it retries after each startup timeout), so a job whose
+    CPUs something else still holds would hang the run; on a Ray of its own only the run's jobs can hold them, so after
+    ``timeout`` seconds a one-line error says what is missing. A request larger than the whole Ray is left to Ray
+    Train, whose own check refuses it at once.
+    """
+    import ray
+
+    need = {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers * cfg.gpus_per_worker}
+    total = ray.cluster_resources()
+    if any(v > total.get(k, 0.0) + 1e-9 for k, v in need.items()):
+        return
+    start = time.monotonic()
+    while True:
+        free = ray.available_resources()
+        short = [k for k, v in need.items() if v > free.get(k, 0.0) + 1e-9]
+        if not short:
+            return
+        if time.monotonic() - start > timeout:
+            k = short[0]
+            raise RuntimeError(
+                f"a Ray Train job needs {need[k]:g} {k} but only {free.get(k, 0.0):g} of this Ray's "
+                f"{total.get(k, 0.0):g} have been free for {timeout:g} s (an earlier job's workers or actors still "
+                "hold them); stop the run and resume it (python -m tavaal.run --resume OUT)"
+            )
+        time.sleep(0.05)
 
 
 class RayBackend:
@@ -93,6 +127,7 @@ class RayBackend:
         if self.cfg.keep_workers:
             result = self._kept().train_task(job)
         else:
+            self._wait_for_room()
             result = train_task_on_ray(job, self._ref(), self.cfg, self.storage_path)
         if on_epoch_end:
             for stats in result.history:
@@ -105,6 +140,7 @@ class RayBackend:
         if self.cfg.keep_workers:
             result = self._kept().train_vae(job)
         else:
+            self._wait_for_room()
             result = train_vae_on_ray(job, self._ref(), self.cfg, self.storage_path)
         if on_progress:
             for rec in result.history:
@@ -146,8 +182,13 @@ class RayBackend:
         from tavaal.backends.ray.train import TrainSession
 
         if self._session is None:
+            self._wait_for_room()
             self._session = TrainSession(self._ref(), self.cfg, self.storage_path)
         return self._session
+
+    def _wait_for_room(self) -> None:
+        if self._owns_ray:  # elsewhere other jobs (a sweep's trials, a cluster's users) may hold CPUs for long
+            wait_for_room_to_train(self.cfg)
 
     def close(self) -> None:
         import ray

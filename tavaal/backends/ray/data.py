@@ -18,7 +18,9 @@ changes a number, so both backends agree to float rounding (tests/test_ray_data.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -162,6 +164,7 @@ def score_with_ray_data(
         return {}
     if not isinstance(data_ref, ray.ObjectRef):
         data_ref = ray.put(data_ref)  # once per call; the backend puts it once per experiment instead
+    free = ray.available_resources()
     threads = threads_per_actor or max(1, int(cpus_per_actor))
     use_gpu = gpus_per_actor > 0
     # [1] input: only (position, index) pairs, in blocks of whole batches, so every batch a worker sees is
@@ -200,7 +203,31 @@ def score_with_ray_data(
             compute=ray.data.TaskPoolStrategy(size=concurrency),
             **common,
         )
-    return _collect(ds, indices)
+    out = _collect(ds, indices)
+    wait_until_freed(free)
+    return out
+
+
+def wait_until_freed(before: dict[str, float], timeout: float = 30.0) -> None:
+    """[5] Wait until the CPUs and GPUs that were free before a pipeline (``before``: ``ray.available_resources()``)
+    are free again, at most ``timeout`` seconds.
+
+    Ray Data lets a pipeline's actors go by dropping their handles, and Ray frees their resources only once their
+    processes have exited, a moment after the last batch reached the driver. The next step of a stage is often a Ray
+    Train job that needs those CPUs: without the wait it may find them still taken. A handle held by a reference
+    cycle is let go by a garbage collection. The wait is bounded because on a shared cluster another job may take
+    the CPUs meanwhile; the next job then waits for its own.
+    """
+    start = time.monotonic()
+    collected = False
+    while time.monotonic() - start < timeout:
+        free = ray.available_resources()
+        if all(free.get(k, 0.0) >= v - 1e-9 for k, v in before.items() if k in ("CPU", "GPU")):
+            return
+        if not collected and time.monotonic() - start > 1.0:
+            gc.collect()
+            collected = True
+        time.sleep(0.02)
 
 
 def passive_omp() -> dict:

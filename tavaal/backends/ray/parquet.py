@@ -5,8 +5,9 @@ blocks where the cluster runs, a stateless step keeps the candidates' rows (matc
 and a fixed pool of actors decodes them (``encoded.decode_image``, as the local loop does), normalizes them
 with ``ALData.batch`` and runs the strategy's scorer. Same decode, same normalization, same scorer: the
 numbers equal ``core.scoring.score_pool`` on the lazily decoded pool (tests/test_own_data.py, to 1e-5).
-A column of vectors (``data/vectors.py``) is read the same way; the actors convert its cells to float32 as the
-loader does, and the selection equals the local one (tests/test_embeddings.py).
+A column of vectors (``data/vectors.py``) is read the same way, whether the driver holds the vectors or only a
+memory-mapped copy: the actors convert the file's cells to float32 as the loader does, and the selection equals
+the local one (tests/test_embeddings.py).
 
 Ray touch points are numbered ``# [n]``.
 """
@@ -20,13 +21,13 @@ import numpy as np
 import ray
 import torch
 
-from tavaal.backends.ray.data import collect_by_position, keep_freed_memory_per_actor, passive_omp
+from tavaal.backends.ray.data import collect_by_position, keep_freed_memory_per_actor, passive_omp, wait_until_freed
 from tavaal.config import DataConfig
 from tavaal.core.scoring import Scorer
 from tavaal.data.base import ALData, Split
 from tavaal.data.encoded import EncodedImages, decode_image, read_bytes, resolve_path
 from tavaal.data.parquet import base_dir
-from tavaal.data.vectors import vectors_from_values
+from tavaal.data.vectors import is_vectors, vectors_from_values
 
 _POSITION, _INDEX, _IMAGE = "__position", "__index", "__image"
 
@@ -124,12 +125,13 @@ def score_parquet_with_ray_data(
     assert data.train.ids is not None and cfg.path is not None  # a parquet pool: own rows, read from cfg.path
     ids = data.train.ids[indices]
     wanted = {str(i): (p, int(k)) for p, (i, k) in enumerate(zip(ids, indices))}
-    # the pool's image column, or its vectors (a tensor: the loader read them whole)
-    kind = "vector" if isinstance(data.train.x, torch.Tensor) else cast(EncodedImages, data.train.x).kind
+    # the pool's image column, or its vectors (a tensor or a memory-mapped copy: the actors read the file's)
+    kind = "vector" if is_vectors(data.train.x) else cast(EncodedImages, data.train.x).kind
     decode = DecodeSpec(kind, cfg.image_size, cfg.channels, base_dir(cfg.path), data.mean, data.std, data.num_classes)
+    free = ray.available_resources()
     # [1] the files are read where the cluster runs (read tasks need a CPU the actors leave free), only the
     # id and image columns
-    ds = ray.data.read_parquet(cfg.path).select_columns([cfg.id_column, cfg.image_column])
+    ds = read_columns(cfg.path, [cfg.id_column, cfg.image_column])
     ds.context.enable_progress_bars = False
     # [2] a cheap stateless step keeps the candidates (the actors then see whole batches of them)
     ds = ds.map_batches(
@@ -149,7 +151,27 @@ def score_parquet_with_ray_data(
         num_gpus=gpus_per_actor,
         **passive_omp(),
     )
-    return _collect(ds, indices.size)
+    out = _collect(ds, indices.size)
+    wait_until_freed(free)  # [5] the actors' CPUs are free again before the next job asks for them
+    return out
+
+
+def read_columns(path: str, columns: list[str]) -> ray.data.Dataset:
+    """``columns`` of the Parquet data at ``path`` as a Ray Dataset, read by read tasks alone.
+
+    Ray Data's newer Parquet reader (``DataContext.use_datasource_v2``) lists the files through a pool of
+    footer-reading actors started for every read, 32 by default: on a small machine starting those processes costs
+    more than the scoring itself, and under load they compete with the actors and the next Ray Train job's workers
+    for the CPUs. The older reader reads the same columns with read tasks only.
+    """
+    ctx = ray.data.DataContext.get_current()
+    v2 = getattr(ctx, "use_datasource_v2", False)
+    ctx.use_datasource_v2 = False
+    try:
+        return ray.data.read_parquet(path, columns=columns)
+    finally:
+        if v2:
+            ctx.use_datasource_v2 = v2
 
 
 def _collect(ds, n: int) -> dict[str, np.ndarray]:
