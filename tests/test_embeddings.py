@@ -1,6 +1,6 @@
 """Embedding pools (docs/own-data.md, "Embeddings instead of images"): a Parquet column of fixed-length float
 vectors, read and checked batch by batch by tavaal/data/vectors.py (held in memory, or, past a size, as a
-memory-mapped copy: the ``lazy`` fixture makes every pool take that path), trained on with the ``mlp`` task model
+on-disk copy: the ``lazy`` fixture makes every pool take that path), trained on with the ``mlp`` task model
 and the VAE's vector form, scored from the files by the Ray backend; and benchmarks/embeddings.py, which makes
 such a pool from Fashion-MNIST, and benchmarks/embeddings_scale.py, which measures a large one."""
 
@@ -62,7 +62,7 @@ def pools(tmp_path_factory):
 
 @pytest.fixture
 def lazy(monkeypatch, tmp_path):
-    """Every vector pool stays out of memory (a memory-mapped copy in this test's own temporary folder), read and
+    """Every vector pool stays out of memory (an on-disk copy in this test's own temporary folder), read and
     checked 4 rows at a time, so that a bad row lies in a later batch than the first."""
     monkeypatch.setattr(vectors, "IN_MEMORY_BYTES", 0)
     monkeypatch.setattr(vectors, "BATCH_BYTES", 4 * 8 * DIM)
@@ -73,7 +73,7 @@ def lazy(monkeypatch, tmp_path):
 
 
 def dense(x) -> np.ndarray:
-    """float32 ``[N, D]`` of a split's vectors, held (a tensor) or memory-mapped (``ParquetVectors``)."""
+    """float32 ``[N, D]`` of a split's vectors, held (a tensor) or on-disk (``ParquetVectors``)."""
     return x.numpy() if isinstance(x, torch.Tensor) else x[np.arange(len(x))].numpy()
 
 
@@ -106,7 +106,7 @@ def test_fixed_size_list_list_and_binary_pools_load_the_same_vectors(pools, pool
 
 
 @pytest.mark.parametrize("pool,features", [("fixed", "image"), ("list", "image"), ("binary", "vector")])
-def test_a_large_pool_stays_in_a_memory_mapped_copy_with_the_same_vectors(pools, lazy, pool, features):
+def test_a_large_pool_stays_in_a_copy_on_disk_with_the_same_vectors(pools, lazy, pool, features):
     data = check_loaded_vectors(pools, pool, features)
     x = data.train.x
     assert isinstance(x, ParquetVectors) and x.shape == (N_POOL, DIM) and data.train.x.dim() == 2
@@ -116,7 +116,7 @@ def test_a_large_pool_stays_in_a_memory_mapped_copy_with_the_same_vectors(pools,
     np.testing.assert_array_equal(view[np.arange(3)].numpy(), pools["vectors"][[5, 9, 2]])
     with pytest.raises(IndexError):
         view[3]
-    # pickled (Ray's object store) it carries a path, not the vectors: on this machine it maps the same file
+    # pickled (Ray's object store) it carries a path, not the vectors: on this machine it reads the same file
     clone = pickle.loads(pickle.dumps(x))
     assert len(pickle.dumps(x)) < pools["vectors"].nbytes / 4  # the view's row numbers, not its vectors
     np.testing.assert_array_equal(dense(clone), pools["vectors"])
@@ -153,7 +153,7 @@ def check_loaded_vectors(pools, pool: str, features: str):
     return data
 
 
-@pytest.mark.parametrize("held", [True, False], ids=["in_memory", "memory_mapped"])
+@pytest.mark.parametrize("held", [True, False], ids=["in_memory", "on_disk"])
 def test_held_out_share_and_labels_of_a_vector_pool_follow_the_ids(pools, request, held):
     if not held:
         request.getfixturevalue("lazy")
@@ -207,10 +207,10 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("held", [True, False], ids=["in_memory", "memory_mapped"])
+@pytest.mark.parametrize("held", [True, False], ids=["in_memory", "on_disk"])
 @pytest.mark.parametrize("name,needle", BAD, ids=[b[0] for b in BAD])
 def test_bad_vectors_exit_2_with_one_line_naming_the_row(pools, tmp_path, capsys, request, name, needle, held):
-    """Held in memory the 40 rows are one batch; memory-mapped they are checked 4 at a time, so every bad row lies
+    """Held in memory the 40 rows are one batch; on-disk they are checked 4 at a time, so every bad row lies
     in a later batch than the first and its message still names its row; no copy is left behind."""
     copies = None if held else request.getfixturevalue("lazy")
     sets = _bad(tmp_path, name)
@@ -260,20 +260,20 @@ def test_tavaal_and_vaal_run_on_an_embedding_pool(pools, tmp_path, strategy):
     assert records[1]["accuracy"] > 0.5  # 4 well-separated clusters: far above chance on 40 labels
 
 
-def test_a_memory_mapped_pool_selects_what_a_held_one_selects(pools, tmp_path, request):
+def test_a_on_disk_pool_selects_what_a_held_one_selects(pools, tmp_path, request):
     """The same TA-VAAL run (task model, ranker, the VAE's vector form, scoring) on the pool held in memory and on
-    its memory-mapped copy: the same picks at every stage, the same accuracy."""
+    its on-disk copy: the same picks at every stage, the same accuracy."""
     argv = cli(pools, "fixed.parquet", tmp_path / "held", "--json", str(tmp_path / "held.json"))
     assert main(argv) == 0
     request.getfixturevalue("lazy")
-    argv = cli(pools, "fixed.parquet", tmp_path / "mapped", "--json", str(tmp_path / "mapped.json"))
+    argv = cli(pools, "fixed.parquet", tmp_path / "on_disk", "--json", str(tmp_path / "on_disk.json"))
     assert main(argv) == 0
-    held, mapped = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("held", "mapped"))
-    assert [r["selected"] for r in mapped] == [r["selected"] for r in held]
-    assert [r["accuracy"] for r in mapped] == [r["accuracy"] for r in held] and held[1]["accuracy"] > 0.5
+    held, on_disk = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("held", "on_disk"))
+    assert [r["selected"] for r in on_disk] == [r["selected"] for r in held]
+    assert [r["accuracy"] for r in on_disk] == [r["accuracy"] for r in held] and held[1]["accuracy"] > 0.5
 
 
-@pytest.mark.parametrize("held", [True, False], ids=["in_memory", "memory_mapped"])
+@pytest.mark.parametrize("held", [True, False], ids=["in_memory", "on_disk"])
 def test_the_manual_oracle_asks_for_vector_rows_without_paths(pools, tmp_path, capsys, request, held):
     if not held:
         request.getfixturevalue("lazy")
@@ -323,8 +323,8 @@ def test_embeddings_script_writes_a_pool_tavaal_reads(tmp_path):
 @pytest.mark.slow
 def test_vector_pools_score_through_ray_data_and_select_as_locally(pools, ray_cluster, tmp_path, request):
     """Every cell format, decoded in the actors, scores as the local loop, and the picks from those scores are the
-    local ones; a pool held in memory and a memory-mapped one alike. A scoring returns only once its actors' CPUs are
-    free again. A whole 3-stage TA-VAAL run under --backend ray on the memory-mapped pool (its Ray Train workers map
+    local ones; a pool held in memory and an on-disk one alike. A scoring returns only once its actors' CPUs are
+    free again. A whole 3-stage TA-VAAL run under --backend ray on the on-disk pool (its Ray Train workers read
     the driver's copy; one thread, as tests/test_ray_train.py compares) selects what the local run selects."""
     import ray
 
@@ -400,3 +400,28 @@ def test_a_training_job_that_finds_its_cpus_taken_fails_in_one_line(ray_cluster)
     ray.kill(holder)
     wait_for_room_to_train(BackendConfig(name="ray"), timeout=30.0)  # returns once the actor's CPUs are back
     assert ray.available_resources().get("CPU") == 2
+
+
+@pytest.mark.slow
+def test_embeddings_scale_scores_a_pool_on_disk_on_ray_data_as_the_local_loop(ray_cluster, monkeypatch, tmp_path):
+    """benchmarks/embeddings_scale.py --smoke, with 2,048-d vectors (160 MB): the pool stays on disk (the
+    driver grows by far less than the vectors while building it), Ray Data's scores of every row equal the local
+    loop's, the scoring returns with the actor's CPU free, and a stage runs on the vector and the image pool."""
+    from benchmarks import embeddings_scale
+
+    monkeypatch.setattr(vectors, "IN_MEMORY_BYTES", 0)  # the pool (160 MB) and its test set (16 MB): both on disk
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    argv = ["--smoke", "--dim", "2048", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert embeddings_scale.main(argv) == 0
+    (path,) = (tmp_path / "out").glob("embeddings-scale-smoke-*.json")
+    got = json.loads(path.read_text())
+    a, b = got["scoring"], got["stage"]
+    assert a["kept_as"] == "ParquetVectors" and a["vectors_bytes"] == 20_000 * 2048 * 4
+    assert a["build_rss"] - a["rss_before"] < a["vectors_bytes"] / 2  # held, it would grow by all of them
+    assert a["rows_scored"] == a["checked_rows"] == 20_000 and a["max_abs_diff"] < 1e-5
+    assert a["free_cpus_after"] == a["total_cpus"] == 2
+    assert any("ScoreParquetPerActor" in name for name, _ in a["score_rss_workers"])
+    for kind in ("vectors", "images"):
+        assert b[kind]["stage"] > 0 and b[kind]["task + ranker training"] > 0 and b[kind]["scoring"] > 0
+    text = path.with_suffix(".md").read_text()
+    assert "| **stage** |" in text and "vectors / images" in text and "bf16 supported" in text

@@ -11,8 +11,8 @@ its own, a NaN id the id 'nan', and a path such as ``../../etc/passwd`` a file o
 
 The same column may instead hold feature vectors (embeddings; ``vectors.py``): a list column, or binary cells
 with ``data.features: vector``. It is then read and checked batch by batch, and held as a float32 tensor
-``[N, D]`` or, for a large pool, as a memory-mapped copy (``vectors.ParquetVectors``); vectors are used as they
-are (no normalization, no augmentation); the task model must take vectors (``mlp``).
+``[N, D]`` or, for a large pool, as a copy on disk read row by row (``vectors.ParquetVectors``); vectors are
+used as they are (no normalization, no augmentation); the task model must take vectors (``mlp``).
 
 ``own_data`` turns rows into an ``ALData`` for both own-data formats (``imagefolder.py`` uses it too): the
 class list, labels as class indices (-1 = unknown), and the test split (``data.test_path``, or a held-out
@@ -39,6 +39,7 @@ from tavaal.errors import ConfigError, DataError
 from tavaal.redact import redact
 from tavaal.registry import DATASETS
 
+READ_BUFFER = 2**20  # bytes read from a Parquet file at a time when a column is streamed (column_batches)
 MEAN, STD = 0.5, 0.25  # fixed per-channel normalization of [0, 1] pixels: statistics of unseen data are unknown
 
 
@@ -71,13 +72,17 @@ def load_column(path: str, column: str) -> pa.ChunkedArray:
 
 
 def column_batches(path: str, column: str, rows: int) -> Iterator[pa.Array]:
-    """One column of the Parquet data at ``path``, ``rows`` at a time in file order (what ``ParquetVectors``
-    reads its vectors from, in any process): one batch in memory at a time, none read ahead."""
-    scan = open_parquet(path).to_batches(
-        columns=[column], batch_size=rows, batch_readahead=0, fragment_readahead=0, use_threads=False
-    )
-    for batch in scan:
-        yield batch.column(0)
+    """One column of the Parquet data at ``path``, ``rows`` at a time in the order ``to_table`` reads the rows
+    (what ``ParquetVectors`` reads its vectors from, in any process). File by file, page by page: a dataset scan
+    would hold whole row groups (often the whole file, as pyarrow and pandas write them) however small its batches."""
+    import pyarrow.parquet as pq
+
+    ds = open_parquet(path)
+    for name in ds.files:
+        with ds.filesystem.open_input_file(name) as f:
+            reader = pq.ParquetFile(f, pre_buffer=False, buffer_size=READ_BUFFER)
+            for batch in reader.iter_batches(batch_size=rows, columns=[column], use_threads=False):
+                yield batch.column(0)
 
 
 def base_dir(path: str) -> str:

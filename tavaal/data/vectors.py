@@ -10,8 +10,8 @@ The column is checked batch by batch when the data set is built (``load_vectors`
 batch: a null row or element, a NaN or infinity, lists of differing lengths, or a binary cell whose length is
 not a multiple of 4 or differs from the first row's is a DataError naming the row (and its id). A pool whose
 vectors fit in ``IN_MEMORY_BYTES`` is then held as one float32 tensor; a larger one stays out of the driver's
-memory (``ParquetVectors``): the checked values go to a float32 file beside the process, memory-mapped, and a
-batch reads its rows from it; a process on another machine writes its own copy from the Parquet files.
+memory (``ParquetVectors``): the checked values go to a float32 file in the temporary folder, and a batch reads
+its rows from it; a process on another machine writes its own copy from the Parquet files.
 
 Vectors are used as they are (``ALData.batch`` neither normalizes nor augments vectors): the task model and
 the VAE see the numbers the file holds, so scale them (e.g. standardize each dimension) before writing them if
@@ -25,6 +25,7 @@ import tempfile
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -35,10 +36,10 @@ from tavaal.errors import DataError
 
 FEATURES = ("image", "vector")  # data.features
 # Vectors up to this size are held as one tensor: small pools gain nothing from a file, and a tensor is the
-# fastest to index. Larger ones stay in a memory-mapped file, so the driver holds only the rows a batch asks for.
+# fastest to index. Larger ones stay in a file on disk, so the driver holds only the rows a batch asks for.
 IN_MEMORY_BYTES = 256 * 2**20
 BATCH_BYTES = 16 * 2**20  # about one batch of the checking pass: its memory bound
-COPY_PREFIX = "tavaal-vectors-"  # the memory-mapped copies' file names, in the temporary folder
+COPY_PREFIX = "tavaal-vectors-"  # the on-disk copies' file names, in the temporary folder
 
 
 def _row(row: int, ids: np.ndarray | None) -> str:
@@ -161,7 +162,7 @@ def load_vectors(
     batches: Callable[[], Iterable[pa.Array]], n: int, where: str, ids: np.ndarray | None = None
 ) -> torch.Tensor | ParquetVectors:
     """The ``n`` vectors of a column, read and checked batch by batch: a float32 tensor ``[n, D]`` when they fit
-    in ``IN_MEMORY_BYTES``, else a ``ParquetVectors`` over a memory-mapped copy. ``batches()`` yields the
+    in ``IN_MEMORY_BYTES``, else a ``ParquetVectors`` over a copy on disk. ``batches()`` yields the
     column's cells in row order; it is picklable (a ``ParquetVectors`` on another machine calls it again)."""
     check = VectorChecker(where, ids)
     memory: np.ndarray | None = None
@@ -242,11 +243,11 @@ def _write_copy(batches: Callable[[], Iterable[pa.Array]], path: str, n: int, di
 
 
 class ParquetVectors:
-    """A float32 ``[N, D]`` vector column that stays out of memory: ``x[idx]`` reads the requested rows of a
-    memory-mapped copy (``load_vectors`` writes it while checking the column), ``x.subset(idx)`` is a view.
+    """A float32 ``[N, D]`` vector column that stays out of memory: ``x[idx]`` reads the requested rows from a
+    float32 copy on disk (``load_vectors`` writes it while checking the column), ``x.subset(idx)`` is a view.
 
     Pickled (Ray's object store, a worker), it carries the copy's path and ``batches``, not the vectors: a
-    process on the same machine maps the same file; one elsewhere writes its own copy from the Parquet files.
+    process on the same machine reads the same file; one elsewhere writes its own copy from the Parquet files.
     ``rows`` maps positions of this view to rows of the column (None: identity).
     """
 
@@ -264,10 +265,10 @@ class ParquetVectors:
     ) -> None:
         self.batches, self.length, self.dim_, self.path, self.where, self.rows = batches, length, dim, path, where, rows
         self._owner = owner  # keeps the driver's copy on disk while any view of it is alive
-        self._array: np.ndarray | None = None
+        self._file: BinaryIO | None = None
 
     def __getstate__(self) -> dict:
-        return self.__dict__ | {"_array": None, "_owner": None}
+        return self.__dict__ | {"_file": None, "_owner": None}
 
     def __len__(self) -> int:
         return self.length if self.rows is None else int(self.rows.shape[0])
@@ -283,16 +284,30 @@ class ParquetVectors:
     def dim(self) -> int:
         return 2
 
-    def array(self) -> np.ndarray:
-        """The whole column, memory-mapped (read-only) ``[N, D]``."""
-        if self._array is None:
+    def file(self) -> BinaryIO:
+        """This machine's copy of the column, open for reading (written here first when it is not here)."""
+        if self._file is None:
+            size = self.length * self.dim_ * 4
             path = self.path
-            if not (os.path.exists(path) and os.path.getsize(path) == self.length * self.dim_ * 4):
+            if not (os.path.exists(path) and os.path.getsize(path) == size):
                 path = os.path.join(tempfile.gettempdir(), os.path.basename(self.path))  # another machine
-                if not (os.path.exists(path) and os.path.getsize(path) == self.length * self.dim_ * 4):
+                if not (os.path.exists(path) and os.path.getsize(path) == size):
                     _write_copy(self.batches, path, self.length, self.dim_)
-            self._array = np.memmap(path, dtype="<f4", mode="r", shape=(self.length, self.dim_))
-        return self._array
+            self._file = open(path, "rb")  # noqa: SIM115 - closed when the last view of it is gone
+        return self._file
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """float32 ``[len(rows), D]``: rows of the column, one positional read per run of consecutive rows (no
+        mapping: a memory-mapped file would count the pages the kernel reads around each row in the process's
+        memory, several times the rows themselves for random rows)."""
+        fd, width = self.file().fileno(), self.dim_ * 4
+        unique, inverse = np.unique(rows, return_inverse=True)
+        out = np.empty((unique.size, self.dim_), np.float32)
+        starts = np.flatnonzero(np.diff(unique, prepend=-2) != 1)
+        for lo, hi in zip(starts, np.append(starts[1:], unique.size)):
+            data = os.pread(fd, int(hi - lo) * width, int(unique[lo]) * width)
+            out[lo:hi] = np.frombuffer(data, "<f4").reshape(-1, self.dim_)
+        return out[inverse.reshape(-1)]
 
     def source_rows(self, idx) -> np.ndarray:
         """Rows of the underlying column for positions ``idx`` (an integer, an integer array or a slice)."""
@@ -305,14 +320,13 @@ class ParquetVectors:
     def __getitem__(self, idx) -> torch.Tensor:
         """float32 ``[B, D]`` for positions ``idx`` (``[D]`` for one integer)."""
         rows = self.source_rows(idx)
-        x = np.array(self.array()[rows.reshape(-1)], dtype=np.float32)  # a copy: writable, off the map
-        return torch.from_numpy(x.reshape(*rows.shape, self.dim_))
+        return torch.from_numpy(self.read(rows.reshape(-1)).reshape(*rows.shape, self.dim_))
 
     def subset(self, idx) -> ParquetVectors:
         view = ParquetVectors(
             self.batches, self.length, self.dim_, self.path, self.where, self.source_rows(idx).reshape(-1), self._owner
         )
-        view._array = self._array
+        view._file = self._file
         return view
 
 

@@ -6,7 +6,7 @@ and a fixed pool of actors decodes them (``encoded.decode_image``, as the local 
 with ``ALData.batch`` and runs the strategy's scorer. Same decode, same normalization, same scorer: the
 numbers equal ``core.scoring.score_pool`` on the lazily decoded pool (tests/test_own_data.py, to 1e-5).
 A column of vectors (``data/vectors.py``) is read the same way, whether the driver holds the vectors or only a
-memory-mapped copy: the actors convert the file's cells to float32 as the loader does, and the selection equals
+copy on disk: the actors convert the file's cells to float32 as the loader does, and the selection equals
 the local one (tests/test_embeddings.py).
 
 Ray touch points are numbered ``# [n]``.
@@ -14,6 +14,7 @@ Ray touch points are numbered ``# [n]``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import cast
 
@@ -57,20 +58,37 @@ class DecodeSpec:
         return data.batch("train", np.arange(len(values)))[0]
 
 
-def keep_candidates(
-    batch: dict[str, np.ndarray], id_column: str, image_column: str, wanted: dict[str, tuple[int, int]]
-) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class Wanted:
+    """The candidates, as a keep step looks them up: ``keys`` their ids sorted (int64, or text as numpy strings),
+    ``positions`` and ``indices`` their output position and pool index in the same order. Three arrays rather
+    than a dict keyed by id: a million candidates cost the driver tens of megabytes instead of hundreds."""
+
+    keys: np.ndarray
+    positions: np.ndarray
+    indices: np.ndarray
+
+    @classmethod
+    def of(cls, ids: np.ndarray, indices: np.ndarray) -> Wanted:
+        keys = ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
+        order = np.argsort(keys, kind="stable")
+        return cls(keys[order], np.arange(ids.size, dtype=np.int64)[order], indices[order])
+
+    def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows of ``ids`` that are candidates, their places in the sorted keys)."""
+        ids = np.asarray(ids).astype(str if self.keys.dtype.kind == "U" else np.int64)  # the id column's kind
+        at = np.minimum(np.searchsorted(self.keys, ids), self.keys.size - 1)
+        rows = np.flatnonzero(self.keys[at] == ids)
+        return rows, at[rows]
+
+
+def keep_candidates(batch: dict[str, np.ndarray], id_column: str, image_column: str, wanted: Wanted) -> dict:
     """The rows whose id is a candidate, with their output position and pool index."""
-    hits = [(k, wanted[str(i)]) for k, i in enumerate(batch[id_column]) if str(i) in wanted]
-    rows = np.array([k for k, _ in hits], dtype=np.int64)
-    images = np.empty(len(hits), dtype=object)
+    rows, at = wanted.find(batch[id_column])
+    images = np.empty(rows.size, dtype=object)
     for j, k in enumerate(rows):  # one by one: a slice assignment would broadcast equal-length vectors as 2-D
         images[j] = batch[image_column][k]
-    return {
-        _POSITION: np.array([p for _, (p, _) in hits], dtype=np.int64),
-        _INDEX: np.array([i for _, (_, i) in hits], dtype=np.int64),
-        _IMAGE: images,
-    }
+    return {_POSITION: wanted.positions[at], _INDEX: wanted.indices[at], _IMAGE: images}
 
 
 class ScoreParquetPerActor:
@@ -124,8 +142,8 @@ def score_parquet_with_ray_data(
         )
     assert data.train.ids is not None and cfg.path is not None  # a parquet pool: own rows, read from cfg.path
     ids = data.train.ids[indices]
-    wanted = {str(i): (p, int(k)) for p, (i, k) in enumerate(zip(ids, indices))}
-    # the pool's image column, or its vectors (a tensor or a memory-mapped copy: the actors read the file's)
+    wanted = Wanted.of(np.asarray(ids), indices)
+    # the pool's image column, or its vectors (a tensor or a copy on disk: the actors read the Parquet file itself)
     kind = "vector" if is_vectors(data.train.x) else cast(EncodedImages, data.train.x).kind
     decode = DecodeSpec(kind, cfg.image_size, cfg.channels, base_dir(cfg.path), data.mean, data.std, data.num_classes)
     free = ray.available_resources()
@@ -156,22 +174,26 @@ def score_parquet_with_ray_data(
     return out
 
 
-def read_columns(path: str, columns: list[str]) -> ray.data.Dataset:
-    """``columns`` of the Parquet data at ``path`` as a Ray Dataset, read by read tasks alone.
+FOOTER_ACTORS = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 
-    Ray Data's newer Parquet reader (``DataContext.use_datasource_v2``) lists the files through a pool of
-    footer-reading actors started for every read, 32 by default: on a small machine starting those processes costs
-    more than the scoring itself, and under load they compete with the actors and the next Ray Train job's workers
-    for the CPUs. The older reader reads the same columns with read tasks only.
+
+def read_columns(path: str, columns: list[str]) -> ray.data.Dataset:
+    """``columns`` of the Parquet data at ``path`` as a Ray Dataset.
+
+    Ray Data's Parquet reader lists the files through a pool of footer-reading actors that it starts for every read,
+    32 unless ``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS`` says otherwise: on a small machine starting those processes
+    costs more than the scoring itself, and under load they compete with the scoring actor and the next Ray Train
+    job's workers for the CPUs. One reads the footers of a pool's few files well, so that is what this read asks
+    for unless the variable is set. (The older reader, ``DataContext.use_datasource_v2 = False``, starts no actor
+    but reads each file whole in one task: a worker then holds a large pool's whole file.)
     """
-    ctx = ray.data.DataContext.get_current()
-    v2 = getattr(ctx, "use_datasource_v2", False)
-    ctx.use_datasource_v2 = False
+    if FOOTER_ACTORS in os.environ:
+        return ray.data.read_parquet(path, columns=columns)
+    os.environ[FOOTER_ACTORS] = "1"  # read when the read is planned, here in the driver
     try:
         return ray.data.read_parquet(path, columns=columns)
     finally:
-        if v2:
-            ctx.use_datasource_v2 = v2
+        os.environ.pop(FOOTER_ACTORS, None)
 
 
 def _collect(ds, n: int) -> dict[str, np.ndarray]:
