@@ -35,6 +35,7 @@ import io
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -319,6 +320,21 @@ def stages(args, work: Path) -> dict:
 # ---------------------------------------------------------------- report
 
 
+def lscpu() -> str:
+    """lscpu's model name, family/model/stepping and its bf16/AMX flags (what a timing here depends on)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "lscpu: not available"
+    field = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    get = {k.strip(): v.strip() for k, v in field.items()}.get
+    flags = [f for f in (get("Flags") or "").split() if "bf16" in f or f.startswith("amx")]
+    return (
+        f"lscpu: {get('Model name')}, family {get('CPU family')} model {get('Model')} stepping {get('Stepping')}, "
+        f"{get('CPU(s)')} CPUs, {get('Hypervisor vendor') or 'no'} hypervisor, flags {' '.join(flags) or 'none'}"
+    )
+
+
 def report(args, argv, a: dict, b: dict | None, load: tuple, started: float) -> str:
     workers = "; ".join(f"{k} {mib(v)}" for k, v in a["score_rss_workers"][:5])
     lines = [
@@ -366,6 +382,7 @@ def report(args, argv, a: dict, b: dict | None, load: tuple, started: float) -> 
             f"{b['images']['accuracy']:.3f}",
         ]
     details = [
+        lscpu(),
         f"pool: {args.rows:,} rows; vectors {args.dim}-d float32 in {args.classes} clusters, row groups of "
         f"{args.row_group:,}; images: Fashion-MNIST's 60,000 training images as PNG, repeated",
         f"(a): mlp + ranker trained on {args.labeled:,} rows for {args.epochs} epochs; scoring batch {args.batch}, "
