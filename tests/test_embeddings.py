@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import gc
 import json
+import os
 import pickle
 import tempfile
 from pathlib import Path
@@ -132,6 +133,25 @@ def test_a_large_pool_stays_in_a_copy_on_disk_with_the_same_vectors(pools, lazy,
     del data, x, view
     gc.collect()
     assert not any(lazy.iterdir())
+
+
+def test_copies_of_a_killed_run_are_removed_by_the_next(pools, lazy):
+    """A run killed before it removed its copy on disk leaves it behind; the next run that writes one removes every
+    copy whose process is gone, and leaves a running process's alone."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(gone.stdout), os.getpid()
+    for name in (f"tavaal-vectors-{dead}-0.f32", f"tavaal-vectors-{alive}-1.f32", "unrelated.f32"):
+        (lazy / name).write_bytes(b"\0" * 64)
+    data = build_dataset(
+        DataConfig(name="parquet", path=str(pools["dir"] / "fixed.parquet"), image_column="embedding"), 0
+    )
+    names = sorted(p.name for p in lazy.iterdir())
+    assert f"tavaal-vectors-{dead}-0.f32" not in names
+    assert f"tavaal-vectors-{alive}-1.f32" in names and "unrelated.f32" in names
+    assert Path(data.train.x.path).name in names
 
 
 def check_loaded_vectors(pools, pool: str, features: str):

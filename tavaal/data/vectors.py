@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
@@ -198,7 +199,8 @@ def load_vectors(
 
 class _Copy:
     """A float32 ``[n, D]`` file of checked vectors in the temporary folder, removed when the process that wrote it
-    no longer needs it (its last ``ParquetVectors`` is gone, or the process ends)."""
+    no longer needs it (its last ``ParquetVectors`` is gone, or the process ends). Its name carries the process id,
+    so that the copies of a process that was killed are removed by the next one (``sweep_copies``)."""
 
     def __init__(self, path: str, n: int, dim: int) -> None:
         self.path, self.n, self.dim = path, n, dim
@@ -207,7 +209,9 @@ class _Copy:
 
     @classmethod
     def create(cls, n: int, dim: int) -> _Copy:
-        return cls(os.path.join(tempfile.gettempdir(), f"{COPY_PREFIX}{uuid.uuid4().hex}.f32"), n, dim)
+        folder = tempfile.gettempdir()
+        sweep_copies(folder)
+        return cls(os.path.join(folder, f"{COPY_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.f32"), n, dim)
 
     def write(self, x: np.ndarray) -> None:
         self._file.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
@@ -220,6 +224,39 @@ class _Copy:
         self._file.close()
         _remove(self.path + ".part")
         self._finalizer()
+
+
+STALE_PART_S = 3600.0  # a partly written copy this old, of a process that is gone, is no one's
+
+
+def sweep_copies(folder: str) -> list[str]:
+    """Remove the copies in ``folder`` whose writing process no longer runs (a run killed before it could remove its
+    own; each may be as large as a pool's vectors); returns their names. A copy still being written on behalf of a
+    driver elsewhere (a worker's, named after that driver's process) is left alone until it is an hour old."""
+    removed = []
+    for name in os.listdir(folder):
+        pid = name.removeprefix(COPY_PREFIX).split("-", 1)[0]
+        if not name.startswith(COPY_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if name.endswith(".part") and time.time() - os.path.getmtime(path) < STALE_PART_S:
+                continue
+        except OSError:
+            continue
+        _remove(path)
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove(path: str) -> None:
