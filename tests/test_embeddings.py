@@ -26,6 +26,8 @@ from tavaal.data import build_dataset, vectors
 from tavaal.data.vectors import ParquetVectors
 from tavaal.run import main
 
+from conftest import run_cli
+
 NAMES = ("a", "b", "c", "d")
 N_POOL, N_TEST, DIM = 240, 80, 16
 
@@ -240,6 +242,15 @@ def test_bad_vectors_exit_2_with_one_line_naming_the_row(pools, tmp_path, capsys
     assert err[0].startswith(("error: vector column 'embedding' of ", "error: cannot read")), err
     assert not (tmp_path / "out").exists()
     assert copies is None or not any(copies.iterdir())
+
+
+def test_bad_vectors_through_the_real_command_line(pools, tmp_path):
+    """The entry point itself: exit code 2 and one line on stderr, nothing written."""
+    sets = _bad(tmp_path, "nan")
+    res = run_cli(*cli(pools, "fixed.parquet", tmp_path / "out", *[a for s in sets for a in ("--set", s)]))
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1 and "has the value nan in the vector at row 5 (id 'b5')" in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
