@@ -167,8 +167,9 @@ def read_labels(
 
         answers = export_answers(f, request, fix)
         return check_answers(answers, requested, pool_ids, classes, allow_new, fix, f"labels file '{f}'", answered)
-    answers = _csv_answers(f, request, fix, pool_ids)
-    return check_answers(answers, requested, pool_ids, classes, allow_new, fix, f"labels file '{f}'")
+    answers, exported = _csv_answers(f, request, fix, pool_ids)
+    skip = answered if exported else None  # Label Studio's CSV export holds the earlier stages' tasks too
+    return check_answers(answers, requested, pool_ids, classes, allow_new, fix, f"labels file '{f}'", skip)
 
 
 Answer = tuple[str, str, str]  # where in the file (e.g. "line 7"), the row id, the label given ("" if none)
@@ -220,8 +221,9 @@ def check_answers(
     return out
 
 
-def _csv_answers(f: Path, request: Path, fix: str, pool_ids: set[str]) -> list[Answer]:
-    """The (line, id, label) of every non-blank row of a labels CSV with columns ``id`` and ``label``."""
+def _csv_answers(f: Path, request: Path, fix: str, pool_ids: set[str]) -> tuple[list[Answer], bool]:
+    """The (line, id, label) of every non-blank row of a labels CSV with columns ``id`` and ``label``, and whether
+    it is Label Studio's CSV export (a ``tavaal_id`` column)."""
     rows = _csv_rows(f, request, fix)
     header = rows[0][1] if rows else None
     if header is None or not any(h.strip() for h in header):
@@ -230,8 +232,11 @@ def _csv_answers(f: Path, request: Path, fix: str, pool_ids: set[str]) -> list[A
             f"line per requested id; {fix}"
         )
     cols = [h.strip() for h in header]
-    if "tavaal_id" in cols:  # Label Studio's CSV export: its 'id' is Label Studio's task number, not the pool's
-        cols[cols.index("id") if "id" in cols else 0], cols[cols.index("tavaal_id")] = "ls_task", "id"
+    exported = "tavaal_id" in cols
+    if exported:  # Label Studio's CSV export: its 'id' is Label Studio's task number, not the pool's
+        if "id" in cols:
+            cols[cols.index("id")] = "label_studio_task"
+        cols[cols.index("tavaal_id")] = "id"
     if "id" not in cols or "label" not in cols:
         raise DataError(
             f"labels file '{f}' line 1: columns are {', '.join(cols)}; expected columns 'id' and 'label'; {fix}"
@@ -250,7 +255,7 @@ def _csv_answers(f: Path, request: Path, fix: str, pool_ids: set[str]) -> list[A
         # unless they are part of the id itself
         rid = uncell(row[i_id]) if uncell(row[i_id]) in pool_ids else uncell(row[i_id].strip())
         out.append((f"line {line}", rid, row[i_label].strip()))
-    return out
+    return out, exported
 
 
 def _csv_rows(f: Path, request: Path, fix: str) -> list[tuple[int, list[str]]]:

@@ -249,9 +249,10 @@ def test_label_studio_export_csv_reads_tavaal_id_not_label_studios_task_id(files
     run = tmp_path / "run"
     shutil.copytree(stopped, run)
     lines = ["image,tavaal_id,tavaal_stage,id,label"]
-    for k, t in enumerate(tasks_of(run, 1)):  # Label Studio numbers its tasks from 1: ids a pool may have too
+    # the whole project: stage 0's tasks (answered before) are passed over; Label Studio numbers its tasks from 1
+    for k, t in enumerate(tasks_of(run, 0) + tasks_of(run, 1)):
         rid = t["data"]["tavaal_id"]
-        lines.append(f"x,{rid},1,{k + 1},{files['truth'][rid]}")
+        lines.append(f"x,{rid},{t['data']['tavaal_stage']},{k + 1},{files['truth'][rid]}")
     export = tmp_path / "ls.csv"
     export.write_text("\n".join(lines))
     assert main(["--resume", str(run), "--labels", str(export)]) == 0
