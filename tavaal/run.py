@@ -5,6 +5,7 @@ python -m tavaal.run --resume runs/fm              # continue after a kill, from
 python -m tavaal.run --config configs/smoke.yaml --set al.strategy=random --set train.lr=0.05
 python -m tavaal.run --set data.name=parquet --set data.path=pool.parquet --oracle manual --out runs/mine
 python -m tavaal.run --resume runs/mine --labels runs/mine/to_label/stage_1.csv   # answers, then continues
+python -m tavaal.run ... --oracle labelstudio --labelstudio-url http://127.0.0.1:8080   # people label in Label Studio
 """
 
 from __future__ import annotations
