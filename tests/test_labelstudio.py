@@ -363,7 +363,7 @@ def api(url: str, method: str, path: str, body=None, token: str = TOKEN, raw: bo
 
 def annotate(url: str, project: int, stage: int, truth: dict, count: int | None = None) -> int:
     """What annotators do in Label Studio: choose each task's true class (the first ``count`` tasks)."""
-    items = [t for t in api(url, "GET", f"/api/projects/{project}/export?exportType=JSON&download_all_tasks=true")]
+    items = api(url, "GET", f"/api/projects/{project}/export?exportType=JSON&download_all_tasks=true")
     todo = [t for t in items if t["data"]["tavaal_stage"] == stage and not t["annotations"]][:count]
     for t in todo:
         value = {"choices": [truth[t["data"]["tavaal_id"]]]}
