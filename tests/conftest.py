@@ -63,6 +63,21 @@ def trained_stage(cfg, num_candidates: int):
     return data, pool, cand, spec, backend, tasks
 
 
+def on_ray_and_locally(cfg, tmp_path: Path):
+    """The records of one experiment run as ``cfg`` says (on Ray) and again with the local backend, each in a
+    directory of its own under ``tmp_path``."""
+    import dataclasses
+
+    from tavaal.config import BackendConfig
+    from tavaal.experiment import run_experiment
+
+    on_ray = run_experiment(cfg, out_dir=tmp_path / "ray", log=lambda m: None)
+    local = run_experiment(
+        dataclasses.replace(cfg, backend=BackendConfig()), out_dir=tmp_path / "local", log=lambda m: None
+    )
+    return on_ray, local
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

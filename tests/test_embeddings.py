@@ -7,7 +7,6 @@ such a pool from Fashion-MNIST, and benchmarks/embeddings_scale.py, which measur
 from __future__ import annotations
 
 import csv
-import dataclasses
 import gc
 import json
 import os
@@ -26,7 +25,7 @@ from tavaal.data import build_dataset, vectors
 from tavaal.data.vectors import ParquetVectors
 from tavaal.run import main
 
-from conftest import run_cli
+from conftest import on_ray_and_locally, run_cli
 
 NAMES = ("a", "b", "c", "d")
 N_POOL, N_TEST, DIM = 240, 80, 16
@@ -361,7 +360,6 @@ def test_vector_pools_score_through_ray_data_and_select_as_locally(pools, ray_cl
     from tavaal.backends.ray.parquet import score_parquet_with_ray_data
     from tavaal.core.scoring import score_pool
     from tavaal.core.selection import select_top_k
-    from tavaal.experiment import run_experiment
     from tavaal.strategies.scorers import TaskScorer
 
     from conftest import trained_stage
@@ -405,10 +403,7 @@ def test_vector_pools_score_through_ray_data_and_select_as_locally(pools, ray_cl
         f"backend.storage_path={tmp_path / 'train'}",
     ]
     cfg = load_config("configs/smoke.yaml", sets)
-    on_ray = run_experiment(cfg, out_dir=tmp_path / "ray", log=lambda m: None)
-    local = run_experiment(
-        dataclasses.replace(cfg, backend=BackendConfig()), out_dir=tmp_path / "local", log=lambda m: None
-    )
+    on_ray, local = on_ray_and_locally(cfg, tmp_path)
     assert [r.selected for r in on_ray] == [r.selected for r in local]
     assert [r.num_labeled for r in on_ray] == [20, 40, 60] and len(set(on_ray[1].selected)) == 20
 

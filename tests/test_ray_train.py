@@ -14,7 +14,8 @@ from tavaal.core.pool import initial_pool  # noqa: E402
 from tavaal.core.seeding import numpy_rng  # noqa: E402
 from tavaal.core.training import ModelSpec, TaskJob, evaluate  # noqa: E402
 from tavaal.data import build_dataset  # noqa: E402
-from tavaal.experiment import run_experiment  # noqa: E402
+
+from conftest import on_ray_and_locally  # noqa: E402
 
 CFG = load_config("configs/smoke.yaml", ["train.epochs=3", "vae.iterations=6"])
 
@@ -94,10 +95,7 @@ def test_kept_worker_group_runs_a_whole_experiment_like_local(ray_cluster, tmp_p
         f"backend.storage_path={tmp_path / 'train'}",
     ]
     cfg = load_config("configs/smoke.yaml", sets)
-    on_ray = run_experiment(cfg, out_dir=tmp_path / "ray", log=lambda m: None)
-    local = run_experiment(
-        dataclasses.replace(cfg, backend=BackendConfig()), out_dir=tmp_path / "local", log=lambda m: None
-    )
+    on_ray, local = on_ray_and_locally(cfg, tmp_path)
     assert [r.selected for r in on_ray] == [r.selected for r in local]
     assert [r.accuracy for r in on_ray] == [r.accuracy for r in local]
     assert [r.num_labeled for r in on_ray] == [r.num_labeled for r in local] == [40, 80, 120]
