@@ -1,8 +1,9 @@
 """Embedding pools (docs/own-data.md, "Embeddings instead of images"): a Parquet column of fixed-length float
-vectors, read and checked batch by batch by tavaal/data/vectors.py (held in memory, or, past a size, as a
-on-disk copy: the ``lazy`` fixture makes every pool take that path), trained on with the ``mlp`` task model
-and the VAE's vector form, scored from the files by the Ray backend; and benchmarks/embeddings.py, which makes
-such a pool from Fashion-MNIST, and benchmarks/embeddings_scale.py, which measures a large one."""
+vectors, read and checked batch by batch by tavaal/data/vectors.py (held in memory, or, past a size, as an on-disk
+copy, tavaal/data/vector_pool.py: the ``lazy`` fixture makes every pool take that path), trained on with the
+``mlp`` task model and the VAE's vector form, scored from the files by the Ray backend; and
+benchmarks/embeddings.py, which makes such a pool from Fashion-MNIST, and benchmarks/embeddings_scale.py, which
+measures a large one."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 
 from tavaal.config import BackendConfig, DataConfig, load_config
 from tavaal.data import build_dataset, vectors
-from tavaal.data.vectors import ParquetVectors
+from tavaal.data.vector_pool import ParquetVectors
 from tavaal.run import main
 
 from conftest import on_ray_and_locally, run_cli

@@ -9,10 +9,10 @@ are decoded lazily (``encoded.EncodedImages``). The file comes from outside the 
 wrong kind is refused with one line rather than turned into strings: a list label would become a class of
 its own, a NaN id the id 'nan', and a path such as ``../../etc/passwd`` a file offered to annotators.
 
-The same column may instead hold feature vectors (embeddings; ``vectors.py``): a list column, or binary cells
-with ``data.features: vector``. It is then read and checked batch by batch, and held as a float32 tensor
-``[N, D]`` or, for a large pool, as a copy on disk read row by row (``vectors.ParquetVectors``); vectors are
-used as they are (no normalization, no augmentation); the task model must take vectors (``mlp``).
+The same column may instead hold feature vectors (embeddings; ``vectors.py``, ``vector_pool.py``): a list column,
+or binary cells with ``data.features: vector``. It is then read and checked batch by batch, and held as a float32
+tensor ``[N, D]`` or, for a large pool, as a copy on disk read row by row (``vector_pool.ParquetVectors``);
+vectors are used as they are (no normalization, no augmentation); the task model must take vectors (``mlp``).
 
 ``own_data`` turns rows into an ``ALData`` for both own-data formats (``imagefolder.py`` uses it too): the
 class list, labels as class indices (-1 = unknown), and the test split (``data.test_path``, or a held-out
@@ -34,7 +34,8 @@ import torch
 from tavaal.config import DataConfig
 from tavaal.data.base import ALData, Split
 from tavaal.data.encoded import EncodedImages, inside
-from tavaal.data.vectors import ParquetVectors, batch_rows, is_vector_column, is_vectors, load_vectors
+from tavaal.data.vector_pool import ParquetVectors, is_vectors, load_vectors
+from tavaal.data.vectors import batch_rows, is_vector_column
 from tavaal.errors import ConfigError, DataError
 from tavaal.redact import redact
 from tavaal.registry import DATASETS

@@ -28,7 +28,8 @@ from tavaal.core.scoring import Scorer
 from tavaal.data.base import ALData, Split
 from tavaal.data.encoded import EncodedImages, decode_image, read_bytes, resolve_path
 from tavaal.data.parquet import base_dir
-from tavaal.data.vectors import is_vectors, vectors_from_values
+from tavaal.data.vector_pool import is_vectors
+from tavaal.data.vectors import vectors_from_values
 
 _POSITION, _INDEX, _IMAGE = "__position", "__index", "__image"
 
