@@ -258,20 +258,26 @@ def _csv_answers(f: Path, request: Path, fix: str, pool_ids: set[str]) -> tuple[
     return out, exported
 
 
-def _csv_rows(f: Path, request: Path, fix: str) -> list[tuple[int, list[str]]]:
-    """Every row of the CSV file ``f`` with its line number; a file that cannot be read as UTF-8 CSV is a
-    one-line DataError naming the file and the problem."""
+def answer_bytes(f: Path, wanted: str) -> bytes:
+    """The bytes of the labels file ``f``; a directory, a missing file or one that cannot be read is a one-line
+    DataError that says to pass ``wanted`` instead."""
     if f.is_dir():
-        raise DataError(f"labels file '{f}' is a directory; pass the filled-in request CSV, e.g. --labels {request}")
+        raise DataError(f"labels file '{f}' is a directory; pass {wanted}")
     if not f.is_file():
-        raise DataError(f"labels file '{f}' not found; pass the filled-in request, e.g. --labels {request}")
+        raise DataError(f"labels file '{f}' not found; pass {wanted}")
     try:
-        raw = f.read_bytes()
+        return f.read_bytes()
     except OSError as e:
         raise DataError(
             f"labels file '{f}' cannot be read ({e.strerror or type(e).__name__}); make it readable, or pass a "
-            f"copy, e.g. --labels {request}"
+            f"copy of {wanted}"
         ) from None
+
+
+def _csv_rows(f: Path, request: Path, fix: str) -> list[tuple[int, list[str]]]:
+    """Every row of the CSV file ``f`` with its line number; a file that cannot be read as UTF-8 CSV is a
+    one-line DataError naming the file and the problem."""
+    raw = answer_bytes(f, f"the filled-in request CSV, e.g. --labels {request}")
     try:
         text = raw.decode("utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a byte order mark
     except UnicodeDecodeError as e:
@@ -302,16 +308,17 @@ def ingest_labels(
     """Validate the whole labels file for the pending ``positions``, store it as ``labels/stage_K.json``,
     and return the data set with those labels. A bad file raises before anything is written."""
     target = labels_target(out_dir, stage)
-    labels = read_labels(
-        file,
-        row_ids(data, positions),
-        set(row_ids(data, np.arange(len(data.train)))),
-        data.class_names,
-        allow_new,
-        Path(out_dir) / REQUEST_DIR / f"stage_{stage}.csv",
-        set(row_ids(data, np.flatnonzero(data.known_rows))),
-    )
+    requested, pool_ids, answered = answer_ids(data, positions)
+    request = Path(out_dir) / REQUEST_DIR / f"stage_{stage}.csv"
+    labels = read_labels(file, requested, pool_ids, data.class_names, allow_new, request, answered)
     return store_labels(target, stage, labels, str(Path(file).resolve()), data, allow_new)
+
+
+def answer_ids(data: ALData, positions: np.ndarray) -> tuple[list[str], set[str], set[str]]:
+    """What answers are checked against: the ids requested (of ``positions``), every id of the pool, and the ids
+    answered before (the rows whose label is known)."""
+    every = row_ids(data, np.arange(len(data.train)))
+    return row_ids(data, positions), set(every), {every[i] for i in np.flatnonzero(data.known_rows)}
 
 
 def labels_target(out_dir: str | Path, stage: int) -> Path:

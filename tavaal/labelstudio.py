@@ -47,6 +47,8 @@ from tavaal.files import atomic_write
 from tavaal.labelfiles import (
     REQUEST_DIR,
     Answer,
+    answer_bytes,
+    answer_ids,
     check_answers,
     labels_target,
     pending,
@@ -237,11 +239,10 @@ def _single(value: Any, where: str) -> str:
 
 def export_answers(f: Path, request: Path, fix: str) -> list[Answer]:
     """The answers in a Label Studio JSON export file (``--labels EXPORT.json``)."""
-    if not f.is_file():
-        raise DataError(f"labels file '{f}' not found; pass Label Studio's JSON export of the tasks of {request}")
+    raw = answer_bytes(f, f"Label Studio's JSON export of the tasks of {request.with_suffix('.labelstudio.json')}")
     try:
-        items = json.loads(f.read_bytes().decode("utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        items = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as e:
         raise DataError(f"labels file '{f}' is not a JSON export ({type(e).__name__}: {e}); {_EXPORT}") from None
     if not isinstance(items, list):
         raise DataError(
@@ -424,17 +425,21 @@ class LabelStudioOracle(ManualOracle):
                 f"  python -m tavaal.run --resume {out} --labels EXPORT.json",
             )
         project = self._project(data)
-        self._import_once(project, stage, tasks_file)
+        found = self._stage_tasks(project, stage)
+        if not found:  # not imported yet (a resume, or a stop after the import, finds them there)
+            self.client.add_tasks(project, json.loads(tasks_file.read_text()))
         images = remembered(out / REQUEST_DIR).get(f"images_{stage}")
         if images is not None:
             self._serve(project, images)
+        requested = row_ids(data, missing)
+        wanted = set(requested)
         wait = self.cfg.labelstudio.wait_minutes * 60
-        t0, done, shown = time.monotonic(), -1, -1
+        t0, shown = time.monotonic(), -1
         while True:
-            labels, done = self._answers(project, stage, data, missing)
-            if labels is not None:
-                source = f"{self.client.url}/projects/{project} (Label Studio)"
-                return store_labels(labels_target(out, stage), stage, labels, source, data, self.cfg.data.new_classes)
+            answers = task_answers(found, self._where(project))
+            done = len({rid for _, rid, label in answers if label and rid in wanted})
+            if done == len(requested):  # every task answered: checked as a labels file is, then stored
+                return self._store(project, stage, data, missing, answers)
             if time.monotonic() - t0 >= wait:
                 break
             if done != shown:
@@ -445,6 +450,7 @@ class LabelStudioOracle(ManualOracle):
                 )
                 shown = done
             time.sleep(min(self.cfg.labelstudio.poll_seconds, max(0.0, wait - (time.monotonic() - t0))))
+            found = self._stage_tasks(project, stage)
         raise LabelsPending(
             stage,
             request,
@@ -513,36 +519,18 @@ class LabelStudioOracle(ManualOracle):
                 out.append(t)
         return out
 
-    def _import_once(self, project: int, stage: int, tasks_file: Path) -> None:
-        """Import the batch's tasks unless the project holds them already (a resume, or a stop after the import)."""
-        assert self.client is not None
-        if not self._stage_tasks(project, stage):
-            self.client.add_tasks(project, json.loads(tasks_file.read_text()))
+    def _where(self, project: int) -> str:
+        return f"Label Studio project {self.client.url}/projects/{project}"  # type: ignore[union-attr]
 
-    def _answers(
-        self, project: int, stage: int, data: ALData, missing: np.ndarray
-    ) -> tuple[dict[str, str] | None, int]:
-        """The batch's labels when every task has one (checked as a labels file is), else None; and how many
-        requested ids have an answer."""
-        where = f"Label Studio project {self.client.url}/projects/{project}"  # type: ignore[union-attr]
-        answers = task_answers(self._stage_tasks(project, stage), where)
-        requested = row_ids(data, missing)
-        wanted = set(requested)
-        done = len({rid for _, rid, label in answers if label and rid in wanted})
-        if done < len(requested):
-            return None, done
+    def _store(self, project: int, stage: int, data: ALData, missing: np.ndarray, answers: list[Answer]) -> ALData:
+        """The batch's labels from the annotations, each checked as a labels file's are, stored once."""
+        requested, pool_ids, answered = answer_ids(data, missing)
         fix = "correct the annotations in Label Studio and resume again"
-        labels = check_answers(
-            answers,
-            requested,
-            set(row_ids(data, np.arange(len(data.train)))),
-            data.class_names,
-            self.cfg.data.new_classes,
-            fix,
-            where,
-            set(row_ids(data, np.flatnonzero(data.known_rows))),
-        )
-        return labels, done
+        where, new = self._where(project), self.cfg.data.new_classes
+        labels = check_answers(answers, requested, pool_ids, data.class_names, new, fix, where, answered)
+        target = labels_target(Path(cast(str | Path, self.out_dir)), stage)
+        source = f"{self.client.url}/projects/{project} (Label Studio)"  # type: ignore[union-attr]
+        return store_labels(target, stage, labels, source, data, new)
 
 
 def _request_paths(folder: Path, stage: int) -> list[str]:
